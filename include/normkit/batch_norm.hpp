@@ -1,0 +1,197 @@
+// normkit/batch_norm.hpp — BatchNorm<T>: per-channel normalization over the batch and spatial axes
+// (Ioffe & Szegedy, 2015), with PyTorch's semantics (torch.nn.BatchNorm1d/2d/3d).
+//
+// For every channel c, over the n = N * (spatial size) values of that channel:
+//     training, or track_running_stats = false:  mean, var = the batch's (var biased)
+//     eval with tracking:                        mean, var = running_mean, running_var
+//     xhat = (x - mean) / sqrt(var + eps),   y = xhat * weight[c] + bias[c]
+// Training also updates, when tracking, with m = momentum (or 1/num_batches_tracked when nullopt):
+//     running_mean = (1 - m) running_mean + m mean,   running_var = (1 - m) running_var + m var n/(n-1)
+// backward with batch statistics: dx = weight rstd (dy - mean(dy) - xhat mean(dy xhat));
+// with running statistics: dx = dy weight rstd. dweight = sum dy xhat, dbias = sum dy.
+// channel_axis 1 is PyTorch's (N, C, ...); -1 (or R-1) is channels-last. eps is always inside the sqrt.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "core/groups.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+#include "tensor_view.hpp"
+#include "thread_pool.hpp"
+
+namespace normkit {
+
+template <class T>
+class BatchNorm {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "normkit: T must be float or double");
+  using A = accum_t<T>;
+  using Index = Eigen::Index;
+
+ public:
+  explicit BatchNorm(Index num_features, BatchNormOptions options = {}) : options_(options), channels_(num_features) {
+    if (num_features < 1) detail::throw_invalid("BatchNorm", "num_features must be >= 1, got " + std::to_string(num_features));
+    detail::check_eps("BatchNorm", options_.eps);
+    if (options_.momentum && !(*options_.momentum >= 0 && *options_.momentum <= 1))
+      detail::throw_invalid("BatchNorm", "momentum must be in [0, 1] or nullopt, got " + std::to_string(*options_.momentum));
+    if (options_.affine) {
+      weight_ = Eigen::Tensor<T, 1>(channels_).setConstant(T(1));
+      bias_ = Eigen::Tensor<T, 1>(channels_).setZero();
+    }
+    if (options_.track_running_stats) {
+      running_mean_ = Eigen::Tensor<T, 1>(channels_).setZero();
+      running_var_ = Eigen::Tensor<T, 1>(channels_).setConstant(T(1));
+    }
+  }
+
+  void train(bool on = true) { training_ = on; }
+  void eval() { training_ = false; }
+  bool training() const { return training_; }
+  const BatchNormOptions& options() const { return options_; }
+
+  Eigen::Tensor<T, 1>& weight() { return weight_; }
+  const Eigen::Tensor<T, 1>& weight() const { return weight_; }
+  Eigen::Tensor<T, 1>& bias() { return bias_; }
+  const Eigen::Tensor<T, 1>& bias() const { return bias_; }
+  Eigen::Tensor<T, 1>& running_mean() { return running_mean_; }
+  const Eigen::Tensor<T, 1>& running_mean() const { return running_mean_; }
+  Eigen::Tensor<T, 1>& running_var() { return running_var_; }
+  const Eigen::Tensor<T, 1>& running_var() const { return running_var_; }
+  std::int64_t num_batches_tracked() const { return num_batches_tracked_; }
+
+  template <class X, class Y>
+  NormStats<T> forward(const X& x, Y&& y) { return forward_on(core::SerialExecutor{}, x, y); }
+  template <class X, class Y>
+  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
+    return forward_on(detail::PoolExecutor{device}, x, y);
+  }
+  template <class X>
+  auto operator()(const X& x) {
+    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
+    forward(x, y);
+    return y;
+  }
+
+  template <class X, class DY, class DX>
+  NormGrads<T> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
+  }
+  template <class X, class DY, class DX>
+  NormGrads<T> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+                        DX&& dx) const {
+    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
+  }
+
+ private:
+  // Batch statistics are used in training, and in any mode without running statistics.
+  bool uses_batch_stats() const { return training_ || !options_.track_running_stats; }
+
+  template <class X>
+  core::GroupShape shape_of(const std::string& where, const X& x) const {
+    constexpr Index rank = detail::rank_v<X>;
+    const auto dims = detail::dims_of(x);
+    if (rank < 2)
+      detail::throw_shape(where, "x has dimensions " + detail::dims_string(dims) + " (rank " + std::to_string(rank) +
+                                     ") but BatchNorm needs rank >= 2 (N, C, ...)");
+    const Index axis = options_.channel_axis < 0 ? options_.channel_axis + rank : options_.channel_axis;
+    if (axis < 0 || axis >= rank)
+      detail::throw_invalid(where, "channel_axis " + std::to_string(options_.channel_axis) + " is out of range [" +
+                                       std::to_string(-rank) + ", " + std::to_string(rank) + ") for x of rank " +
+                                       std::to_string(rank));
+    if (dims[std::size_t(axis)] != channels_)
+      detail::throw_shape(where, "x has dimensions " + detail::dims_string(dims) + " with " +
+                                     std::to_string(dims[std::size_t(axis)]) + " channels on axis " + std::to_string(axis) +
+                                     " but num_features is " + std::to_string(channels_) + " (expected [" +
+                                     std::to_string(channels_) + "] there)");
+    return detail::channel_groups(dims.data(), rank, axis, detail::layout_v<X> == Eigen::RowMajor);
+  }
+
+  core::NormParams<T> params() const {
+    return {true, options_.eps, true, core::AffineAxis::Group, weight_.size() ? weight_.data() : nullptr,
+            bias_.size() ? bias_.data() : nullptr};
+  }
+
+  template <class Exec, class X, class Y>
+  NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) {
+    static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<Y>, T>,
+                  "normkit: x and y must hold T");
+    static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
+    const std::string where = "BatchNorm::forward";
+    const core::GroupShape s = shape_of(where, x);
+    detail::check_same_dims(where, "y", y, "x", x);
+    const Index n = s.group_size();
+    const bool batch = uses_batch_stats();
+    if (batch && n == 1)
+      detail::throw_invalid(where, "expected more than 1 value per channel when using batch statistics, got x of dimensions " +
+                                       detail::dims_string(detail::dims_of(x)));
+
+    NormStats<T> stats;
+    stats.mean.resize(channels_), stats.mean_lo.resize(channels_), stats.rstd.resize(channels_);
+    Eigen::Tensor<A, 1> var(channels_);
+    if (!batch) {  // eval with running statistics
+      stats.mean = running_mean_.template cast<A>();
+      stats.mean_lo.setZero();
+      for (Index c = 0; c < channels_; ++c)
+        stats.rstd(c) = core::rstd_from_var(static_cast<A>(running_var_(c)), options_.eps, true);
+    }
+    detail::OutputIn<detail::layout_v<X>, Y> out(y);
+    core::forward_groups<A>(exec, x.data(), out.data(), s, params(),
+                            core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(), var.data()},
+                            batch);
+    out.commit();
+    if (training_ && options_.track_running_stats && n > 0) update_running_stats(stats, var, n);
+    return stats;
+  }
+
+  void update_running_stats(const NormStats<T>& stats, const Eigen::Tensor<A, 1>& var, Index n) {
+    ++num_batches_tracked_;
+    const double m = options_.momentum ? *options_.momentum : 1.0 / static_cast<double>(num_batches_tracked_);
+    const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
+    for (Index c = 0; c < channels_; ++c) {
+      const double mean = static_cast<double>(stats.mean(c)) + static_cast<double>(stats.mean_lo(c));
+      running_mean_(c) = static_cast<T>((1 - m) * running_mean_(c) + m * mean);
+      running_var_(c) = static_cast<T>((1 - m) * running_var_(c) + m * static_cast<double>(var(c)) * unbias);
+    }
+  }
+
+  template <class Exec, class X, class DY, class DX>
+  NormGrads<T> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+    static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
+                      std::is_same_v<detail::scalar_t<DX>, T>,
+                  "normkit: x, dy and dx must hold T");
+    static_assert(detail::rank_v<X> == detail::rank_v<DY> && detail::rank_v<X> == detail::rank_v<DX>,
+                  "normkit: x, dy and dx must have the same rank");
+    const std::string where = "BatchNorm::backward";
+    const core::GroupShape s = shape_of(where, x);
+    detail::check_same_dims(where, "dy", dy, "x", x);
+    detail::check_same_dims(where, "dx", dx, "x", x);
+    detail::check_size(where, "stats.mean", channels_, stats.mean.size());
+    detail::check_size(where, "stats.rstd", channels_, stats.rstd.size());
+    if (stats.mean_lo.size() != 0) detail::check_size(where, "stats.mean_lo", channels_, stats.mean_lo.size());
+
+    NormGrads<T> grads;
+    if (options_.affine) grads.weight.resize(channels_), grads.bias.resize(channels_);
+    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> dy_copy;
+    const T* dyp = detail::in_layout<detail::layout_v<X>>(dy, dy_copy);
+    detail::OutputIn<detail::layout_v<X>, DX> out(dx);
+    core::backward_groups<A>(exec, x.data(), dyp, out.data(), s, params(),
+                             core::StatsArrays<const A>{stats.mean.data(),
+                                                        stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
+                                                        stats.rstd.data()},
+                             uses_batch_stats(), options_.affine ? grads.weight.data() : nullptr,
+                             options_.affine ? grads.bias.data() : nullptr);
+    out.commit();
+    return grads;
+  }
+
+  BatchNormOptions options_;
+  Index channels_;
+  bool training_ = true;
+  Eigen::Tensor<T, 1> weight_, bias_, running_mean_, running_var_;
+  std::int64_t num_batches_tracked_ = 0;
+};
+
+}  // namespace normkit

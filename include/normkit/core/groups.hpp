@@ -1,0 +1,296 @@
+// normkit/core/groups.hpp — forward and backward over a tensor seen as [outer][groups][inner].
+//
+// Every layer is a set of groups normalized independently: element (o, g, i) of a dense buffer sits
+// at (o * groups + g) * inner + i, and group g holds outer * inner values.
+//   LayerNorm/RMSNorm, RowMajor : [1][rows][features]      -> one contiguous run per group
+//   LayerNorm/RMSNorm, ColMajor : [features][rows][1]      -> a column per group
+//   BatchNorm, channel axis 1   : [N][C][H*W]              -> N runs per group (RowMajor)
+//   BatchNorm, channels-last    : [N*H*W][C][1]            -> a column per group
+// So two shapes cover everything: inner > 1 runs the row kernels run by run, inner == 1 runs the
+// column kernels on panels of columns. The weight and bias are either per element of a group
+// (AffineAxis::Element, index o * inner + i: LayerNorm, RMSNorm) or per group (AffineAxis::Group:
+// BatchNorm, folded into the per-group scale and shift).
+// Statistics of a group are built from blocks that fit in cache (a run, or a block of rows of a
+// panel), two passes each, merged with Chan's update (moments.hpp); the normalize or dx sweep then
+// follows while the data is still in cache where the group is small enough.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "col_kernels.hpp"
+#include "moments.hpp"
+#include "parallel.hpp"
+#include "row_kernels.hpp"
+
+namespace normkit::core {
+
+struct GroupShape {
+  Index outer = 1, groups = 0, inner = 1;
+  Index group_size() const { return outer * inner; }
+};
+
+enum class AffineAxis { Element, Group };
+
+template <class T>
+struct NormParams {
+  bool centered = true;  // false: RMSNorm (mean = 0, var = mean(x^2))
+  double eps = 1e-5;
+  bool eps_inside_sqrt = true;
+  AffineAxis affine_axis = AffineAxis::Element;
+  const T* weight = nullptr;  // Element: group_size() values; Group: groups values
+  const T* bias = nullptr;
+};
+
+// Per-group statistics in memory order of the groups. P is A (forward writes) or const A (backward
+// reads). mean and mean_lo may be null (read as 0); var is an optional forward output.
+template <class P>
+struct StatsArrays {
+  P* mean = nullptr;
+  P* mean_lo = nullptr;
+  P* rstd = nullptr;
+  P* var = nullptr;
+};
+
+namespace detail {
+
+// Rows per block of a column panel: the block is swept twice and should stay in L1/L2 meanwhile.
+template <class T>
+Index panel_block_rows(Index cols) {
+  constexpr Index kBlockBytes = Index(1) << 16;
+  return std::max<Index>(1, kBlockBytes / (cols * Index(sizeof(T))));
+}
+
+// The rstd of a group; a non-finite variance (NaN or Inf in the group) poisons the whole group.
+template <class A>
+A group_rstd(A var, double eps, bool eps_inside_sqrt) {
+  if (!std::isfinite(var)) return std::numeric_limits<A>::quiet_NaN();
+  return rstd_from_var(var, eps, eps_inside_sqrt);
+}
+
+// The moments of one contiguous run: two passes while it sits in cache.
+template <class A, class T>
+Moments<A> run_moments(const T* run, Index n, bool centered) {
+  if (!centered) return {n, A(0), A(0), run_sums(run, n, A(0)).s2};
+  const A mean0 = run_sums(run, n, A(0)).s1 / static_cast<A>(n);
+  return moments_from_sums(n, mean0, run_sums(run, n, mean0));
+}
+
+// Adds the moments of rows [0, rows) of a column panel to m[0..cols), block by block.
+template <class A, class T>
+void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+  constexpr Index kPanel = 4 * simd::width<A>;
+  A zero[kPanel] = {}, mean0[kPanel] = {}, s1[kPanel], s2[kPanel];
+  const Index block = panel_block_rows<T>(cols);
+  for (Index r0 = 0; r0 < rows; r0 += block) {
+    const Index rb = std::min(block, rows - r0);
+    const T* xb = x + r0 * stride;
+    std::fill(s1, s1 + cols, A(0));
+    std::fill(s2, s2 + cols, A(0));
+    cols_sums(xb, rb, cols, stride, zero, s1, s2);
+    if (centered) {
+      for (Index c = 0; c < cols; ++c) mean0[c] = s1[c] / static_cast<A>(rb);
+      std::fill(s1, s1 + cols, A(0));
+      std::fill(s2, s2 + cols, A(0));
+      cols_sums(xb, rb, cols, stride, mean0, s1, s2);
+    }
+    for (Index c = 0; c < cols; ++c)
+      m[c] = merge(m[c], centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]})
+                                  : Moments<A>{rb, A(0), A(0), s2[c]});
+  }
+}
+
+// How a shape is cut for the executor: by groups (row shape) or by packets of columns.
+struct Chunking {
+  Index units, chunks, unit_width;
+};
+template <class A, class Exec>
+Chunking chunking(const Exec& exec, const GroupShape& s) {
+  const Index total = s.outer * s.groups * s.inner;
+  const Index width = s.inner > 1 ? 1 : simd::width<A>;
+  const Index units = (s.groups + width - 1) / width;
+  return {units, chunk_count(exec.threads(), units, total), width};
+}
+
+// Calls f(chunk, first_group, end_group) for every chunk, on the executor.
+template <class Exec, class F>
+void for_chunks(const Exec& exec, const GroupShape& s, const Chunking& ch, F&& f) {
+  exec.run(ch.chunks, [&](Index k) {
+    const Index g0 = chunk_begin(ch.units, ch.chunks, k) * ch.unit_width;
+    const Index g1 = std::min(s.groups, chunk_begin(ch.units, ch.chunks, k + 1) * ch.unit_width);
+    f(k, g0, g1);
+  });
+}
+
+}  // namespace detail
+
+// y = normalize(x) group by group. With compute_stats the statistics are computed and written to
+// `stats`; without, they are read from it (BatchNorm in eval mode).
+template <class A, class T, class Exec>
+void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, const NormParams<T>& p,
+                    const StatsArrays<A>& stats, bool compute_stats) {
+  const bool element_affine = p.affine_axis == AffineAxis::Element;
+  const T* w_elem = element_affine ? p.weight : nullptr;
+  const T* b_elem = element_affine ? p.bias : nullptr;
+  // Statistics of group g (computed from m, or read back), and its sweep coefficients.
+  const auto coefficients = [&](Index g, const Moments<A>& m) {
+    RunNormalize<A> c{};
+    if (compute_stats) {
+      const A var = variance(m);
+      c = {m.mean, m.mean_lo, detail::group_rstd(var, p.eps, p.eps_inside_sqrt), A(0)};
+      if (stats.mean) stats.mean[g] = c.mean;
+      if (stats.mean_lo) stats.mean_lo[g] = c.mean_lo;
+      if (stats.var) stats.var[g] = var;
+      stats.rstd[g] = c.scale;
+    } else {
+      c = {stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), stats.rstd[g], A(0)};
+    }
+    if (!element_affine && p.weight) c.scale *= static_cast<A>(p.weight[g]);
+    if (!element_affine && p.bias) c.shift = static_cast<A>(p.bias[g]);
+    return c;
+  };
+  const detail::Chunking ch = detail::chunking<A>(exec, s);
+
+  if (s.inner > 1) {  // row shape: group g is `outer` contiguous runs of `inner` values
+    detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
+      for (Index g = g0; g < g1; ++g) {
+        Moments<A> m;
+        if (compute_stats)
+          for (Index o = 0; o < s.outer; ++o)
+            m = merge(m, detail::run_moments<A>(x + (o * s.groups + g) * s.inner, s.inner, p.centered));
+        const RunNormalize<A> c = coefficients(g, m);
+        for (Index o = 0; o < s.outer; ++o) {
+          const Index at = (o * s.groups + g) * s.inner;
+          normalize_run(x + at, y + at, s.inner, c, w_elem ? w_elem + o * s.inner : nullptr,
+                        b_elem ? b_elem + o * s.inner : nullptr);
+        }
+      }
+    });
+    return;
+  }
+
+  // column shape: `outer` rows, group g is column g, processed in panels of up to kPanel columns
+  constexpr Index kPanel = 4 * simd::width<A>;
+  detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
+    for (Index p0 = g0; p0 < g1; p0 += kPanel) {
+      const Index pc = std::min(kPanel, g1 - p0);
+      Moments<A> m[kPanel];
+      if (compute_stats) detail::panel_moments(x + p0, s.outer, pc, s.groups, p.centered, m);
+      A mean[kPanel], mean_lo[kPanel], scale[kPanel], shift[kPanel];
+      for (Index c = 0; c < pc; ++c) {
+        const RunNormalize<A> k = coefficients(p0 + c, m[c]);
+        mean[c] = k.mean, mean_lo[c] = k.mean_lo, scale[c] = k.scale, shift[c] = k.shift;
+      }
+      normalize_cols(x + p0, y + p0, s.outer, pc, s.groups, ColsNormalize<A>{mean, mean_lo, scale, shift}, w_elem,
+                     b_elem);
+    }
+  });
+}
+
+// dx from dy, and the parameter gradients. batch_stats: the statistics came from this batch, so dx
+// carries the mean and variance terms (training); otherwise they were constants (BatchNorm eval) and
+// dx = dy * weight * rstd. dweight/dbias (may be null) receive sum(dy * xhat) and sum(dy): per element
+// of a group (group_size() values) for Element affine, per group for Group affine.
+template <class A, class T, class Exec>
+void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<T>& p,
+                     const StatsArrays<const A>& stats, bool batch_stats, T* dweight, T* dbias) {
+  const bool element_affine = p.affine_axis == AffineAxis::Element;
+  const T* w_elem = element_affine ? p.weight : nullptr;
+  const Index n = s.group_size();
+  // Per-group constants. xhat uses rstd, except that var = 0 with eps = 0 (rstd = inf) has xhat = 0
+  // rather than 0 * inf, as the contract says.
+  const auto coefficients = [&](Index g) {
+    const A rstd = stats.rstd[g];
+    const A wg = !element_affine && p.weight ? static_cast<A>(p.weight[g]) : A(1);
+    return RunGrad<A>{stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0),
+                      std::isinf(rstd) ? A(0) : rstd, rstd * wg, A(0), A(0)};
+  };
+  // From the group's sums (s1 = sum g, s2 = sum g * xhat): the dx terms and Group-affine gradients.
+  const auto finish = [&](Index g, RunGrad<A>& c, const Sums<A>& sums) {
+    if (!element_affine && dweight) dweight[g] = static_cast<T>(sums.s2);
+    if (!element_affine && dbias) dbias[g] = static_cast<T>(sums.s1);
+    c.mean_g = p.centered ? sums.s1 / static_cast<A>(n) : A(0);
+    c.mean_gx = sums.s2 / static_cast<A>(n);
+  };
+  const detail::Chunking ch = detail::chunking<A>(exec, s);
+  // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
+  const bool partials = w_elem && (dweight || dbias);
+  std::vector<A> dw_part(partials ? ch.chunks * n : 0), db_part(partials ? ch.chunks * n : 0);
+
+  if (s.inner > 1) {  // row shape
+    detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
+      A* dw = partials ? dw_part.data() + k * n : nullptr;
+      A* db = partials ? db_part.data() + k * n : nullptr;
+      for (Index g = g0; g < g1; ++g) {
+        RunGrad<A> c = coefficients(g);
+        Sums<A> sums;
+        for (Index o = 0; o < s.outer; ++o) {
+          const Index at = (o * s.groups + g) * s.inner;
+          const Sums<A> r = backward_run_sums(x + at, dy + at, w_elem ? w_elem + o * s.inner : nullptr, s.inner, c);
+          sums.s1 += r.s1, sums.s2 += r.s2;
+        }
+        finish(g, c, sums);
+        for (Index o = 0; o < s.outer; ++o) {
+          const Index at = (o * s.groups + g) * s.inner, e = o * s.inner;
+          const T* w = w_elem ? w_elem + e : nullptr;
+          if (batch_stats)
+            backward_run_dx(x + at, dy + at, w, dx + at, s.inner, c, dw ? dw + e : nullptr, db ? db + e : nullptr);
+          else
+            normalize_run(dy + at, dx + at, s.inner, RunNormalize<A>{A(0), A(0), c.scale, A(0)}, w,
+                          static_cast<const T*>(nullptr));
+        }
+      }
+    });
+  } else {  // column shape
+    constexpr Index kPanel = 4 * simd::width<A>;
+    detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
+      A* dw = partials ? dw_part.data() + k * n : nullptr;
+      A* db = partials ? db_part.data() + k * n : nullptr;
+      for (Index p0 = g0; p0 < g1; p0 += kPanel) {
+        const Index pc = std::min(kPanel, g1 - p0);
+        A mean[kPanel], mean_lo[kPanel], rstd[kPanel], scale[kPanel], mean_g[kPanel], mean_gx[kPanel];
+        A zero[kPanel] = {}, sum_g[kPanel] = {}, sum_gx[kPanel] = {}, block_g[kPanel], block_gx[kPanel];
+        RunGrad<A> c[kPanel];
+        for (Index j = 0; j < pc; ++j) {
+          c[j] = coefficients(p0 + j);
+          mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, rstd[j] = c[j].rstd, scale[j] = c[j].scale;
+        }
+        const ColsGrad<A> kc{mean, mean_lo, rstd, scale, mean_g, mean_gx};
+        // Sums block by block (two-level summation keeps the error small for long columns).
+        const Index block = detail::panel_block_rows<T>(pc);
+        for (Index r0 = 0; r0 < s.outer; r0 += block) {
+          const Index rb = std::min(block, s.outer - r0), at = r0 * s.groups + p0;
+          std::fill(block_g, block_g + pc, A(0));
+          std::fill(block_gx, block_gx + pc, A(0));
+          backward_cols_sums(x + at, dy + at, rb, pc, s.groups, kc, w_elem ? w_elem + r0 : nullptr, block_g, block_gx);
+          for (Index j = 0; j < pc; ++j) sum_g[j] += block_g[j], sum_gx[j] += block_gx[j];
+        }
+        for (Index j = 0; j < pc; ++j) {
+          finish(p0 + j, c[j], Sums<A>{sum_g[j], sum_gx[j]});
+          mean_g[j] = c[j].mean_g, mean_gx[j] = c[j].mean_gx;
+        }
+        if (batch_stats)
+          backward_cols_dx(x + p0, dy + p0, dx + p0, s.outer, pc, s.groups, kc, w_elem, dw, db);
+        else
+          normalize_cols(dy + p0, dx + p0, s.outer, pc, s.groups, ColsNormalize<A>{zero, zero, scale, zero}, w_elem,
+                         static_cast<const T*>(nullptr));
+      }
+    });
+  }
+
+  if (partials) {
+    for (Index e = 0; e < n; ++e) {
+      A sw = 0, sb = 0;
+      for (Index k = 0; k < ch.chunks; ++k) sw += dw_part[k * n + e], sb += db_part[k * n + e];
+      if (dweight) dweight[e] = static_cast<T>(sw);
+      if (dbias) dbias[e] = static_cast<T>(sb);
+    }
+  } else if (element_affine) {  // no weight: no Element-affine gradients to give
+    if (dweight) std::fill(dweight, dweight + n, T(0));
+    if (dbias) std::fill(dbias, dbias + n, T(0));
+  }
+}
+
+}  // namespace normkit::core

@@ -1,0 +1,166 @@
+// normkit/core/row_kernels.hpp — kernels along one contiguous run of n values.
+//
+// A run is a LayerNorm/RMSNorm row in a RowMajor tensor, or one plane (H*W values) of one channel
+// of an NCHW BatchNorm input. Each kernel is one sweep: a vector body of Eigen packets and a scalar
+// tail for the last n % width values. With
+//     d    = (x - mean) - mean_lo            (mean as a hi/lo pair, see moments.hpp)
+//     xhat = d * rstd
+// forward is  y = d * scale * w[i] + shift + b[i]          (w, b optional per-element arrays)
+// backward is dx = scale * (g - mean_g - xhat * mean_gx),  g = dy * w[i]
+// LayerNorm passes scale = rstd and its weight/bias as w, b; BatchNorm folds its per-channel weight
+// and bias into scale = rstd * weight[c] and shift = bias[c].
+#pragma once
+
+#include "moments.hpp"
+#include "simd.hpp"
+
+namespace normkit::core {
+
+// s1 = sum(x - shift), s2 = sum((x - shift)^2). Four independent accumulators per sum: they hide
+// the add latency and split the run into interleaved partial sums, which also cuts rounding error.
+template <class A, class T>
+Sums<A> run_sums(const T* x, Index n, A shift) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const packet<A> s = set1<A>(shift);
+  packet<A> a1[4], a2[4];
+  for (int k = 0; k < 4; ++k) a1[k] = a2[k] = set1<A>(A(0));
+  Index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    for (int k = 0; k < 4; ++k) {
+      const packet<A> d = sub(load<A>(x + i + k * W), s);
+      a1[k] = add(a1[k], d);
+      a2[k] = madd(d, d, a2[k]);
+    }
+  }
+  for (; i + W <= n; i += W) {
+    const packet<A> d = sub(load<A>(x + i), s);
+    a1[0] = add(a1[0], d);
+    a2[0] = madd(d, d, a2[0]);
+  }
+  Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])))};
+  for (; i < n; ++i) {
+    const A d = load_scalar<A>(x + i) - shift;
+    r.s1 += d;
+    r.s2 += d * d;
+  }
+  return r;
+}
+
+// Per-run coefficients of the forward sweep.
+template <class A>
+struct RunNormalize {
+  A mean, mean_lo, scale, shift;
+};
+
+template <bool HasW, bool HasB, class A, class T>
+void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), scale = set1<A>(c.scale), shift = set1<A>(c.shift);
+  Index i = 0;
+  for (; i + W <= n; i += W) {
+    packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
+    if constexpr (HasW) v = mul(v, load<A>(w + i));
+    v = add(v, shift);
+    if constexpr (HasB) v = add(v, load<A>(b + i));
+    store<T>(y + i, v);
+  }
+  for (; i < n; ++i) {
+    A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
+    if constexpr (HasW) v *= load_scalar<A>(w + i);
+    v += c.shift;
+    if constexpr (HasB) v += load_scalar<A>(b + i);
+    store_scalar<T>(y + i, v);
+  }
+}
+
+// y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + shift + b[i]; w and b may be null (1 and 0).
+template <class A, class T>
+void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b) {
+  if (w && b) normalize_run_impl<true, true>(x, y, n, c, w, b);
+  else if (w) normalize_run_impl<true, false>(x, y, n, c, w, b);
+  else if (b) normalize_run_impl<false, true>(x, y, n, c, w, b);
+  else normalize_run_impl<false, false>(x, y, n, c, w, b);
+}
+
+// Per-run coefficients of the backward sweeps. rstd builds xhat; scale multiplies dx.
+template <class A>
+struct RunGrad {
+  A mean, mean_lo, rstd, scale, mean_g, mean_gx;
+};
+
+// s1 = sum(g), s2 = sum(g * xhat) with g = dy * w[i] (w null: g = dy), in one pass.
+template <class A, class T>
+Sums<A> backward_run_sums(const T* x, const T* dy, const T* w, Index n, const RunGrad<A>& c) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
+  packet<A> sg[2], sgx[2];
+  for (int k = 0; k < 2; ++k) sg[k] = sgx[k] = set1<A>(A(0));
+  const auto step = [&](Index at, int k) {
+    const packet<A> xhat = mul(sub(sub(load<A>(x + at), mean), lo), rstd);
+    packet<A> g = load<A>(dy + at);
+    if (w) g = mul(g, load<A>(w + at));
+    sg[k] = add(sg[k], g);
+    sgx[k] = madd(g, xhat, sgx[k]);
+  };
+  Index i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    step(i, 0);
+    step(i + W, 1);
+  }
+  for (; i + W <= n; i += W) step(i, 0);
+  Sums<A> r{sum(add(sg[0], sg[1])), sum(add(sgx[0], sgx[1]))};
+  for (; i < n; ++i) {
+    const A xhat = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.rstd;
+    A g = load_scalar<A>(dy + i);
+    if (w) g *= load_scalar<A>(w + i);
+    r.s1 += g;
+    r.s2 += g * xhat;
+  }
+  return r;
+}
+
+template <bool HasW, class A, class T>
+void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c,
+                          A* dweight, A* dbias) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
+  const packet<A> scale = set1<A>(c.scale), mean_g = set1<A>(c.mean_g), mean_gx = set1<A>(c.mean_gx);
+  Index i = 0;
+  for (; i + W <= n; i += W) {
+    const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
+    const packet<A> d = load<A>(dy + i);
+    packet<A> g = d;
+    if constexpr (HasW) {
+      g = mul(d, load<A>(w + i));
+      store<A>(dweight + i, madd(d, xhat, load<A>(dweight + i)));
+      store<A>(dbias + i, add(load<A>(dbias + i), d));
+    }
+    store<T>(dx + i, mul(scale, sub(sub(g, mean_g), mul(xhat, mean_gx))));
+  }
+  for (; i < n; ++i) {
+    const A xhat = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.rstd;
+    const A d = load_scalar<A>(dy + i);
+    A g = d;
+    if constexpr (HasW) {
+      g = d * load_scalar<A>(w + i);
+      dweight[i] += d * xhat;
+      dbias[i] += d;
+    }
+    store_scalar<T>(dx + i, c.scale * ((g - c.mean_g) - xhat * c.mean_gx));
+  }
+}
+
+// dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i]. With w (LayerNorm, RMSNorm) it also
+// accumulates this run's parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
+template <class A, class T>
+void backward_run_dx(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
+                     A* dbias) {
+  if (w) backward_run_dx_impl<true>(x, dy, w, dx, n, c, dweight, dbias);
+  else backward_run_dx_impl<false>(x, dy, w, dx, n, c, dweight, dbias);
+}
+
+}  // namespace normkit::core

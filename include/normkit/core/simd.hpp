@@ -1,0 +1,49 @@
+// normkit/core/simd.hpp — the few packet operations the kernels use, over Eigen's packet math.
+//
+// Eigen picks the widest packet the compiler was told about (-march=...): 16 floats with AVX-512,
+// 8 with AVX, 4 with SSE/NEON. Kernels are written once against these helpers. Loads and stores
+// are unaligned: callers' tensors start anywhere. Storage type T and accumulation type A are
+// separate template parameters so that narrow storage (bfloat16/half) can later widen on load and
+// round once on store without touching the kernels.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+namespace normkit::core::simd {
+
+using Eigen::Index;
+
+template <class A>
+using packet = typename Eigen::internal::packet_traits<A>::type;
+
+template <class A>
+inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size;
+
+template <class A, class T>
+EIGEN_STRONG_INLINE packet<A> load(const T* p) {
+  static_assert(std::is_same_v<A, T>, "normkit: only same-type loads so far (float, double)");
+  return Eigen::internal::ploadu<packet<A>>(p);
+}
+
+template <class T, class P>
+EIGEN_STRONG_INLINE void store(T* p, const P& v) {
+  Eigen::internal::pstoreu<T>(p, v);
+}
+
+template <class A>
+EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A>>(v); }
+
+template <class P> EIGEN_STRONG_INLINE P add(const P& a, const P& b) { return Eigen::internal::padd(a, b); }
+template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
+template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
+// a * b + c
+template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
+template <class P> EIGEN_STRONG_INLINE auto sum(const P& a) { return Eigen::internal::predux(a); }
+
+// Scalar edges use the same helpers so a kernel reads the same for its body and its tail.
+template <class A, class T> EIGEN_STRONG_INLINE A load_scalar(const T* p) { return static_cast<A>(*p); }
+template <class T, class A> EIGEN_STRONG_INLINE void store_scalar(T* p, A v) { *p = static_cast<T>(v); }
+
+}  // namespace normkit::core::simd

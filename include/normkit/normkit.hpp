@@ -1,0 +1,18 @@
+// normkit/normkit.hpp — everything: LayerNorm, RMSNorm and BatchNorm for Eigen tensors.
+//
+// Each functor has forward(x, y) -> NormStats, operator()(x) -> y, and
+// backward(x, dy, stats, dx) -> NormGrads, plus overloads taking an Eigen::ThreadPoolDevice first.
+// Defines EIGEN_USE_THREADS (when not yet defined) before Eigen's Tensor module so that the
+// thread-pool overloads are always there. See each header for its formula and eps convention.
+#pragma once
+
+#ifndef EIGEN_USE_THREADS
+#define EIGEN_USE_THREADS
+#endif
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "batch_norm.hpp"
+#include "errors.hpp"
+#include "layer_norm.hpp"
+#include "options.hpp"
+#include "rms_norm.hpp"

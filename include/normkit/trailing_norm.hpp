@@ -1,0 +1,202 @@
+// normkit/trailing_norm.hpp — what LayerNorm and RMSNorm share: normalization over the trailing
+// `normalized_shape` axes of a tensor, one group per index of the leading axes.
+//
+// The two differ only in `centered` (LayerNorm subtracts the mean, RMSNorm does not) and in their
+// option defaults; see layer_norm.hpp and rms_norm.hpp for the formulas. This class maps a tensor
+// onto the core (tensor_view.hpp), checks shapes before anything is written, and reorders stats and
+// parameters between the contract's row-major order and a ColMajor tensor's memory order.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "core/groups.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+#include "tensor_view.hpp"
+#include "thread_pool.hpp"
+
+namespace normkit::detail {
+
+template <class T>
+class TrailingNorm {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "normkit: T must be float or double");
+  using A = accum_t<T>;
+
+ public:
+  Eigen::Tensor<T, 1>& weight() { return weight_; }
+  const Eigen::Tensor<T, 1>& weight() const { return weight_; }
+  Eigen::Tensor<T, 1>& bias() { return bias_; }
+  const Eigen::Tensor<T, 1>& bias() const { return bias_; }
+  const std::vector<Index>& normalized_shape() const { return shape_; }
+
+  template <class X, class Y>
+  NormStats<T> forward(const X& x, Y&& y) const { return forward_on(core::SerialExecutor{}, x, y); }
+  template <class X, class Y>
+  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
+    return forward_on(PoolExecutor{device}, x, y);
+  }
+  // y = forward(x) as a new tensor of x's dimensions and layout.
+  template <class X>
+  auto operator()(const X& x) const {
+    Eigen::Tensor<T, rank_v<X>, layout_v<X>> y(x.dimensions());
+    forward(x, y);
+    return y;
+  }
+
+  template <class X, class DY, class DX>
+  NormGrads<T> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
+  }
+  template <class X, class DY, class DX>
+  NormGrads<T> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+                        DX&& dx) const {
+    return backward_on(PoolExecutor{device}, x, dy, stats, dx);
+  }
+
+ protected:
+  TrailingNorm(std::string name, std::vector<Index> normalized_shape, double eps, bool affine, bool bias,
+               EpsPlacement placement, bool centered)
+      : name_(std::move(name)), shape_(std::move(normalized_shape)), eps_(eps),
+        eps_inside_(placement == EpsPlacement::InsideSqrt), centered_(centered) {
+    check_eps(name_, eps_);
+    if (shape_.empty() || product(shape_.data(), Index(shape_.size())) <= 0)
+      throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
+                               " must have at least one axis and no zero-sized or negative dimension");
+    features_ = product(shape_.data(), Index(shape_.size()));
+    if (affine) weight_ = Eigen::Tensor<T, 1>(features_).setConstant(T(1));
+    if (affine && bias) bias_ = Eigen::Tensor<T, 1>(features_).setZero();
+  }
+
+ private:
+  // Checks x against normalized_shape; returns the core shape for x's layout.
+  template <class X>
+  core::GroupShape shape_of(const std::string& where, const X& x) const {
+    const auto dims = dims_of(x);
+    const Index rank = rank_v<X>, k = Index(shape_.size());
+    if (rank < k)
+      throw_shape(where, "x has dimensions " + dims_string(dims) + " (rank " + std::to_string(rank) +
+                             ") but normalized_shape " + dims_string(shape_, k) + " needs rank >= " + std::to_string(k));
+    for (Index a = 0; a < k; ++a)
+      if (dims[std::size_t(rank - k + a)] != shape_[std::size_t(a)])
+        throw_shape(where, "x has dimensions " + dims_string(dims) + " whose trailing dimensions " +
+                               dims_string(dims.data() + (rank - k), k) + " must equal normalized_shape " +
+                               dims_string(shape_, k));
+    return trailing_groups(dims.data(), rank, k, layout_v<X> == Eigen::RowMajor);
+  }
+
+  // Memory order differs from the contract's row-major order only for ColMajor tensors with more
+  // than one leading axis (stats) or more than one normalized axis (weight, bias).
+  template <class X>
+  std::vector<Index> stats_order(const X& x) const {
+    const Index lead = rank_v<X> - Index(shape_.size());
+    if (layout_v<X> == Eigen::RowMajor || lead <= 1) return {};
+    return colmajor_to_rowmajor(dims_of(x).data(), lead);
+  }
+  template <class X>
+  std::vector<Index> param_order() const {
+    if (layout_v<X> == Eigen::RowMajor || shape_.size() <= 1) return {};
+    return colmajor_to_rowmajor(shape_.data(), Index(shape_.size()));
+  }
+
+  // The parameters in memory order: their own buffers, or gathered copies in `copy`.
+  const T* param(const Eigen::Tensor<T, 1>& p, const std::vector<Index>& order, std::vector<T>& copy) const {
+    if (p.size() == 0) return nullptr;
+    if (order.empty()) return p.data();
+    copy.resize(order.size());
+    gather(copy.data(), p.data(), order);
+    return copy.data();
+  }
+
+  core::NormParams<T> params(const T* w, const T* b) const {
+    return {centered_, eps_, eps_inside_, core::AffineAxis::Element, w, b};
+  }
+
+  template <class Exec, class X, class Y>
+  NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) const {
+    static_assert(std::is_same_v<scalar_t<X>, T> && std::is_same_v<scalar_t<Y>, T>, "normkit: x and y must hold T");
+    static_assert(rank_v<X> == rank_v<Y>, "normkit: x and y must have the same rank");
+    const std::string where = name_ + "::forward";
+    const core::GroupShape s = shape_of(where, x);
+    check_same_dims(where, "y", y, "x", x);
+
+    const Index rows = s.groups;
+    NormStats<T> stats;
+    stats.rstd.resize(rows);
+    if (centered_) stats.mean.resize(rows), stats.mean_lo.resize(rows);
+    const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
+    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats in memory order, scattered below
+    A* mean = centered_ ? (mem.empty() ? stats.mean.data() : mem.data()) : nullptr;
+    A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
+    A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
+    std::vector<T> w_copy, b_copy;
+    const T* w = param(weight_, params_order, w_copy);
+    const T* b = param(bias_, params_order, b_copy);
+
+    OutputIn<layout_v<X>, Y> out(y);
+    core::forward_groups<A>(exec, x.data(), out.data(), s, params(w, b), core::StatsArrays<A>{mean, mean_lo, rstd},
+                            true);
+    out.commit();
+    if (!mem.empty()) {
+      scatter(stats.rstd.data(), rstd, rows_order);
+      if (centered_) scatter(stats.mean.data(), mean, rows_order), scatter(stats.mean_lo.data(), mean_lo, rows_order);
+    }
+    return stats;
+  }
+
+  template <class Exec, class X, class DY, class DX>
+  NormGrads<T> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+    static_assert(std::is_same_v<scalar_t<X>, T> && std::is_same_v<scalar_t<DY>, T> && std::is_same_v<scalar_t<DX>, T>,
+                  "normkit: x, dy and dx must hold T");
+    static_assert(rank_v<X> == rank_v<DY> && rank_v<X> == rank_v<DX>, "normkit: x, dy and dx must have the same rank");
+    const std::string where = name_ + "::backward";
+    const core::GroupShape s = shape_of(where, x);
+    check_same_dims(where, "dy", dy, "x", x);
+    check_same_dims(where, "dx", dx, "x", x);
+    const Index rows = s.groups;
+    check_size(where, "stats.rstd", rows, stats.rstd.size());
+    check_size(where, "stats.mean", centered_ ? rows : 0, stats.mean.size());
+    if (stats.mean_lo.size() != 0) check_size(where, "stats.mean_lo", rows, stats.mean_lo.size());
+
+    const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
+    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats gathered into memory order
+    const auto stat = [&](const Eigen::Tensor<A, 1>& t, Index slot) -> const A* {
+      if (t.size() == 0) return nullptr;
+      if (rows_order.empty()) return t.data();
+      gather(mem.data() + slot * rows, t.data(), rows_order);
+      return mem.data() + slot * rows;
+    };
+    const A* mean = stat(stats.mean, 0);
+    const A* mean_lo = stat(stats.mean_lo, 1);
+    const A* rstd = stat(stats.rstd, 2);
+    std::vector<T> w_copy, b_copy;
+    const T* w = param(weight_, params_order, w_copy);
+
+    NormGrads<T> grads;
+    if (weight_.size()) grads.weight.resize(features_);
+    if (bias_.size()) grads.bias.resize(features_);
+    std::vector<T> dw_mem(params_order.empty() ? 0 : grads.weight.size()), db_mem(params_order.empty() ? 0 : grads.bias.size());
+    T* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
+    T* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
+
+    Eigen::Tensor<T, rank_v<X>, layout_v<X>> dy_copy;
+    const T* dyp = in_layout<layout_v<X>>(dy, dy_copy);
+    OutputIn<layout_v<X>, DX> out(dx);
+    core::backward_groups<A>(exec, x.data(), dyp, out.data(), s, params(w, nullptr),
+                             core::StatsArrays<const A>{mean, mean_lo, rstd}, true, dw, db);
+    out.commit();
+    if (!dw_mem.empty()) scatter(grads.weight.data(), dw, params_order);
+    if (!db_mem.empty()) scatter(grads.bias.data(), db, params_order);
+    return grads;
+  }
+
+  std::string name_;
+  std::vector<Index> shape_;
+  Index features_ = 0;
+  double eps_;
+  bool eps_inside_, centered_;
+  Eigen::Tensor<T, 1> weight_, bias_;
+};
+
+}  // namespace normkit::detail
