@@ -40,7 +40,19 @@ template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Ei
 template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
 // a * b + c
 template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
-template <class P> EIGEN_STRONG_INLINE auto sum(const P& a) { return Eigen::internal::predux(a); }
+// Horizontal sum through memory, pairwise. Not Eigen's predux: with AVX-512, GCC 12 warns about the
+// _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users; and this runs
+// once per run or row, so its cost does not matter.
+template <class P>
+EIGEN_STRONG_INLINE auto sum(const P& a) {
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  constexpr int n = Eigen::internal::unpacket_traits<P>::size;
+  A lanes[n];
+  Eigen::internal::pstoreu<A>(lanes, a);
+  for (int step = 1; step < n; step *= 2)
+    for (int i = 0; i + step < n; i += 2 * step) lanes[i] += lanes[i + step];
+  return lanes[0];
+}
 
 // Scalar edges use the same helpers so a kernel reads the same for its body and its tail.
 template <class A, class T> EIGEN_STRONG_INLINE A load_scalar(const T* p) { return static_cast<A>(*p); }

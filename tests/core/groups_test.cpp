@@ -1,0 +1,139 @@
+// Tests for core/groups.hpp: one logical problem (G groups of n values) laid out in each of the
+// driver's shapes — runs ([1][G][n]), several runs per group ([o][G][n/o]) and columns ([n][G][1]) —
+// must give the double-precision answer, forward and backward, serially and in chunks.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "normkit/core/groups.hpp"
+
+namespace core = normkit::core;
+using core::Index;
+
+namespace {
+
+// Runs chunks in reverse order: a chunking bug (overlap, gap, shared state) shows up as a mismatch.
+struct ReverseExecutor {
+  Index n;
+  Index threads() const { return n; }
+  template <class F>
+  void run(Index chunks, F&& f) const {
+    for (Index k = chunks; k-- > 0;) f(k);
+  }
+};
+
+struct Problem {
+  Index groups, outer, inner;
+  Index n() const { return outer * inner; }
+  Index at(Index g, Index e) const { return ((e / inner) * groups + g) * inner + e % inner; }  // e = element of group
+};
+
+// The double reference for group g, element e: xhat, and dx for the given dy.
+struct Reference {
+  std::vector<double> mean, rstd, y, dx, dweight, dbias;
+};
+
+Reference reference(const Problem& p, const std::vector<float>& x, const std::vector<float>& dy, const std::vector<float>& w,
+                    const std::vector<float>& b, bool centered, core::AffineAxis axis, double eps) {
+  const Index n = p.n(), total = n * p.groups;
+  Reference r{std::vector<double>(p.groups), std::vector<double>(p.groups), std::vector<double>(total),
+              std::vector<double>(total), std::vector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0),
+              std::vector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0)};
+  for (Index g = 0; g < p.groups; ++g) {
+    double mean = 0, var = 0;
+    if (centered) {
+      for (Index e = 0; e < n; ++e) mean += x[p.at(g, e)];
+      mean /= n;
+    }
+    for (Index e = 0; e < n; ++e) var += (x[p.at(g, e)] - mean) * (x[p.at(g, e)] - mean);
+    var /= n;
+    const double rstd = 1 / std::sqrt(var + eps);
+    r.mean[g] = mean, r.rstd[g] = rstd;
+    const auto weight = [&](Index e) { return axis == core::AffineAxis::Element ? double(w[e]) : double(w[g]); };
+    const auto bias = [&](Index e) { return axis == core::AffineAxis::Element ? double(b[e]) : double(b[g]); };
+    double mg = 0, mgx = 0;
+    for (Index e = 0; e < n; ++e) {
+      const double xhat = (x[p.at(g, e)] - mean) * rstd, g_ = dy[p.at(g, e)] * weight(e);
+      r.y[p.at(g, e)] = xhat * weight(e) + bias(e);
+      mg += g_ / n, mgx += g_ * xhat / n;
+      const Index slot = axis == core::AffineAxis::Element ? e : g;
+      r.dweight[slot] += dy[p.at(g, e)] * xhat;
+      r.dbias[slot] += dy[p.at(g, e)];
+    }
+    for (Index e = 0; e < n; ++e) {
+      const double xhat = (x[p.at(g, e)] - mean) * rstd, g_ = dy[p.at(g, e)] * weight(e);
+      r.dx[p.at(g, e)] = rstd * (g_ - (centered ? mg : 0.0) - xhat * mgx);
+    }
+  }
+  return r;
+}
+
+template <class Exec>
+void check_problem(const Exec& exec, const Problem& p, bool centered, core::AffineAxis axis) {
+  const Index n = p.n(), total = n * p.groups, params = axis == core::AffineAxis::Element ? n : p.groups;
+  std::mt19937 rng(static_cast<unsigned>(total + p.inner));
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> x(total), dy(total), w(params), b(params);
+  for (Index g = 0; g < p.groups; ++g)
+    for (Index e = 0; e < n; ++e) x[p.at(g, e)] = 5.f * g + d(rng);  // each group has its own offset
+  for (float& v : dy) v = d(rng);
+  for (float& v : w) v = 1.f + 0.5f * d(rng);
+  for (float& v : b) v = d(rng);
+  const double eps = 1e-5;
+  const Reference ref = reference(p, x, dy, w, b, centered, axis, eps);
+
+  const core::GroupShape shape{p.outer, p.groups, p.inner};
+  const core::NormParams<float> params_{centered, eps, true, axis, w.data(), b.data()};
+  std::vector<float> y(total), mean(p.groups), mean_lo(p.groups), rstd(p.groups), dx(total), dw(params), db(params);
+  core::forward_groups<float>(exec, x.data(), y.data(), shape, params_,
+                              core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()}, true);
+  for (Index g = 0; g < p.groups; ++g) {
+    CHECK(double(mean[g]) + mean_lo[g] == Approx(ref.mean[g]).margin(1e-5 * (1 + std::abs(ref.mean[g]))));
+    CHECK(rstd[g] == Approx(ref.rstd[g]).epsilon(1e-5));
+  }
+  for (Index i = 0; i < total; ++i) REQUIRE(y[i] == Approx(ref.y[i]).margin(2e-5 * (1 + std::abs(ref.y[i]))));
+
+  core::backward_groups<float>(exec, x.data(), dy.data(), dx.data(), shape, params_,
+                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()}, true, dw.data(),
+                               db.data());
+  for (Index i = 0; i < total; ++i) REQUIRE(dx[i] == Approx(ref.dx[i]).margin(1e-4 * (1 + std::abs(ref.dx[i]))));
+  for (Index k = 0; k < params; ++k) {
+    const double scale = std::sqrt(double(axis == core::AffineAxis::Element ? p.groups : n));
+    REQUIRE(dw[k] == Approx(ref.dweight[k]).margin(1e-5 * scale * 4));
+    REQUIRE(db[k] == Approx(ref.dbias[k]).margin(1e-5 * scale * 4));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every shape of the driver gives the double answer", "[core][groups]") {
+  for (const bool centered : {true, false}) {
+    for (const auto axis : {core::AffineAxis::Element, core::AffineAxis::Group}) {
+      INFO("centered " << centered << ", group affine " << (axis == core::AffineAxis::Group));
+      for (const Index groups : {Index(1), Index(5), Index(37), Index(70)}) {
+        for (const Index n : {Index(1), Index(6), Index(33), Index(300)}) {
+          INFO("groups " << groups << ", n " << n);
+          check_problem(core::SerialExecutor{}, {groups, 1, n}, centered, axis);  // runs
+          check_problem(core::SerialExecutor{}, {groups, n, 1}, centered, axis);  // columns
+          if (n % 3 == 0) check_problem(core::SerialExecutor{}, {groups, 3, n / 3}, centered, axis);  // NCHW-like
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("chunked execution covers every group exactly once", "[core][groups]") {
+  // Large enough that chunk_count() gives several chunks.
+  for (const auto axis : {core::AffineAxis::Element, core::AffineAxis::Group}) {
+    check_problem(ReverseExecutor{3}, {500, 1, 256}, true, axis);
+    check_problem(ReverseExecutor{3}, {500, 256, 1}, true, axis);
+    check_problem(ReverseExecutor{4}, {64, 8, 200}, true, axis);
+  }
+}
+
+TEST_CASE("long columns are summed in blocks, staying accurate", "[core][groups]") {
+  // 100000 rows in one column: one float accumulator would drift by ~1e-3 relative.
+  check_problem(core::SerialExecutor{}, {3, 100000, 1}, true, core::AffineAxis::Group);
+}

@@ -1,0 +1,131 @@
+// Tests for core/row_kernels.hpp and core/col_kernels.hpp against plain double loops, for every
+// length around the SIMD width (body, scalar tail, and both) and for float and double.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "normkit/core/groups.hpp"
+
+namespace core = normkit::core;
+using core::Index;
+
+namespace {
+
+template <class T>
+std::vector<T> random_vector(Index n, unsigned seed, double offset = 0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> d(0, 1);
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (T& e : v) e = static_cast<T>(offset + d(rng));
+  return v;
+}
+
+// Relative tolerance for sums of n terms of unit size: a few ulps per term, generously.
+template <class T>
+double tol(Index n) { return 8 * std::numeric_limits<T>::epsilon() * (static_cast<double>(n) + 1); }
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[core][kernels]", float, double) {
+  using T = TestType;
+  for (Index n = 0; n <= 5 * core::simd::width<T> + 3; ++n) {
+    const auto x = random_vector<T>(n, 1, 3.0), dy = random_vector<T>(n, 2), w = random_vector<T>(n, 3),
+               b = random_vector<T>(n, 4);
+    const T shift = T(2.5);
+    double s1 = 0, s2 = 0;
+    for (Index i = 0; i < n; ++i) s1 += x[i] - double(shift), s2 += (x[i] - double(shift)) * (x[i] - double(shift));
+    const core::Sums<T> s = core::run_sums(x.data(), n, shift);
+    CHECK(s.s1 == Approx(s1).margin(tol<T>(n) * 4));
+    CHECK(s.s2 == Approx(s2).margin(tol<T>(n) * 16));
+
+    const core::RunNormalize<T> c{T(3), T(0.01), T(0.7), T(-0.2)};
+    std::vector<T> y(static_cast<std::size_t>(n));
+    core::normalize_run(x.data(), y.data(), n, c, w.data(), b.data());
+    for (Index i = 0; i < n; ++i) {
+      const double ref = ((x[i] - 3.0) - 0.01) * 0.7 * w[i] - 0.2 + b[i];
+      CHECK(y[i] == Approx(ref).margin(tol<T>(1) * 8));
+    }
+
+    const core::RunGrad<T> gc{T(3), T(0.01), T(0.7), T(1.3), T(0.2), T(-0.4)};
+    double sg = 0, sgx = 0;
+    for (Index i = 0; i < n; ++i) {
+      const double xhat = ((x[i] - 3.0) - 0.01) * 0.7, g = double(dy[i]) * w[i];
+      sg += g, sgx += g * xhat;
+    }
+    const core::Sums<T> bs = core::backward_run_sums(x.data(), dy.data(), w.data(), n, gc);
+    CHECK(bs.s1 == Approx(sg).margin(tol<T>(n) * 8));
+    CHECK(bs.s2 == Approx(sgx).margin(tol<T>(n) * 8));
+
+    std::vector<T> dx(static_cast<std::size_t>(n)), dw(static_cast<std::size_t>(n), T(1)), db(static_cast<std::size_t>(n), T(2));
+    core::backward_run_dx(x.data(), dy.data(), w.data(), dx.data(), n, gc, dw.data(), db.data());
+    for (Index i = 0; i < n; ++i) {
+      const double xhat = ((x[i] - 3.0) - 0.01) * 0.7, g = double(dy[i]) * w[i];
+      CHECK(dx[i] == Approx(1.3 * ((g - 0.2) + xhat * 0.4)).margin(tol<T>(1) * 16));
+      CHECK(dw[i] == Approx(1 + double(dy[i]) * xhat).margin(tol<T>(1) * 8));
+      CHECK(db[i] == Approx(2 + double(dy[i])).margin(tol<T>(1) * 8));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "[core][kernels]", float, double) {
+  using T = TestType;
+  const Index rows = 9, stride = 4 * core::simd::width<T> + 5;
+  for (Index cols = 1; cols <= 4 * core::simd::width<T>; ++cols) {
+    const auto x = random_vector<T>(rows * stride, 5, 1.0), dy = random_vector<T>(rows * stride, 6),
+               wr = random_vector<T>(rows, 7), br = random_vector<T>(rows, 8), shift = random_vector<T>(cols, 9);
+    std::vector<T> s1(static_cast<std::size_t>(cols), T(0)), s2 = s1;
+    core::cols_sums(x.data(), rows, cols, stride, shift.data(), s1.data(), s2.data());
+    for (Index c = 0; c < cols; ++c) {
+      double r1 = 0, r2 = 0;
+      for (Index r = 0; r < rows; ++r) {
+        const double d = double(x[r * stride + c]) - shift[c];
+        r1 += d, r2 += d * d;
+      }
+      CHECK(s1[c] == Approx(r1).margin(tol<T>(rows) * 4));
+      CHECK(s2[c] == Approx(r2).margin(tol<T>(rows) * 16));
+    }
+
+    // Per-column coefficients: reuse random vectors shifted to sensible ranges.
+    std::vector<T> mean(static_cast<std::size_t>(cols)), lo = mean, rstd = mean, scale = mean, sh = mean, mg = mean, mgx = mean;
+    for (Index c = 0; c < cols; ++c)
+      mean[c] = T(1 + 0.1 * c), lo[c] = T(1e-3), rstd[c] = T(0.5 + 0.01 * c), scale[c] = T(1.5 - 0.01 * c),
+      sh[c] = T(0.1 * c), mg[c] = T(0.05), mgx[c] = T(-0.02 * c);
+    std::vector<T> y(x.size(), T(-7));
+    core::normalize_cols(x.data(), y.data(), rows, cols, stride, core::ColsNormalize<T>{mean.data(), lo.data(), scale.data(), sh.data()},
+                         wr.data(), br.data());
+    for (Index r = 0; r < rows; ++r) {
+      for (Index c = 0; c < cols; ++c) {
+        const double ref = ((x[r * stride + c] - double(mean[c])) - lo[c]) * scale[c] * wr[r] + sh[c] + br[r];
+        CHECK(y[r * stride + c] == Approx(ref).margin(tol<T>(1) * 16));
+      }
+      for (Index c = cols; c < stride; ++c) CHECK(y[r * stride + c] == T(-7));  // outside the panel: untouched
+    }
+
+    const core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), mg.data(), mgx.data()};
+    std::vector<T> sg(static_cast<std::size_t>(cols), T(0)), sgx = sg;
+    core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, wr.data(), sg.data(), sgx.data());
+    std::vector<T> dx(x.size()), dw(static_cast<std::size_t>(rows), T(0)), db = dw;
+    core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, k, wr.data(), dw.data(), db.data());
+    for (Index c = 0; c < cols; ++c) {
+      double rg = 0, rgx = 0;
+      for (Index r = 0; r < rows; ++r) {
+        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c], g = double(dy[r * stride + c]) * wr[r];
+        rg += g, rgx += g * xhat;
+        CHECK(dx[r * stride + c] == Approx(scale[c] * ((g - mg[c]) - xhat * mgx[c])).margin(tol<T>(1) * 32));
+      }
+      CHECK(sg[c] == Approx(rg).margin(tol<T>(rows) * 8));
+      CHECK(sgx[c] == Approx(rgx).margin(tol<T>(rows) * 8));
+    }
+    for (Index r = 0; r < rows; ++r) {
+      double rw = 0, rb = 0;
+      for (Index c = 0; c < cols; ++c) {
+        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c];
+        rw += dy[r * stride + c] * xhat, rb += dy[r * stride + c];
+      }
+      CHECK(dw[r] == Approx(rw).margin(tol<T>(cols) * 8));
+      CHECK(db[r] == Approx(rb).margin(tol<T>(cols) * 8));
+    }
+  }
+}
