@@ -56,6 +56,21 @@ struct StatsArrays {
 
 namespace detail {
 
+// Column panels: at most kMaxPanel columns (1 KiB of each row), so per-column state fits on the stack.
+template <class A>
+inline constexpr Index kMaxPanel = 16 * simd::width<A>;
+
+// Columns per panel for `rows` rows. A panel is swept twice or three times (moments, then normalize
+// or dx); when a panel of at least one packet fits in half of a typical L2, the widest such panel
+// keeps those sweeps in cache. When even that does not fit (BatchNorm's long columns), the sweeps
+// come from memory anyway and the widest panel streams best.
+template <class A, class T>
+Index panel_width(Index rows) {
+  constexpr Index kBudgetBytes = Index(1) << 19, W = simd::width<A>;
+  const Index fit = kBudgetBytes / (std::max<Index>(rows, 1) * Index(sizeof(T)));
+  return fit < 8 * W ? kMaxPanel<A> : std::min(kMaxPanel<A>, fit / W * W);
+}
+
 // Rows per block of a column panel: the block is swept twice and should stay in L1/L2 meanwhile.
 template <class T>
 Index panel_block_rows(Index cols) {
@@ -81,7 +96,7 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
 // Adds the moments of rows [0, rows) of a column panel to m[0..cols), block by block.
 template <class A, class T>
 void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
-  constexpr Index kPanel = 4 * simd::width<A>;
+  constexpr Index kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, mean0[kPanel] = {}, s1[kPanel], s2[kPanel];
   const Index block = panel_block_rows<T>(cols);
   for (Index r0 = 0; r0 < rows; r0 += block) {
@@ -171,11 +186,12 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
     return;
   }
 
-  // column shape: `outer` rows, group g is column g, processed in panels of up to kPanel columns
-  constexpr Index kPanel = 4 * simd::width<A>;
+  // column shape: `outer` rows, group g is column g, processed in panels of columns
+  constexpr Index kPanel = detail::kMaxPanel<A>;
+  const Index panel = detail::panel_width<A, T>(s.outer);
   detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
-    for (Index p0 = g0; p0 < g1; p0 += kPanel) {
-      const Index pc = std::min(kPanel, g1 - p0);
+    for (Index p0 = g0; p0 < g1; p0 += panel) {
+      const Index pc = std::min(panel, g1 - p0);
       Moments<A> m[kPanel];
       if (compute_stats) detail::panel_moments(x + p0, s.outer, pc, s.groups, p.centered, m);
       A mean[kPanel], mean_lo[kPanel], scale[kPanel], shift[kPanel];
@@ -244,12 +260,13 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
       }
     });
   } else {  // column shape
-    constexpr Index kPanel = 4 * simd::width<A>;
+    constexpr Index kPanel = detail::kMaxPanel<A>;
+    const Index panel = detail::panel_width<A, T>(s.outer);
     detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
       A* dw = partials ? dw_part.data() + k * n : nullptr;
       A* db = partials ? db_part.data() + k * n : nullptr;
-      for (Index p0 = g0; p0 < g1; p0 += kPanel) {
-        const Index pc = std::min(kPanel, g1 - p0);
+      for (Index p0 = g0; p0 < g1; p0 += panel) {
+        const Index pc = std::min(panel, g1 - p0);
         A mean[kPanel], mean_lo[kPanel], rstd[kPanel], scale[kPanel], mean_g[kPanel], mean_gx[kPanel];
         A zero[kPanel] = {}, sum_g[kPanel] = {}, sum_gx[kPanel] = {}, block_g[kPanel], block_gx[kPanel];
         RunGrad<A> c[kPanel];
