@@ -135,7 +135,7 @@ class BatchNorm {
       stats.mean = running_mean_.template cast<A>();
       stats.mean_lo.setZero();
       for (Index c = 0; c < channels_; ++c)
-        stats.rstd(c) = core::rstd_from_var(static_cast<A>(running_var_(c)), options_.eps, true);
+        stats.rstd(c) = core::rstd_from_var<A>(static_cast<long double>(running_var_(c)), options_.eps, true);
     }
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(),

@@ -78,19 +78,51 @@ Index panel_block_rows(Index cols) {
   return std::max<Index>(1, kBlockBytes / (cols * Index(sizeof(T))));
 }
 
-// The rstd of a group; a non-finite variance (NaN or Inf in the group) poisons the whole group.
+// The rstd of a group; NaN or Inf in the group (non-finite moments) poisons the whole group.
 template <class A>
-A group_rstd(A var, double eps, bool eps_inside_sqrt) {
-  if (!std::isfinite(var)) return std::numeric_limits<A>::quiet_NaN();
-  return rstd_from_var(var, eps, eps_inside_sqrt);
+A group_rstd(const Moments<A>& m, double eps, bool eps_inside_sqrt) {
+  if (!std::isfinite(m.mean) || !std::isfinite(m.mean_lo) || !std::isfinite(m.m2))
+    return std::numeric_limits<A>::quiet_NaN();
+  return rstd_from_moments(m, eps, eps_inside_sqrt);
 }
 
-// The moments of one contiguous run: two passes while it sits in cache.
+// Two passes over a run whose values are taken as x * 2^-exp2 (exp2 = 0: as they are).
+template <class A, class T>
+Moments<A> run_two_pass(const T* run, Index n, bool centered, int exp2) {
+  const A scale = exp2 ? std::ldexp(A(1), -exp2) : A(1);
+  Moments<A> m;
+  if (centered) {
+    const A mean0 = run_sums(run, n, A(0), scale).s1 / static_cast<A>(n);
+    m = moments_from_sums(n, mean0, run_sums(run, n, mean0, scale));
+  } else {
+    m = {n, A(0), A(0), run_sums(run, n, A(0), scale).s2};
+  }
+  if (exp2) m.mean = std::ldexp(m.mean, exp2), m.mean_lo = std::ldexp(m.mean_lo, exp2), m.exp2 = exp2;
+  return m;
+}
+
+// Whether a block's sums may have overflowed, or lost digits to underflow in the squares. Underflow
+// needs tiny deviations from a tiny mean: deviations from a mean of ordinary size are at least an
+// ulp of it, whose square is still a normal number. So constant rows stay on the fast path.
+template <class A>
+bool in_range(const Moments<A>& m) {
+  const A tiny_m2 = std::numeric_limits<A>::min() * A(1 << 26);
+  const A small_mean = std::sqrt(std::numeric_limits<A>::min()) / std::numeric_limits<A>::epsilon();
+  return std::isfinite(m.mean) && std::isfinite(m.m2) &&
+         (m.m2 >= tiny_m2 * static_cast<A>(m.count) || std::abs(m.mean) >= small_mean);
+}
+
+// The moments of one contiguous run: two passes while it sits in cache, and two more on scaled data
+// when the first ones left the range (moments.hpp; never for ordinary data).
 template <class A, class T>
 Moments<A> run_moments(const T* run, Index n, bool centered) {
-  if (!centered) return {n, A(0), A(0), run_sums(run, n, A(0)).s2};
-  const A mean0 = run_sums(run, n, A(0)).s1 / static_cast<A>(n);
-  return moments_from_sums(n, mean0, run_sums(run, n, mean0));
+  Moments<A> m = run_two_pass<A>(run, n, centered, 0);
+  if (in_range(m)) return m;
+  const A top = run_max_abs<A>(run, n);
+  if (!(top > A(0)) || !std::isfinite(top)) return m;  // all zeros, or Inf/NaN in the run: m says so
+  int exp2 = 0;
+  std::frexp(top, &exp2);
+  return run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
 }
 
 // Adds the moments of rows [0, rows) of a column panel to m[0..cols), block by block.
@@ -111,9 +143,15 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
       std::fill(s2, s2 + cols, A(0));
       cols_sums(xb, rb, cols, stride, mean0, s1, s2);
     }
-    for (Index c = 0; c < cols; ++c)
-      m[c] = merge(m[c], centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]})
-                                  : Moments<A>{rb, A(0), A(0), s2[c]});
+    for (Index c = 0; c < cols; ++c) {
+      Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]}) : Moments<A>{rb, A(0), A(0), s2[c]};
+      if (!in_range(b)) {  // rare: redo this column of the block as a contiguous run
+        std::vector<T> column(static_cast<std::size_t>(rb));
+        for (Index r = 0; r < rb; ++r) column[static_cast<std::size_t>(r)] = xb[r * stride + c];
+        b = run_moments<A>(column.data(), rb, centered);
+      }
+      m[c] = merge(m[c], b);
+    }
   }
 }
 
@@ -153,11 +191,10 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
   const auto coefficients = [&](Index g, const Moments<A>& m) {
     RunNormalize<A> c{};
     if (compute_stats) {
-      const A var = variance(m);
-      c = {m.mean, m.mean_lo, detail::group_rstd(var, p.eps, p.eps_inside_sqrt), A(0)};
+      c = {m.mean, m.mean_lo, detail::group_rstd(m, p.eps, p.eps_inside_sqrt), A(0)};
       if (stats.mean) stats.mean[g] = c.mean;
       if (stats.mean_lo) stats.mean_lo[g] = c.mean_lo;
-      if (stats.var) stats.var[g] = var;
+      if (stats.var) stats.var[g] = variance(m);
       stats.rstd[g] = c.scale;
     } else {
       c = {stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), stats.rstd[g], A(0)};

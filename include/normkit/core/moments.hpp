@@ -10,6 +10,11 @@
 // its first step when x is near the mean (Sterbenz), so rounding the mean to float costs nothing.
 // Blocks of one group (planes of a channel, row blocks of a column panel) combine with Chan's
 // pairwise update, which folds the difference of the means into mean_lo.
+// Extreme magnitudes: squares of |x| > ~1e19 overflow float and squares of |x| < ~1e-19 lose their
+// digits to underflow. A block whose sums come out non-finite or tiny is summed again on the data
+// scaled by an exact power of two, 2^-exp2, with exp2 the exponent of max|x|; its m2 is then kept
+// in those units (true m2 = m2 * 4^exp2) and the variance and rstd are formed in long double, whose
+// range covers any float or double input. Ordinary data never takes that path.
 #pragma once
 
 #include <cmath>
@@ -32,7 +37,8 @@ struct Moments {
   Index count = 0;
   A mean = 0;     // high part of the mean
   A mean_lo = 0;  // low part: the exact mean is mean + mean_lo
-  A m2 = 0;       // sum of squared deviations from the mean
+  A m2 = 0;       // sum of squared deviations from the mean, in units of 4^exp2
+  int exp2 = 0;   // power-of-two scale of m2 (0 unless the block needed rescaling)
 };
 
 // The moments of a block from its two passes: mean0 from pass 1, `centered` = sums around mean0.
@@ -43,27 +49,43 @@ Moments<A> moments_from_sums(Index count, A mean0, const Sums<A>& centered) {
   return {count, mean0, lo, m2 < A(0) ? A(0) : m2};  // rounding can dip below 0; NaN passes through
 }
 
-// Chan et al.'s update for the union of two disjoint blocks; the high part of `a` is kept.
+// Chan et al.'s update for the union of two disjoint blocks; the high part of `a` is kept, and m2
+// moves to the larger of the two scales (exact: powers of two).
 template <class A>
 Moments<A> merge(const Moments<A>& a, const Moments<A>& b) {
   if (a.count == 0) return b;
   if (b.count == 0) return a;
   const Index n = a.count + b.count;
+  const int e = a.exp2 > b.exp2 ? a.exp2 : b.exp2;
   const A delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo);
   const A fraction_b = static_cast<A>(b.count) / static_cast<A>(n);
-  return {n, a.mean, a.mean_lo + delta * fraction_b,
-          a.m2 + b.m2 + delta * delta * static_cast<A>(a.count) * fraction_b};
+  const A scaled_delta = e ? std::ldexp(delta, -e) : delta;
+  const A m2 = (e ? std::ldexp(a.m2, 2 * (a.exp2 - e)) + std::ldexp(b.m2, 2 * (b.exp2 - e)) : a.m2 + b.m2) +
+               scaled_delta * scaled_delta * static_cast<A>(a.count) * fraction_b;
+  return {n, a.mean, a.mean_lo + delta * fraction_b, m2, e};
 }
 
-// Biased (population) variance, what the normalization itself uses.
+// Biased (population) variance, what the normalization itself uses. Overflows to inf only when the
+// true variance is beyond A's range.
 template <class A>
-A variance(const Moments<A>& m) { return m.m2 / static_cast<A>(m.count); }
+A variance(const Moments<A>& m) {
+  const A v = m.m2 / static_cast<A>(m.count);
+  return m.exp2 ? static_cast<A>(std::ldexp(static_cast<long double>(v), 2 * m.exp2)) : v;
+}
 
-// The multiplier applied to (x - mean). Computed in double and rounded once.
+// The multiplier applied to (x - mean), from a variance given in long double (any range) and rounded
+// once to A.
 template <class A>
-A rstd_from_var(A var, double eps, bool eps_inside_sqrt) {
-  const double v = static_cast<double>(var);
-  return static_cast<A>(eps_inside_sqrt ? 1.0 / std::sqrt(v + eps) : 1.0 / (std::sqrt(v) + eps));
+A rstd_from_var(long double var, double eps, bool eps_inside_sqrt) {
+  const long double e = eps;
+  return static_cast<A>(eps_inside_sqrt ? 1.0L / std::sqrt(var + e) : 1.0L / (std::sqrt(var) + e));
+}
+
+// rstd of a block or group, from its moments without leaving long double.
+template <class A>
+A rstd_from_moments(const Moments<A>& m, double eps, bool eps_inside_sqrt) {
+  const long double v = static_cast<long double>(m.m2) / static_cast<long double>(m.count);
+  return rstd_from_var<A>(m.exp2 ? std::ldexp(v, 2 * m.exp2) : v, eps, eps_inside_sqrt);
 }
 
 }  // namespace normkit::core

@@ -11,40 +11,52 @@
 // and bias into scale = rstd * weight[c] and shift = bias[c].
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+
 #include "moments.hpp"
 #include "simd.hpp"
 
 namespace normkit::core {
 
-// s1 = sum(x - shift), s2 = sum((x - shift)^2). Four independent accumulators per sum: they hide
+// s1 = sum(x * scale - shift), s2 = sum((x * scale - shift)^2). scale is 1, or a power of two for
+// data at the edges of the range (moments.hpp). Four independent accumulators per sum: they hide
 // the add latency and split the run into interleaved partial sums, which also cuts rounding error.
 template <class A, class T>
-Sums<A> run_sums(const T* x, Index n, A shift) {
+Sums<A> run_sums(const T* x, Index n, A shift, A scale = A(1)) {
   using namespace simd;
   constexpr Index W = width<A>;
-  const packet<A> s = set1<A>(shift);
+  const packet<A> s = set1<A>(shift), k = set1<A>(scale);
   packet<A> a1[4], a2[4];
-  for (int k = 0; k < 4; ++k) a1[k] = a2[k] = set1<A>(A(0));
+  for (int j = 0; j < 4; ++j) a1[j] = a2[j] = set1<A>(A(0));
   Index i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
-    for (int k = 0; k < 4; ++k) {
-      const packet<A> d = sub(load<A>(x + i + k * W), s);
-      a1[k] = add(a1[k], d);
-      a2[k] = madd(d, d, a2[k]);
+    for (int j = 0; j < 4; ++j) {
+      const packet<A> d = sub(mul(load<A>(x + i + j * W), k), s);
+      a1[j] = add(a1[j], d);
+      a2[j] = madd(d, d, a2[j]);
     }
   }
   for (; i + W <= n; i += W) {
-    const packet<A> d = sub(load<A>(x + i), s);
+    const packet<A> d = sub(mul(load<A>(x + i), k), s);
     a1[0] = add(a1[0], d);
     a2[0] = madd(d, d, a2[0]);
   }
   Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])))};
   for (; i < n; ++i) {
-    const A d = load_scalar<A>(x + i) - shift;
+    const A d = load_scalar<A>(x + i) * scale - shift;
     r.s1 += d;
     r.s2 += d * d;
   }
   return r;
+}
+
+// max |x| over a run; only called on the rare path that rescales a block (moments.hpp), so scalar.
+template <class A, class T>
+A run_max_abs(const T* x, Index n) {
+  A m = 0;
+  for (Index i = 0; i < n; ++i) m = std::max(m, std::abs(simd::load_scalar<A>(x + i)));
+  return m;
 }
 
 // Per-run coefficients of the forward sweep.
