@@ -265,7 +265,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     if (!element_affine && dweight) dweight[g] = static_cast<T>(sums.s2);
     if (!element_affine && dbias) dbias[g] = static_cast<T>(sums.s1);
     c.mean_g = p.centered ? sums.s1 / static_cast<A>(n) : A(0);
-    c.mean_gx = sums.s2 / static_cast<A>(n);
+    c.mean_gx = sums.s2 / static_cast<A>(n) * variance_term_factor(stats.rstd[g], p.eps, p.eps_inside_sqrt);
   };
   const detail::Chunking ch = detail::chunking<A>(exec, s);
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.

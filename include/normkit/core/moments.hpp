@@ -41,16 +41,26 @@ struct Moments {
   int exp2 = 0;   // power-of-two scale of m2 (0 unless the block needed rescaling)
 };
 
+// hi + lo as the nearest A to their sum plus the exact remainder (Knuth's TwoSum), so that `mean`
+// is the mean rounded to A and `mean_lo` only its rounding error.
+template <class A>
+void renormalize(A& hi, A& lo) {
+  const A sum = hi + lo, lo_part = sum - hi;
+  lo = (hi - (sum - lo_part)) + (lo - lo_part);
+  hi = sum;
+}
+
 // The moments of a block from its two passes: mean0 from pass 1, `centered` = sums around mean0.
 template <class A>
 Moments<A> moments_from_sums(Index count, A mean0, const Sums<A>& centered) {
-  const A lo = centered.s1 / static_cast<A>(count);
+  A mean = mean0, lo = centered.s1 / static_cast<A>(count);
   const A m2 = centered.s2 - centered.s1 * lo;
-  return {count, mean0, lo, m2 < A(0) ? A(0) : m2};  // rounding can dip below 0; NaN passes through
+  renormalize(mean, lo);
+  return {count, mean, lo, m2 < A(0) ? A(0) : m2};  // rounding can dip below 0; NaN passes through
 }
 
-// Chan et al.'s update for the union of two disjoint blocks; the high part of `a` is kept, and m2
-// moves to the larger of the two scales (exact: powers of two).
+// Chan et al.'s update for the union of two disjoint blocks; m2 moves to the larger of the two
+// scales (exact: powers of two).
 template <class A>
 Moments<A> merge(const Moments<A>& a, const Moments<A>& b) {
   if (a.count == 0) return b;
@@ -62,7 +72,9 @@ Moments<A> merge(const Moments<A>& a, const Moments<A>& b) {
   const A scaled_delta = e ? std::ldexp(delta, -e) : delta;
   const A m2 = (e ? std::ldexp(a.m2, 2 * (a.exp2 - e)) + std::ldexp(b.m2, 2 * (b.exp2 - e)) : a.m2 + b.m2) +
                scaled_delta * scaled_delta * static_cast<A>(a.count) * fraction_b;
-  return {n, a.mean, a.mean_lo + delta * fraction_b, m2, e};
+  A mean = a.mean, lo = a.mean_lo + delta * fraction_b;
+  renormalize(mean, lo);
+  return {n, mean, lo, m2, e};
 }
 
 // Biased (population) variance, what the normalization itself uses. Overflows to inf only when the
@@ -79,6 +91,18 @@ template <class A>
 A rstd_from_var(long double var, double eps, bool eps_inside_sqrt) {
   const long double e = eps;
   return static_cast<A>(eps_inside_sqrt ? 1.0L / std::sqrt(var + e) : 1.0L / (std::sqrt(var) + e));
+}
+
+// Backward's variance term. d rstd / d x differs with the placement of eps: inside the sqrt it gives
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); outside, rstd = 1/(sigma + eps) gives
+// dx = rstd * (g - mean(g)) - xhat * mean(g * xhat) / sigma. So mean(g * xhat) is multiplied by
+// 1/(sigma * rstd) = 1/(1 - eps * rstd), recovered from rstd alone (sigma = 1/rstd - eps). When
+// sigma = 0 (rstd = 1/eps) xhat is 0 and the term vanishes: the factor is 0, not 0 * inf.
+template <class A>
+A variance_term_factor(A rstd, double eps, bool eps_inside_sqrt) {
+  if (eps_inside_sqrt) return A(1);
+  const double sigma_rstd = 1.0 - eps * static_cast<double>(rstd);
+  return std::isfinite(rstd) && sigma_rstd > 0 ? static_cast<A>(1.0 / sigma_rstd) : A(0);
 }
 
 // rstd of a block or group, from its moments without leaving long double.
