@@ -1,0 +1,131 @@
+// bench/bench_normkit.cpp — the normkit functors under test. t1 calls the plain overloads
+// (ln.forward(x, y)), t>1 the Eigen::ThreadPoolDevice overloads (ln.forward(dev, x, y)).
+// Tensors are TensorMaps over the shared buffers: (rows, features) RowMajor for LayerNorm/RMSNorm;
+// BatchNorm NCHW as RowMajor (N, C, H, W) with channel_axis = 1, channels-last as RowMajor
+// (N, H, W, C) with channel_axis = -1, (N, C) with channel_axis = 1.
+#if __has_include(<normkit/normkit.hpp>)
+#include <normkit/normkit.hpp>  // first: it defines EIGEN_USE_THREADS before the Tensor module
+#define NKBENCH_HAVE_NORMKIT 1
+#endif
+
+#include "common.hpp"
+
+#if defined(NKBENCH_HAVE_NORMKIT)
+
+namespace nkbench {
+namespace {
+
+template <class T, int R>
+using Map = Eigen::TensorMap<Eigen::Tensor<T, R, Eigen::RowMajor>>;
+
+template <class Fn>
+void time_loop(benchmark::State& state, const Case& c, Fn&& call) {
+  if (warm_up(c.bytes())) call();  // warm-up (first touch of any internal state, pool wake-up)
+  for (auto _ : state) {
+    call();
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, c.bytes());
+}
+
+template <class T, class Layer>
+void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
+  const Index R = c.rows(), F = c.features();
+  Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
+  Map<T, 2> x(buf.x, R, F), y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
+  fill_random(layer.weight().data(), static_cast<std::size_t>(F), 11, 0.5, 1.5);
+  if (layer.bias().size() > 0) fill_random(layer.bias().data(), static_cast<std::size_t>(F), 12, -0.5, 0.5);
+  const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward
+  if (c.threads == 1) {
+    if (c.dir == Dir::Fwd)
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
+    else
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
+  } else {
+    const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
+    if (c.dir == Dir::Fwd)
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
+    else
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(dev, x, dy, stats, dx)); });
+  }
+}
+
+template <class T>
+void run_rows(benchmark::State& state, const Case c) {
+  if (c.op == Op::LayerNorm) {
+    normkit::LayerNorm<T> layer(c.features());
+    run_rows_with<T>(state, c, layer);
+  } else {
+    normkit::RMSNorm<T> layer(c.features());
+    run_rows_with<T>(state, c, layer);
+  }
+}
+
+template <class T, int R>
+void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Index, R>& dims, Index channel_axis) {
+  Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
+  Map<T, R> x(buf.x, dims), y(buf.y, dims), dy(buf.dy, dims), dx(buf.dx, dims);
+  normkit::BatchNormOptions opt;
+  opt.channel_axis = channel_axis;
+  normkit::BatchNorm<T> bn(c.channels(), opt);
+  fill_random(bn.weight().data(), static_cast<std::size_t>(c.channels()), 21, 0.5, 1.5);
+  fill_random(bn.bias().data(), static_cast<std::size_t>(c.channels()), 22, -0.5, 0.5);
+  const normkit::NormStats<T> stats = bn.forward(x, y);  // statistics for backward; running stats for eval
+  if (c.dir == Dir::FwdEval) bn.eval();
+  if (c.threads == 1) {
+    if (c.dir == Dir::Bwd)
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(x, dy, stats, dx)); });
+    else
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(x, y)); });
+  } else {
+    const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
+    if (c.dir == Dir::Bwd)
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(dev, x, dy, stats, dx)); });
+    else
+      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(dev, x, y)); });
+  }
+}
+
+template <class T>
+void run_bn(benchmark::State& state, const Case c) {
+  const auto& d = c.dims;
+  switch (c.layout) {
+    case BnLayout::NCHW: run_bn_rank<T, 4>(state, c, {d[0], d[1], d[2], d[3]}, 1); break;
+    case BnLayout::NHWC: run_bn_rank<T, 4>(state, c, {d[0], d[1], d[2], d[3]}, -1); break;
+    case BnLayout::NC: run_bn_rank<T, 2>(state, c, {d[0], d[1]}, 1); break;
+    case BnLayout::None: break;
+  }
+}
+
+template <class T>
+void run(benchmark::State& state, const Case c) {
+  try {
+    if (c.op == Op::BatchNorm)
+      run_bn<T>(state, c);
+    else
+      run_rows<T>(state, c);
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
+}  // namespace
+
+bool normkit_available() { return true; }
+
+void register_normkit(const Case& c) {
+  configure(benchmark::RegisterBenchmark(c.name("normkit").c_str(), [c](benchmark::State& st) {
+    if (c.fp64) run<double>(st, c); else run<float>(st, c);
+  }));
+}
+
+}  // namespace nkbench
+
+#else  // normkit headers not there yet: baselines only
+
+namespace nkbench {
+bool normkit_available() { return false; }
+void register_normkit(const Case&) {}
+}  // namespace nkbench
+
+#endif

@@ -1,0 +1,106 @@
+// bench/common.hpp — shared pieces of the normkit_bench harness: the list of cases, their names,
+// the preallocated buffers and the thread helpers. Every translation unit of normkit_bench is
+// compiled with EIGEN_USE_THREADS (set by bench/CMakeLists.txt), the same as <normkit/normkit.hpp>.
+#pragma once
+
+#ifndef EIGEN_USE_THREADS
+#define EIGEN_USE_THREADS
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+namespace nkbench {
+
+using Index = Eigen::Index;
+
+enum class Op { LayerNorm, RMSNorm, BatchNorm };
+// LayerNorm/RMSNorm use Fwd and Bwd. BatchNorm: Fwd = training forward (batch statistics +
+// running-stat update), Bwd = training backward (full batch gradient), FwdEval = eval forward.
+enum class Dir { Fwd, Bwd, FwdEval };
+// BatchNorm memory layouts. NCHW: RowMajor (N, C, H, W), channel_axis = 1. NHWC: the same data
+// channels-last, RowMajor (N, H, W, C), channel_axis = -1. NC: RowMajor (N, C), channel_axis = 1.
+enum class BnLayout { None, NCHW, NHWC, NC };
+
+struct Case {
+  Op op = Op::LayerNorm;
+  Dir dir = Dir::Fwd;
+  bool fp64 = false;
+  int threads = 1;
+  BnLayout layout = BnLayout::None;
+  std::vector<Index> dims;  // dimensions in memory order (RowMajor), as passed to normkit
+
+  // LayerNorm/RMSNorm view: rows x features (features = last dim).
+  Index rows() const;
+  Index features() const;
+  // BatchNorm view: x[(o * channels + c) * inner + i].
+  Index outer() const;
+  Index channels() const;
+  Index inner() const;
+
+  Index elements() const;
+  std::size_t elem_bytes() const { return fp64 ? 8 : 4; }
+  // Arrays streamed per call by the byte convention: forward / eval: read x, write y (1 read);
+  // backward: read x and dy, write dx (2 reads). Parameters and statistics are not counted.
+  int reads() const { return dir == Dir::Bwd ? 2 : 1; }
+  std::int64_t bytes() const {
+    return static_cast<std::int64_t>(elements()) * static_cast<std::int64_t>(elem_bytes()) * (reads() + 1);
+  }
+  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", ...
+  std::string name(const std::string& impl) const;  // "LayerNorm/fwd/fp32/4096x768/t1/normkit"
+};
+
+const char* op_name(Op op);
+const char* dir_name(Dir d);
+
+// Preallocated, 64-byte aligned buffers, grown on demand (never shrunk) and fully initialised when
+// (re)allocated, i.e. outside every timed region: x and dy hold pseudo-random values in about
+// [-1.5, 2.5], y and dx are zero-filled (touched) output buffers. All cases of one dtype share them.
+template <class T>
+struct Buffers {
+  T* x;
+  T* y;
+  T* dy;
+  T* dx;
+};
+template <class T>
+Buffers<T> buffers(std::size_t elements);
+
+// Deterministic pseudo-random values for parameters (weight around 1, bias around 0).
+template <class T>
+void fill_random(T* p, std::size_t n, std::uint64_t seed, double lo, double hi);
+
+// Thread pool shared by every threaded case (normkit, Eigen baseline, scalar and copy kernels).
+// Its size is the largest thread count requested.
+Eigen::ThreadPoolDevice& pool_device(int threads);
+// Runs f(tid, nthreads) for tid in [0, threads): tid 0 on the calling thread, the rest on the pool.
+void parallel_run(int threads, const std::function<void(int, int)>& f);
+// [begin, end) of chunk `tid` of `n` items split over `parts`, boundaries multiples of `align`.
+void split_range(Index n, int tid, int parts, Index align, Index& begin, Index& end);
+
+// Common benchmark settings: real time, microseconds.
+benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b);
+// Each benchmark makes one untimed call before its timed loop (caches, page tables, pool threads),
+// except for calls moving >= 256 MiB: there the setup has already touched every buffer and one
+// call costs as much as a whole short run.
+inline bool warm_up(std::int64_t bytes_per_call) { return bytes_per_call < (std::int64_t{256} << 20); }
+inline void set_bytes(benchmark::State& state, std::int64_t bytes_per_call) {
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * bytes_per_call);
+}
+
+// Registration entry points, one per implementation (each in its own translation unit).
+void register_copy(const Case& c);     // bench_copy.cpp   (deduplicated by bytes and threads)
+void register_normkit(const Case& c);  // bench_normkit.cpp (empty until normkit.hpp exists)
+void register_eigen(const Case& c);    // bench_eigen.cpp
+void register_scalar(const Case& c);   // bench_scalar.cpp
+void register_onednn(const Case& c);   // bench_onednn.cpp  (empty without oneDNN)
+bool normkit_available();
+bool onednn_available();
+
+}  // namespace nkbench
