@@ -23,8 +23,8 @@ void cols_sums(const T* x, Index rows, Index cols, Index stride, const A* shift,
     Index c = 0;
     for (; c + W <= cols; c += W) {
       const packet<A> d = sub(load<A>(xr + c), load<A>(shift + c));
-      store<A>(s1 + c, add(load<A>(s1 + c), d));
-      store<A>(s2 + c, madd(d, d, load<A>(s2 + c)));
+      store(s1 + c, add(load<A>(s1 + c), d));
+      store(s2 + c, madd(d, d, load<A>(s2 + c)));
     }
     for (; c < cols; ++c) {
       const A d = load_scalar<A>(xr + c) - shift[c];
@@ -45,9 +45,10 @@ struct ColsGrad {
 };
 
 // y = ((x - mean[c]) - mean_lo[c]) * scale[c] * w[r] + shift[c] + b[r]; w, b may be null (1 and 0).
+// stream: non-temporal stores for y (simd.hpp).
 template <class A, class T>
 void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k,
-                    const T* w, const T* b) {
+                    const T* w, const T* b, bool stream = false) {
   using namespace simd;
   constexpr Index W = width<A>;
   for (Index r = 0; r < rows; ++r) {
@@ -55,15 +56,17 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
     T* yr = y + r * stride;
     const A wr = w ? load_scalar<A>(w + r) : A(1), br = b ? load_scalar<A>(b + r) : A(0);
     const packet<A> wp = set1<A>(wr), bp = set1<A>(br);
-    Index c = 0;
-    for (; c + W <= cols; c += W) {
-      packet<A> v = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.scale + c));
-      store<T>(yr + c, add(add(mul(v, wp), load<A>(k.shift + c)), bp));
-    }
-    for (; c < cols; ++c) {
+    const auto scalar = [&](Index c) {
       const A v = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.scale[c];
       store_scalar<T>(yr + c, v * wr + k.shift[c] + br);
+    };
+    Index c = 0;
+    for (const Index head = aligned_head(yr, cols, stream); c < head; ++c) scalar(c);
+    for (; c + W <= cols; c += W) {
+      packet<A> v = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.scale + c));
+      store(yr + c, add(add(mul(v, wp), load<A>(k.shift + c)), bp), stream);
     }
+    for (; c < cols; ++c) scalar(c);
   }
 }
 
@@ -82,8 +85,8 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
     for (; c + W <= cols; c += W) {
       const packet<A> xhat = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.rstd + c));
       const packet<A> g = mul(load<A>(dyr + c), wp);
-      store<A>(sum_g + c, add(load<A>(sum_g + c), g));
-      store<A>(sum_gx + c, madd(g, xhat, load<A>(sum_gx + c)));
+      store(sum_g + c, add(load<A>(sum_g + c), g));
+      store(sum_gx + c, madd(g, xhat, load<A>(sum_gx + c)));
     }
     for (; c < cols; ++c) {
       const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
@@ -98,7 +101,7 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
 // per-row parameter gradients over this panel: dweight[r] += sum_c dy * xhat, dbias[r] += sum_c dy.
 template <class A, class T>
 void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                      const T* w, A* dweight, A* dbias) {
+                      const T* w, A* dweight, A* dbias, bool stream = false) {
   using namespace simd;
   constexpr Index W = width<A>;
   for (Index r = 0; r < rows; ++r) {
@@ -108,26 +111,29 @@ void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, In
     const A wr = w ? load_scalar<A>(w + r) : A(1);
     const packet<A> wp = set1<A>(wr);
     packet<A> dw = set1<A>(A(0)), db = dw;
+    A dw_row = 0, db_row = 0;
+    const auto scalar = [&](Index c) {
+      const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
+      const A d = load_scalar<A>(dyr + c);
+      dw_row += d * xhat;
+      db_row += d;
+      store_scalar<T>(dxr + c, k.scale[c] * ((d * wr - k.mean_g[c]) - xhat * k.mean_gx[c]));
+    };
     Index c = 0;
+    for (const Index head = aligned_head(dxr, cols, stream); c < head; ++c) scalar(c);
     for (; c + W <= cols; c += W) {
       const packet<A> xhat = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.rstd + c));
       const packet<A> d = load<A>(dyr + c);
       const packet<A> g = mul(d, wp);
       dw = madd(d, xhat, dw);
       db = add(db, d);
-      store<T>(dxr + c, mul(load<A>(k.scale + c), sub(sub(g, load<A>(k.mean_g + c)), mul(xhat, load<A>(k.mean_gx + c)))));
+      store(dxr + c, mul(load<A>(k.scale + c), sub(sub(g, load<A>(k.mean_g + c)), mul(xhat, load<A>(k.mean_gx + c)))),
+            stream);
     }
-    A dw_row = sum(dw), db_row = sum(db);
-    for (; c < cols; ++c) {
-      const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
-      const A d = load_scalar<A>(dyr + c);
-      dw_row += d * xhat;
-      db_row += d;
-      store_scalar<T>(dxr + c, k.scale[c] * ((d * wr - k.mean_g[c]) - xhat * k.mean_gx[c]));
-    }
+    for (; c < cols; ++c) scalar(c);
     if (w) {
-      dweight[r] += dw_row;
-      dbias[r] += db_row;
+      dweight[r] += dw_row + sum(dw);
+      dbias[r] += db_row + sum(db);
     }
   }
 }

@@ -155,6 +155,15 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
   }
 }
 
+// Outputs at least this large are written with non-temporal stores (simd.hpp): they would not stay
+// in cache anyway, and streaming them saves a read of every output line.
+inline constexpr Index kStreamBytes = Index(8) << 20;
+
+template <class T>
+bool stream_output(const GroupShape& s) {
+  return s.outer * s.groups * s.inner * Index(sizeof(T)) >= kStreamBytes;
+}
+
 // How a shape is cut for the executor: by groups (row shape) or by packets of columns.
 struct Chunking {
   Index units, chunks, unit_width;
@@ -203,22 +212,40 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
     if (!element_affine && p.bias) c.shift = static_cast<A>(p.bias[g]);
     return c;
   };
+  if (s.outer * s.groups * s.inner == 0) {  // no values: statistics of empty groups are NaN (0/0)
+    if (compute_stats)
+      for (Index g = 0; g < s.groups; ++g) coefficients(g, Moments<A>{});
+    return;
+  }
   const detail::Chunking ch = detail::chunking<A>(exec, s);
+  const bool stream = detail::stream_output<T>(s);
+  const auto run_at = [&](Index o, Index g) { return (o * s.groups + g) * s.inner; };
+
+  if (s.inner > 1 && !compute_stats) {  // row shape, given statistics: one sweep in memory order
+    const Index runs = s.outer * s.groups;
+    exec.run(ch.chunks, [&](Index k) {
+      for (Index r = chunk_begin(runs, ch.chunks, k), end = chunk_begin(runs, ch.chunks, k + 1); r < end; ++r) {
+        const Index o = r / s.groups, g = r % s.groups;
+        normalize_run(x + run_at(o, g), y + run_at(o, g), s.inner, coefficients(g, Moments<A>{}),
+                      w_elem ? w_elem + o * s.inner : nullptr, b_elem ? b_elem + o * s.inner : nullptr, stream);
+      }
+      if (stream) simd::stream_fence();
+    });
+    return;
+  }
 
   if (s.inner > 1) {  // row shape: group g is `outer` contiguous runs of `inner` values
     detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
       for (Index g = g0; g < g1; ++g) {
         Moments<A> m;
-        if (compute_stats)
-          for (Index o = 0; o < s.outer; ++o)
-            m = merge(m, detail::run_moments<A>(x + (o * s.groups + g) * s.inner, s.inner, p.centered));
+        for (Index o = 0; o < s.outer; ++o)
+          m = merge(m, detail::run_moments<A>(x + run_at(o, g), s.inner, p.centered));
         const RunNormalize<A> c = coefficients(g, m);
-        for (Index o = 0; o < s.outer; ++o) {
-          const Index at = (o * s.groups + g) * s.inner;
-          normalize_run(x + at, y + at, s.inner, c, w_elem ? w_elem + o * s.inner : nullptr,
-                        b_elem ? b_elem + o * s.inner : nullptr);
-        }
+        for (Index o = 0; o < s.outer; ++o)
+          normalize_run(x + run_at(o, g), y + run_at(o, g), s.inner, c, w_elem ? w_elem + o * s.inner : nullptr,
+                        b_elem ? b_elem + o * s.inner : nullptr, stream);
       }
+      if (stream) simd::stream_fence();
     });
     return;
   }
@@ -237,8 +264,9 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
         mean[c] = k.mean, mean_lo[c] = k.mean_lo, scale[c] = k.scale, shift[c] = k.shift;
       }
       normalize_cols(x + p0, y + p0, s.outer, pc, s.groups, ColsNormalize<A>{mean, mean_lo, scale, shift}, w_elem,
-                     b_elem);
+                     b_elem, stream);
     }
+    if (stream) simd::stream_fence();
   });
 }
 
@@ -267,7 +295,14 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     c.mean_g = p.centered ? sums.s1 / static_cast<A>(n) : A(0);
     c.mean_gx = sums.s2 / static_cast<A>(n) * variance_term_factor(stats.rstd[g], p.eps, p.eps_inside_sqrt);
   };
+  if (s.outer * s.groups * s.inner == 0) {  // no values: zero parameter gradients of full size
+    const Index params = element_affine ? n : s.groups;
+    if (dweight) std::fill(dweight, dweight + params, T(0));
+    if (dbias) std::fill(dbias, dbias + params, T(0));
+    return;
+  }
   const detail::Chunking ch = detail::chunking<A>(exec, s);
+  const bool stream = detail::stream_output<T>(s);
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
   const bool partials = w_elem && (dweight || dbias);
   std::vector<A> dw_part(partials ? ch.chunks * n : 0), db_part(partials ? ch.chunks * n : 0);
@@ -289,12 +324,14 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
           const Index at = (o * s.groups + g) * s.inner, e = o * s.inner;
           const T* w = w_elem ? w_elem + e : nullptr;
           if (batch_stats)
-            backward_run_dx(x + at, dy + at, w, dx + at, s.inner, c, dw ? dw + e : nullptr, db ? db + e : nullptr);
+            backward_run_dx(x + at, dy + at, w, dx + at, s.inner, c, dw ? dw + e : nullptr, db ? db + e : nullptr,
+                            stream);
           else
             normalize_run(dy + at, dx + at, s.inner, RunNormalize<A>{A(0), A(0), c.scale, A(0)}, w,
-                          static_cast<const T*>(nullptr));
+                          static_cast<const T*>(nullptr), stream);
         }
       }
+      if (stream) simd::stream_fence();
     });
   } else {  // column shape
     constexpr Index kPanel = detail::kMaxPanel<A>;
@@ -326,11 +363,12 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
           mean_g[j] = c[j].mean_g, mean_gx[j] = c[j].mean_gx;
         }
         if (batch_stats)
-          backward_cols_dx(x + p0, dy + p0, dx + p0, s.outer, pc, s.groups, kc, w_elem, dw, db);
+          backward_cols_dx(x + p0, dy + p0, dx + p0, s.outer, pc, s.groups, kc, w_elem, dw, db, stream);
         else
           normalize_cols(dy + p0, dx + p0, s.outer, pc, s.groups, ColsNormalize<A>{zero, zero, scale, zero}, w_elem,
-                         static_cast<const T*>(nullptr));
+                         static_cast<const T*>(nullptr), stream);
       }
+      if (stream) simd::stream_fence();
     });
   }
 

@@ -66,34 +66,37 @@ struct RunNormalize {
 };
 
 template <bool HasW, bool HasB, class A, class T>
-void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b) {
+void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b, bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), scale = set1<A>(c.scale), shift = set1<A>(c.shift);
-  Index i = 0;
-  for (; i + W <= n; i += W) {
-    packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
-    if constexpr (HasW) v = mul(v, load<A>(w + i));
-    v = add(v, shift);
-    if constexpr (HasB) v = add(v, load<A>(b + i));
-    store<T>(y + i, v);
-  }
-  for (; i < n; ++i) {
+  const auto scalar = [&](Index i) {
     A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
     if constexpr (HasW) v *= load_scalar<A>(w + i);
     v += c.shift;
     if constexpr (HasB) v += load_scalar<A>(b + i);
     store_scalar<T>(y + i, v);
+  };
+  Index i = 0;
+  for (const Index head = aligned_head(y, n, stream); i < head; ++i) scalar(i);
+  for (; i + W <= n; i += W) {
+    packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
+    if constexpr (HasW) v = mul(v, load<A>(w + i));
+    v = add(v, shift);
+    if constexpr (HasB) v = add(v, load<A>(b + i));
+    store(y + i, v, stream);
   }
+  for (; i < n; ++i) scalar(i);
 }
 
 // y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + shift + b[i]; w and b may be null (1 and 0).
+// stream: non-temporal stores for y (simd.hpp).
 template <class A, class T>
-void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b) {
-  if (w && b) normalize_run_impl<true, true>(x, y, n, c, w, b);
-  else if (w) normalize_run_impl<true, false>(x, y, n, c, w, b);
-  else if (b) normalize_run_impl<false, true>(x, y, n, c, w, b);
-  else normalize_run_impl<false, false>(x, y, n, c, w, b);
+void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b, bool stream = false) {
+  if (w && b) normalize_run_impl<true, true>(x, y, n, c, w, b, stream);
+  else if (w) normalize_run_impl<true, false>(x, y, n, c, w, b, stream);
+  else if (b) normalize_run_impl<false, true>(x, y, n, c, w, b, stream);
+  else normalize_run_impl<false, false>(x, y, n, c, w, b, stream);
 }
 
 // Per-run coefficients of the backward sweeps. rstd builds xhat; scale multiplies dx.
@@ -136,24 +139,12 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const T* w, Index n, const Ru
 
 template <bool HasW, class A, class T>
 void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c,
-                          A* dweight, A* dbias) {
+                          A* dweight, A* dbias, bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
   const packet<A> scale = set1<A>(c.scale), mean_g = set1<A>(c.mean_g), mean_gx = set1<A>(c.mean_gx);
-  Index i = 0;
-  for (; i + W <= n; i += W) {
-    const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
-    const packet<A> d = load<A>(dy + i);
-    packet<A> g = d;
-    if constexpr (HasW) {
-      g = mul(d, load<A>(w + i));
-      store<A>(dweight + i, madd(d, xhat, load<A>(dweight + i)));
-      store<A>(dbias + i, add(load<A>(dbias + i), d));
-    }
-    store<T>(dx + i, mul(scale, sub(sub(g, mean_g), mul(xhat, mean_gx))));
-  }
-  for (; i < n; ++i) {
+  const auto scalar = [&](Index i) {
     const A xhat = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.rstd;
     const A d = load_scalar<A>(dy + i);
     A g = d;
@@ -163,16 +154,30 @@ void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, c
       dbias[i] += d;
     }
     store_scalar<T>(dx + i, c.scale * ((g - c.mean_g) - xhat * c.mean_gx));
+  };
+  Index i = 0;
+  for (const Index head = aligned_head(dx, n, stream); i < head; ++i) scalar(i);
+  for (; i + W <= n; i += W) {
+    const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
+    const packet<A> d = load<A>(dy + i);
+    packet<A> g = d;
+    if constexpr (HasW) {
+      g = mul(d, load<A>(w + i));
+      store(dweight + i, madd(d, xhat, load<A>(dweight + i)));
+      store(dbias + i, add(load<A>(dbias + i), d));
+    }
+    store(dx + i, mul(scale, sub(sub(g, mean_g), mul(xhat, mean_gx))), stream);
   }
+  for (; i < n; ++i) scalar(i);
 }
 
 // dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i]. With w (LayerNorm, RMSNorm) it also
 // accumulates this run's parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
 template <class A, class T>
 void backward_run_dx(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
-                     A* dbias) {
-  if (w) backward_run_dx_impl<true>(x, dy, w, dx, n, c, dweight, dbias);
-  else backward_run_dx_impl<false>(x, dy, w, dx, n, c, dweight, dbias);
+                     A* dbias, bool stream = false) {
+  if (w) backward_run_dx_impl<true>(x, dy, w, dx, n, c, dweight, dbias, stream);
+  else backward_run_dx_impl<false>(x, dy, w, dx, n, c, dweight, dbias, stream);
 }
 
 }  // namespace normkit::core

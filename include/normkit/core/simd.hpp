@@ -7,6 +7,8 @@
 // round once on store without touching the kernels.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -31,6 +33,50 @@ template <class T, class P>
 EIGEN_STRONG_INLINE void store(T* p, const P& v) {
   Eigen::internal::pstoreu<T>(p, v);
 }
+
+// Non-temporal ("streaming") stores write around the cache: for outputs far larger than the cache
+// they save the read-for-ownership of every line and leave the cache to the data still to be read.
+// They need an address aligned to the packet; aligned_head(p, n) is how many scalars come first.
+// A streaming sweep ends with stream_fence() before its results are handed to another thread.
+template <class T>
+EIGEN_STRONG_INLINE Index aligned_head(const T* p, Index n, bool stream) {
+  if (!stream) return 0;
+  constexpr std::uintptr_t bytes = sizeof(packet<T>);
+  const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(p) % bytes;
+  const Index head = misalign == 0 || misalign % sizeof(T) ? 0 : Index((bytes - misalign) / sizeof(T));
+  return head < n ? head : n;
+}
+
+template <class T, class P>
+EIGEN_STRONG_INLINE void store(T* p, const P& v, bool stream) {
+  if (stream && reinterpret_cast<std::uintptr_t>(p) % sizeof(P) == 0) {
+    constexpr bool is_float = std::is_same_v<T, float>;
+#if defined(EIGEN_VECTORIZE_AVX512)
+    if constexpr (sizeof(P) == 64) {
+      if constexpr (is_float) _mm512_stream_ps(p, v);
+      else _mm512_stream_pd(p, v);
+      return;
+    }
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+    if constexpr (sizeof(P) == 32) {
+      if constexpr (is_float) _mm256_stream_ps(p, v);
+      else _mm256_stream_pd(p, v);
+      return;
+    }
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+    if constexpr (sizeof(P) == 16) {
+      if constexpr (is_float) _mm_stream_ps(p, v);
+      else _mm_stream_pd(p, v);
+      return;
+    }
+#endif
+  }
+  Eigen::internal::pstoreu<T>(p, v);  // no streaming store for this packet: an ordinary one
+}
+
+inline void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <class A>
 EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A>>(v); }
