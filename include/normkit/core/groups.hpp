@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "col_kernels.hpp"
@@ -176,6 +177,14 @@ Chunking chunking(const Exec& exec, const GroupShape& s) {
   return {units, chunk_count(exec.threads(), units, total), width};
 }
 
+// Column shapes with few columns (BatchNorm channels-last) are cut by rows instead: threads that
+// took a share of every row would fight over the same cache lines.
+template <class A, class Exec>
+Index row_chunks(const Exec& exec, const GroupShape& s) {
+  if (s.inner > 1 || s.groups >= exec.threads() * kMaxPanel<A>) return 1;
+  return chunk_count(exec.threads(), s.outer, s.outer * s.groups);
+}
+
 // Calls f(chunk, first_group, end_group) for every chunk, on the executor.
 template <class Exec, class F>
 void for_chunks(const Exec& exec, const GroupShape& s, const Chunking& ch, F&& f) {
@@ -252,6 +261,34 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 
   // column shape: `outer` rows, group g is column g, processed in panels of columns
   constexpr Index kPanel = detail::kMaxPanel<A>;
+  const Index G = s.groups, row_chunks = detail::row_chunks<A>(exec, s);
+  if (row_chunks > 1) {  // few columns: each chunk takes whole rows; moments merged in chunk order
+    const auto rows_of = [&](Index k) {
+      return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
+    };
+    std::vector<Moments<A>> part(compute_stats ? row_chunks * G : 0);
+    if (compute_stats)
+      exec.run(row_chunks, [&](Index k) {
+        const auto [r0, r1] = rows_of(k);
+        for (Index p0 = 0; p0 < G; p0 += kPanel)
+          detail::panel_moments(x + r0 * G + p0, r1 - r0, std::min(kPanel, G - p0), G, p.centered, part.data() + k * G + p0);
+      });
+    std::vector<A> coef(4 * G);  // mean, mean_lo, scale, shift of every column
+    for (Index c = 0; c < G; ++c) {
+      Moments<A> m;
+      for (Index k = 0; compute_stats && k < row_chunks; ++k) m = merge(m, part[k * G + c]);
+      const RunNormalize<A> cc = coefficients(c, m);
+      coef[c] = cc.mean, coef[G + c] = cc.mean_lo, coef[2 * G + c] = cc.scale, coef[3 * G + c] = cc.shift;
+    }
+    exec.run(row_chunks, [&](Index k) {
+      const auto [r0, r1] = rows_of(k);
+      normalize_cols(x + r0 * G, y + r0 * G, r1 - r0, G, G,
+                     ColsNormalize<A>{coef.data(), coef.data() + G, coef.data() + 2 * G, coef.data() + 3 * G},
+                     w_elem ? w_elem + r0 : nullptr, b_elem ? b_elem + r0 : nullptr, stream);
+      if (stream) simd::stream_fence();
+    });
+    return;
+  }
   const Index panel = detail::panel_width<A, T>(s.outer);
   detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
     for (Index p0 = g0; p0 < g1; p0 += panel) {
@@ -302,10 +339,11 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     return;
   }
   const detail::Chunking ch = detail::chunking<A>(exec, s);
+  const Index row_chunks = detail::row_chunks<A>(exec, s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
   const bool stream = detail::stream_output<T>(s);
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
   const bool partials = w_elem && (dweight || dbias);
-  std::vector<A> dw_part(partials ? ch.chunks * n : 0), db_part(partials ? ch.chunks * n : 0);
+  std::vector<A> dw_part(partials ? chunks * n : 0), db_part(partials ? chunks * n : 0);
 
   if (s.inner > 1) {  // row shape
     detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
@@ -331,6 +369,51 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
                           static_cast<const T*>(nullptr), stream);
         }
       }
+      if (stream) simd::stream_fence();
+    });
+  } else if (row_chunks > 1) {  // column shape with few columns: each chunk takes whole rows
+    const Index G = s.groups;
+    const auto rows_of = [&](Index k) {
+      return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
+    };
+    std::vector<RunGrad<A>> c(static_cast<std::size_t>(G));
+    std::vector<A> cols(7 * G, A(0));  // mean, mean_lo, rstd, scale, mean_g, mean_gx, zeros
+    for (Index g = 0; g < G; ++g) {
+      c[g] = coefficients(g);
+      cols[g] = c[g].mean, cols[G + g] = c[g].mean_lo, cols[2 * G + g] = c[g].rstd, cols[3 * G + g] = c[g].scale;
+    }
+    const A* col = cols.data();
+    const ColsGrad<A> kc{col, col + G, col + 2 * G, col + 3 * G, col + 4 * G, col + 5 * G};
+    // Per chunk: its sums and a block's sums (two-level summation down each column).
+    std::vector<A> part(4 * row_chunks * G);
+    exec.run(row_chunks, [&](Index k) {
+      const auto [r0, r1] = rows_of(k);
+      A *sum_g = part.data() + 4 * k * G, *sum_gx = sum_g + G, *block_g = sum_g + 2 * G, *block_gx = sum_g + 3 * G;
+      std::fill(sum_g, sum_g + 2 * G, A(0));
+      const Index block = detail::panel_block_rows<T>(G);
+      for (Index b0 = r0; b0 < r1; b0 += block) {
+        const Index rb = std::min(block, r1 - b0);
+        std::fill(block_g, block_g + 2 * G, A(0));
+        backward_cols_sums(x + b0 * G, dy + b0 * G, rb, G, G, kc, w_elem ? w_elem + b0 : nullptr, block_g, block_gx);
+        for (Index j = 0; j < G; ++j) sum_g[j] += block_g[j], sum_gx[j] += block_gx[j];
+      }
+    });
+    for (Index g = 0; g < G; ++g) {
+      Sums<A> sums;
+      for (Index k = 0; k < row_chunks; ++k) sums.s1 += part[4 * k * G + g], sums.s2 += part[4 * k * G + G + g];
+      finish(g, c[g], sums);
+      cols[4 * G + g] = c[g].mean_g, cols[5 * G + g] = c[g].mean_gx;
+    }
+    exec.run(row_chunks, [&](Index k) {
+      const auto [r0, r1] = rows_of(k);
+      const Index at = r0 * G;
+      if (batch_stats)
+        backward_cols_dx(x + at, dy + at, dx + at, r1 - r0, G, G, kc, w_elem ? w_elem + r0 : nullptr,
+                         partials ? dw_part.data() + k * n + r0 : nullptr, partials ? db_part.data() + k * n + r0 : nullptr,
+                         stream);
+      else
+        normalize_cols(dy + at, dx + at, r1 - r0, G, G, ColsNormalize<A>{col + 6 * G, col + 6 * G, col + 3 * G, col + 6 * G},
+                       w_elem ? w_elem + r0 : nullptr, static_cast<const T*>(nullptr), stream);
       if (stream) simd::stream_fence();
     });
   } else {  // column shape
@@ -375,7 +458,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
   if (partials) {
     for (Index e = 0; e < n; ++e) {
       A sw = 0, sb = 0;
-      for (Index k = 0; k < ch.chunks; ++k) sw += dw_part[k * n + e], sb += db_part[k * n + e];
+      for (Index k = 0; k < chunks; ++k) sw += dw_part[k * n + e], sb += db_part[k * n + e];
       if (dweight) dweight[e] = static_cast<T>(sw);
       if (dbias) dbias[e] = static_cast<T>(sb);
     }
