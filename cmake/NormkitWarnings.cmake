@@ -1,0 +1,55 @@
+# Build settings for normkit's OWN executables and object libraries (tests, examples, benchmarks).
+# Never applied to the normkit INTERFACE target: consumers choose their own flags.
+
+# normkit_project_warnings(<target>)
+#   Warnings (as errors unless NORMKIT_WERROR is OFF), plus -march=native when NORMKIT_NATIVE and
+#   ASan+UBSan when NORMKIT_SANITIZE. Call it on every target you add under tests/, examples/, bench/.
+function(normkit_project_warnings target)
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "INTERFACE_LIBRARY")
+    message(FATAL_ERROR "normkit_project_warnings(${target}): not for INTERFACE libraries")
+  endif()
+
+  if(MSVC)
+    target_compile_options(${target} PRIVATE /W4 /permissive- $<$<BOOL:${NORMKIT_WERROR}>:/WX>)
+    return()
+  endif()
+
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic $<$<BOOL:${NORMKIT_WERROR}>:-Werror>)
+  if(NORMKIT_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+  endif()
+  if(NORMKIT_SANITIZE)
+    # no-recover: a UBSan finding must fail the test, not just print.
+    set(san -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+    target_compile_options(${target} PRIVATE ${san})
+    # GCC's -Wmaybe-uninitialized misfires on sanitizer-instrumented code (even inside libstdc++,
+    # e.g. std::regex in Catch2's main); the non-sanitized build keeps that warning as an error.
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      target_compile_options(${target} PRIVATE -Wno-maybe-uninitialized)
+    endif()
+    target_link_options(${target} PRIVATE ${san})
+  endif()
+endfunction()
+
+# normkit_add_aggregate_target(<name> <source subdir>)
+#   A target that builds everything defined under a subdirectory, so that scripts can build the
+#   examples or benchmarks alone without knowing their target names (and without the tests).
+function(normkit_add_aggregate_target name dir)
+  set(targets "")
+  set(dirs "${CMAKE_CURRENT_SOURCE_DIR}/${dir}")
+  while(dirs)
+    list(POP_FRONT dirs d)
+    get_property(t DIRECTORY "${d}" PROPERTY BUILDSYSTEM_TARGETS)
+    get_property(sub DIRECTORY "${d}" PROPERTY SUBDIRECTORIES)
+    list(APPEND targets ${t})
+    list(APPEND dirs ${sub})
+  endwhile()
+  add_custom_target(${name})
+  foreach(t IN LISTS targets)
+    get_target_property(type ${t} TYPE)
+    if(NOT type STREQUAL "INTERFACE_LIBRARY")
+      add_dependencies(${name} ${t})
+    endif()
+  endforeach()
+endfunction()

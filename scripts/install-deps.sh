@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install the Debian packages normkit needs, only those missing.
+#   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2
+#   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
+set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+  esac
+done
+
+required=(cmake g++ make libeigen3-dev catch2)
+optional=()
+if [[ $bench == 1 ]]; then
+  required+=(libbenchmark-dev)
+  optional+=(libdnnl-dev gnuplot-nox)   # comparison and plots only: never fail for them
+fi
+
+installed() { dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'; }
+
+sudo=()
+if [[ $(id -u) != 0 ]]; then
+  if command -v sudo >/dev/null; then
+    sudo=(sudo)
+  fi
+fi
+
+updated=0
+apt_install() {
+  if [[ $updated == 0 ]]; then
+    "${sudo[@]}" apt-get update -qq
+    updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"
+}
+
+missing=()
+for p in "${required[@]}"; do installed "$p" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 && ${#sudo[@]} == 0 ]]; then
+    echo "install-deps: missing ${missing[*]}, and not root without sudo: install them yourself" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+
+for p in "${optional[@]}"; do
+  installed "$p" && continue
+  if [[ $(id -u) != 0 && ${#sudo[@]} == 0 ]]; then
+    echo "install-deps: optional $p missing (not root, no sudo), skipped" >&2
+    continue
+  fi
+  echo "install-deps: installing optional $p"
+  apt_install "$p" || echo "install-deps: optional $p could not be installed, skipped" >&2
+done

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build normkit's tests (and examples) and run them with ctest.
+#   scripts/run-tests.sh              Release, -march=native, into build/
+#   scripts/run-tests.sh --sanitize   ASan+UBSan, RelWithDebInfo, tests only, into build-asan/
+# Extra arguments after -- go to the CMake configure step. NORMKIT_BUILD_DIR overrides build/
+# (the sanitizer build then goes to "$NORMKIT_BUILD_DIR-asan").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+sanitize=0
+extra=()
+while (($#)); do
+  case "$1" in
+    --sanitize) sanitize=1 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "usage: $0 [--sanitize] [-- cmake args...]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash scripts/install-deps.sh
+
+base=${NORMKIT_BUILD_DIR:-build}
+if [[ $sanitize == 1 ]]; then
+  dir=${NORMKIT_BUILD_DIR:+$NORMKIT_BUILD_DIR-asan}
+  dir=${dir:-build-asan}
+  config=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMKIT_SANITIZE=ON
+          -DNORMKIT_BUILD_EXAMPLES=OFF -DNORMKIT_BUILD_BENCHMARKS=OFF)
+else
+  dir=$base
+  # Benchmarks are left to scripts/run-examples.sh: they need libbenchmark and cost build time.
+  config=(-DCMAKE_BUILD_TYPE=Release -DNORMKIT_SANITIZE=OFF
+          -DNORMKIT_BUILD_EXAMPLES=ON -DNORMKIT_BUILD_BENCHMARKS=OFF)
+fi
+
+cmake -S . -B "$dir" -DNORMKIT_BUILD_TESTS=ON "${config[@]}" "${extra[@]}"
+cmake --build "$dir" -j2
+# --no-tests=error: a build that registers no test must not pass as green.
+ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2
