@@ -43,8 +43,13 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
     const core::RunNormalize<T> c{T(3), T(0.01), T(0.7), T(-0.2)};
     std::vector<T> y(static_cast<std::size_t>(n));
     core::normalize_run(x.data(), y.data(), n, c, w.data(), b.data());
-    for (Index i = 0; i < n; ++i) {
-      const double ref = ((x[i] - 3.0) - 0.01) * 0.7 * w[i] - 0.2 + b[i];
+    for (Index i = 0; i < n; ++i) {  // a per-element bias replaces the scalar shift
+      const double ref = ((x[i] - 3.0) - 0.01) * 0.7 * w[i] + b[i];
+      CHECK(y[i] == Approx(ref).margin(tol<T>(1) * 8));
+    }
+    core::normalize_run(x.data(), y.data(), n, c, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), true);
+    for (Index i = 0; i < n; ++i) {  // no per-element parameters: scale and shift only (streaming stores)
+      const double ref = ((x[i] - 3.0) - 0.01) * 0.7 - 0.2;
       CHECK(y[i] == Approx(ref).margin(tol<T>(1) * 8));
     }
 

@@ -93,7 +93,7 @@ Moments<A> run_two_pass(const T* run, Index n, bool centered, int exp2) {
   const A scale = exp2 ? std::ldexp(A(1), -exp2) : A(1);
   Moments<A> m;
   if (centered) {
-    const A mean0 = run_sums(run, n, A(0), scale).s1 / static_cast<A>(n);
+    const A mean0 = run_sum(run, n, scale) / static_cast<A>(n);
     m = moments_from_sums(n, mean0, run_sums(run, n, mean0, scale));
   } else {
     m = {n, A(0), A(0), run_sums(run, n, A(0), scale).s2};

@@ -5,7 +5,7 @@
 // tail for the last n % width values. With
 //     d    = (x - mean) - mean_lo            (mean as a hi/lo pair, see moments.hpp)
 //     xhat = d * rstd
-// forward is  y = d * scale * w[i] + shift + b[i]          (w, b optional per-element arrays)
+// forward is  y = d * scale * w[i] + b[i]   (w, b optional per-element arrays; shift when no b)
 // backward is dx = scale * (g - mean_g - xhat * mean_gx),  g = dy * w[i]
 // LayerNorm passes scale = rstd and its weight/bias as w, b; BatchNorm folds its per-channel weight
 // and bias into scale = rstd * weight[c] and shift = bias[c].
@@ -19,36 +19,53 @@
 
 namespace normkit::core {
 
-// s1 = sum(x * scale - shift), s2 = sum((x * scale - shift)^2). scale is 1, or a power of two for
-// data at the edges of the range (moments.hpp). Four independent accumulators per sum: they hide
-// the add latency and split the run into interleaved partial sums, which also cuts rounding error.
-template <class A, class T>
-Sums<A> run_sums(const T* x, Index n, A shift, A scale = A(1)) {
+template <bool Squares, bool Scaled, class A, class T>
+Sums<A> run_sums_impl(const T* x, Index n, A shift, A scale) {
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> s = set1<A>(shift), k = set1<A>(scale);
   packet<A> a1[4], a2[4];
   for (int j = 0; j < 4; ++j) a1[j] = a2[j] = set1<A>(A(0));
+  const auto value = [&](Index at) {
+    const packet<A> v = load<A>(x + at);
+    return sub(Scaled ? mul(v, k) : v, s);
+  };
   Index i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
     for (int j = 0; j < 4; ++j) {
-      const packet<A> d = sub(mul(load<A>(x + i + j * W), k), s);
+      const packet<A> d = value(i + j * W);
       a1[j] = add(a1[j], d);
-      a2[j] = madd(d, d, a2[j]);
+      if constexpr (Squares) a2[j] = madd(d, d, a2[j]);
     }
   }
   for (; i + W <= n; i += W) {
-    const packet<A> d = sub(mul(load<A>(x + i), k), s);
+    const packet<A> d = value(i);
     a1[0] = add(a1[0], d);
-    a2[0] = madd(d, d, a2[0]);
+    if constexpr (Squares) a2[0] = madd(d, d, a2[0]);
   }
-  Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])))};
+  Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), A(0)};
+  if constexpr (Squares) r.s2 = sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])));
   for (; i < n; ++i) {
     const A d = load_scalar<A>(x + i) * scale - shift;
     r.s1 += d;
-    r.s2 += d * d;
+    if constexpr (Squares) r.s2 += d * d;
   }
   return r;
+}
+
+// s1 = sum(x * scale - shift), s2 = sum((x * scale - shift)^2). scale is 1, or a power of two for
+// data at the edges of the range (moments.hpp). Four independent accumulators per sum: they hide
+// the add latency and split the run into interleaved partial sums, which also cuts rounding error.
+template <class A, class T>
+Sums<A> run_sums(const T* x, Index n, A shift, A scale = A(1)) {
+  return scale == A(1) ? run_sums_impl<true, false>(x, n, shift, scale) : run_sums_impl<true, true>(x, n, shift, scale);
+}
+
+// sum(x * scale) alone: the first pass of the two-pass moments.
+template <class A, class T>
+A run_sum(const T* x, Index n, A scale = A(1)) {
+  return scale == A(1) ? run_sums_impl<false, false>(x, n, A(0), scale).s1
+                       : run_sums_impl<false, true>(x, n, A(0), scale).s1;
 }
 
 // max |x| over a run; only called on the rare path that rescales a block (moments.hpp), so scalar.
@@ -73,23 +90,20 @@ void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, con
   const auto scalar = [&](Index i) {
     A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
     if constexpr (HasW) v *= load_scalar<A>(w + i);
-    v += c.shift;
-    if constexpr (HasB) v += load_scalar<A>(b + i);
-    store_scalar<T>(y + i, v);
+    store_scalar<T>(y + i, v + (HasB ? load_scalar<A>(b + i) : c.shift));
   };
   Index i = 0;
   for (const Index head = aligned_head(y, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
-    packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
-    if constexpr (HasW) v = mul(v, load<A>(w + i));
-    v = add(v, shift);
-    if constexpr (HasB) v = add(v, load<A>(b + i));
-    store(y + i, v, stream);
+    const packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
+    const packet<A> offset = HasB ? load<A>(b + i) : shift;
+    store(y + i, HasW ? madd(v, load<A>(w + i), offset) : add(v, offset), stream);
   }
   for (; i < n; ++i) scalar(i);
 }
 
-// y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + shift + b[i]; w and b may be null (1 and 0).
+// y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i]; w may be null (1), and b null (then the
+// scalar shift is added instead: per-element bias and per-group shift are never both present).
 // stream: non-temporal stores for y (simd.hpp).
 template <class A, class T>
 void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b, bool stream = false) {

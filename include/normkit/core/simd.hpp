@@ -86,18 +86,29 @@ template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Ei
 template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
 // a * b + c
 template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
-// Horizontal sum through memory, pairwise. Not Eigen's predux: with AVX-512, GCC 12 warns about the
-// _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users; and this runs
-// once per run or row, so its cost does not matter.
+// Horizontal sum, pairwise. Not Eigen's predux: with AVX-512, GCC 12 warns about the
+// _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users. With GCC and
+// Clang the packet is a vector type whose lanes can be read directly, which keeps the sum in
+// registers; elsewhere it goes through memory.
+template <int Lo, int N, class P>
+EIGEN_STRONG_INLINE auto sum_lanes(const P& a) {
+  if constexpr (N == 1) return a[Lo];
+  else return sum_lanes<Lo, N / 2>(a) + sum_lanes<Lo + N / 2, N / 2>(a);
+}
+
 template <class P>
 EIGEN_STRONG_INLINE auto sum(const P& a) {
   using A = typename Eigen::internal::unpacket_traits<P>::type;
   constexpr int n = Eigen::internal::unpacket_traits<P>::size;
+#if defined(__GNUC__)
+  return static_cast<A>(sum_lanes<0, n>(a));
+#else
   A lanes[n];
   Eigen::internal::pstoreu<A>(lanes, a);
   for (int step = 1; step < n; step *= 2)
     for (int i = 0; i + step < n; i += 2 * step) lanes[i] += lanes[i + step];
   return lanes[0];
+#endif
 }
 
 // Scalar edges use the same helpers so a kernel reads the same for its body and its tail.
