@@ -13,6 +13,9 @@
 // Statistics of a group are built from blocks that fit in cache (a run, or a block of rows of a
 // panel), two passes each, merged with Chan's update (moments.hpp); the normalize or dx sweep then
 // follows while the data is still in cache where the group is small enough.
+// Threads take contiguous chunks of groups (row shape), of column packets (wide column shapes), or
+// of rows (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums
+// are merged in chunk order): results never depend on scheduling, only on the chunk count.
 #pragma once
 
 #include <algorithm>
