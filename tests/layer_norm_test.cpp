@@ -19,6 +19,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/reference.hpp"
+#include "support/row_norm_spec.hpp"
 
 #include <cmath>
 #include <limits>
@@ -67,15 +68,7 @@ std::string describe(const Opts& o) {
          (o.eps_placement == EpsPlacement::InsideSqrt ? " InsideSqrt" : " OutsideSqrt");
 }
 
-RowNormSpec spec_of(const Opts& o) {
-  RowNormSpec s;
-  s.rms = kRms;
-  s.eps = o.eps;
-  s.outside = o.eps_placement == EpsPlacement::OutsideSqrt;
-  s.has_weight = o.elementwise_affine;
-  s.has_bias = o.elementwise_affine && o.bias;
-  return s;
-}
+RowNormSpec spec_of(const Opts& o) { return row_norm_spec(o, kRms); }
 
 template <class T>
 void randomize_params(Fn<T>& fn, std::uint32_t seed) {

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/reference.hpp"
+#include "support/row_norm_spec.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -22,25 +23,6 @@ using normkit::EpsPlacement;
 namespace {
 
 const char* placement_name(EpsPlacement p) { return p == EpsPlacement::InsideSqrt ? "InsideSqrt" : "OutsideSqrt"; }
-
-RowNormSpec ln_spec(const normkit::LayerNormOptions& o) {
-  RowNormSpec s;
-  s.eps = o.eps;
-  s.outside = o.eps_placement == EpsPlacement::OutsideSqrt;
-  s.has_weight = o.elementwise_affine;
-  s.has_bias = o.elementwise_affine && o.bias;
-  return s;
-}
-
-RowNormSpec rms_spec(const normkit::RMSNormOptions& o) {
-  RowNormSpec s;
-  s.rms = true;
-  s.eps = o.eps;
-  s.outside = o.eps_placement == EpsPlacement::OutsideSqrt;
-  s.has_weight = o.elementwise_affine;
-  s.has_bias = o.elementwise_affine && o.bias;
-  return s;
-}
 
 template <class Fn>
 void randomize_params(Fn& fn, std::uint32_t seed) {

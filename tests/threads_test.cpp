@@ -14,6 +14,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/reference.hpp"
+#include "support/row_norm_spec.hpp"
 
 #include <limits>
 #include <memory>
@@ -107,25 +108,6 @@ void check_threads(const Fn& fn, const RowNormSpec& spec, const std::array<Index
     INFO(mwr.str());
     CHECK(mwr.ok);
   }
-}
-
-RowNormSpec ln_spec(const normkit::LayerNormOptions& o) {
-  RowNormSpec s;
-  s.eps = o.eps;
-  s.outside = o.eps_placement == EpsPlacement::OutsideSqrt;
-  s.has_weight = o.elementwise_affine;
-  s.has_bias = o.elementwise_affine && o.bias;
-  return s;
-}
-
-RowNormSpec rms_spec(const normkit::RMSNormOptions& o) {
-  RowNormSpec s;
-  s.rms = true;
-  s.eps = o.eps;
-  s.outside = o.eps_placement == EpsPlacement::OutsideSqrt;
-  s.has_weight = o.elementwise_affine;
-  s.has_bias = o.elementwise_affine && o.bias;
-  return s;
 }
 
 }  // namespace
