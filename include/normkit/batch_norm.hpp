@@ -1,4 +1,4 @@
-// normkit/batch_norm.hpp — BatchNorm<T>: per-channel normalization over the batch and spatial axes
+// normkit/batch_norm.hpp — BatchNorm<T, P = T>: per-channel normalization over the batch and spatial axes
 // (Ioffe & Szegedy, 2015), with PyTorch's semantics (torch.nn.BatchNorm1d/2d/3d).
 //
 // For every channel c, over the n = N * (spatial size) values of that channel:
@@ -10,6 +10,9 @@
 // backward with batch statistics: dx = weight rstd (dy - mean(dy) - xhat mean(dy xhat));
 // with running statistics: dx = dy weight rstd. dweight = sum dy xhat, dbias = sum dy.
 // channel_axis 1 is PyTorch's (N, C, ...); -1 (or R-1) is channels-last. eps is always inside the sqrt.
+// Types: T (x, y, dy, dx) is float, double, Eigen::bfloat16 or Eigen::half; statistics are
+// accumulated and saved in accum_t<T> (float for the 16-bit types); P (weight, bias, running
+// statistics, gradients) is T or, for mixed precision, float beside bfloat16/half.
 #pragma once
 
 #include <cmath>
@@ -25,9 +28,10 @@
 
 namespace normkit {
 
-template <class T>
+template <class T, class P = T>
 class BatchNorm {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "normkit: T must be float or double");
+  static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
   using Index = Eigen::Index;
 
@@ -38,12 +42,12 @@ class BatchNorm {
     if (options_.momentum && !(*options_.momentum >= 0 && *options_.momentum <= 1))
       detail::throw_invalid("BatchNorm", "momentum must be in [0, 1] or nullopt, got " + std::to_string(*options_.momentum));
     if (options_.affine) {
-      weight_ = Eigen::Tensor<T, 1>(channels_).setConstant(T(1));
-      bias_ = Eigen::Tensor<T, 1>(channels_).setZero();
+      weight_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
+      bias_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
     }
     if (options_.track_running_stats) {
-      running_mean_ = Eigen::Tensor<T, 1>(channels_).setZero();
-      running_var_ = Eigen::Tensor<T, 1>(channels_).setConstant(T(1));
+      running_mean_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
+      running_var_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
     }
   }
 
@@ -52,14 +56,14 @@ class BatchNorm {
   bool training() const { return training_; }
   const BatchNormOptions& options() const { return options_; }
 
-  Eigen::Tensor<T, 1>& weight() { return weight_; }
-  const Eigen::Tensor<T, 1>& weight() const { return weight_; }
-  Eigen::Tensor<T, 1>& bias() { return bias_; }
-  const Eigen::Tensor<T, 1>& bias() const { return bias_; }
-  Eigen::Tensor<T, 1>& running_mean() { return running_mean_; }
-  const Eigen::Tensor<T, 1>& running_mean() const { return running_mean_; }
-  Eigen::Tensor<T, 1>& running_var() { return running_var_; }
-  const Eigen::Tensor<T, 1>& running_var() const { return running_var_; }
+  Eigen::Tensor<P, 1>& weight() { return weight_; }
+  const Eigen::Tensor<P, 1>& weight() const { return weight_; }
+  Eigen::Tensor<P, 1>& bias() { return bias_; }
+  const Eigen::Tensor<P, 1>& bias() const { return bias_; }
+  Eigen::Tensor<P, 1>& running_mean() { return running_mean_; }
+  const Eigen::Tensor<P, 1>& running_mean() const { return running_mean_; }
+  Eigen::Tensor<P, 1>& running_var() { return running_var_; }
+  const Eigen::Tensor<P, 1>& running_var() const { return running_var_; }
   std::int64_t num_batches_tracked() const { return num_batches_tracked_; }
 
   template <class X, class Y>
@@ -76,11 +80,11 @@ class BatchNorm {
   }
 
   template <class X, class DY, class DX>
-  NormGrads<T> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
     return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
   }
   template <class X, class DY, class DX>
-  NormGrads<T> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
                         DX&& dx) const {
     return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
   }
@@ -109,7 +113,7 @@ class BatchNorm {
     return detail::channel_groups(dims.data(), rank, axis, detail::layout_v<X> == Eigen::RowMajor);
   }
 
-  core::NormParams<T> params() const {
+  core::NormParams<P> params() const {
     return {true, options_.eps, true, core::AffineAxis::Group, weight_.size() ? weight_.data() : nullptr,
             bias_.size() ? bias_.data() : nullptr};
   }
@@ -132,10 +136,11 @@ class BatchNorm {
     stats.mean.resize(channels_), stats.mean_lo.resize(channels_), stats.rstd.resize(channels_);
     Eigen::Tensor<A, 1> var(channels_);
     if (!batch) {  // eval with running statistics
-      stats.mean = running_mean_.template cast<A>();
       stats.mean_lo.setZero();
-      for (Index c = 0; c < channels_; ++c)
-        stats.rstd(c) = core::rstd_from_var<A>(static_cast<long double>(running_var_(c)), options_.eps, true);
+      for (Index c = 0; c < channels_; ++c) {
+        stats.mean(c) = static_cast<A>(running_mean_(c));
+        stats.rstd(c) = core::rstd_from_var<A>(static_cast<long double>(static_cast<A>(running_var_(c))), options_.eps, true);
+      }
     }
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(),
@@ -152,13 +157,15 @@ class BatchNorm {
     const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
     for (Index c = 0; c < channels_; ++c) {
       const double mean = static_cast<double>(stats.mean(c)) + static_cast<double>(stats.mean_lo(c));
-      running_mean_(c) = static_cast<T>((1 - m) * running_mean_(c) + m * mean);
-      running_var_(c) = static_cast<T>((1 - m) * running_var_(c) + m * static_cast<double>(var(c)) * unbias);
+      const double old_mean = static_cast<double>(static_cast<A>(running_mean_(c)));
+      const double old_var = static_cast<double>(static_cast<A>(running_var_(c)));
+      running_mean_(c) = static_cast<P>((1 - m) * old_mean + m * mean);
+      running_var_(c) = static_cast<P>((1 - m) * old_var + m * static_cast<double>(var(c)) * unbias);
     }
   }
 
   template <class Exec, class X, class DY, class DX>
-  NormGrads<T> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+  NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
                       std::is_same_v<detail::scalar_t<DX>, T>,
                   "normkit: x, dy and dx must hold T");
@@ -172,7 +179,7 @@ class BatchNorm {
     detail::check_size(where, "stats.rstd", channels_, stats.rstd.size());
     if (stats.mean_lo.size() != 0) detail::check_size(where, "stats.mean_lo", channels_, stats.mean_lo.size());
 
-    NormGrads<T> grads;
+    NormGrads<P> grads;
     if (options_.affine) grads.weight.resize(channels_), grads.bias.resize(channels_);
     Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> dy_copy;
     const T* dyp = detail::in_layout<detail::layout_v<X>>(dy, dy_copy);
@@ -190,7 +197,7 @@ class BatchNorm {
   BatchNormOptions options_;
   Index channels_;
   bool training_ = true;
-  Eigen::Tensor<T, 1> weight_, bias_, running_mean_, running_var_;
+  Eigen::Tensor<P, 1> weight_, bias_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
 };
 

@@ -22,9 +22,19 @@ namespace normkit {
 
 enum class EpsPlacement { InsideSqrt, OutsideSqrt };
 
+// Storage types: float, double, and the 16-bit Eigen::bfloat16 and Eigen::half.
+template <class T>
+inline constexpr bool is_storage_v = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                     std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>;
+
 // Statistics and reductions run in accum_t<T>: double for double, float for everything narrower.
 template <class T>
 using accum_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Parameters (weight, bias, running statistics, their gradients) are stored as P: T itself (the
+// default), or accum_t<T> for mixed precision (bfloat16/half activations with float parameters).
+template <class T, class P>
+inline constexpr bool is_param_type_v = std::is_same_v<P, T> || std::is_same_v<P, accum_t<T>>;
 
 // What forward saves for backward, one entry per normalized group (a row for LayerNorm/RMSNorm, a
 // channel for BatchNorm). Rows are ordered as the leading indices in row-major order, whatever the
@@ -39,11 +49,12 @@ struct NormStats {
   Eigen::Tensor<accum_t<T>, 1> mean_lo;
 };
 
-// Parameter gradients returned by backward; a member is empty (size 0) when that parameter is absent.
-template <class T>
+// Parameter gradients returned by backward, in the parameters' type P; a member is empty (size 0)
+// when that parameter is absent.
+template <class P>
 struct NormGrads {
-  Eigen::Tensor<T, 1> weight;
-  Eigen::Tensor<T, 1> bias;
+  Eigen::Tensor<P, 1> weight;
+  Eigen::Tensor<P, 1> bias;
 };
 
 struct LayerNormOptions {

@@ -5,6 +5,7 @@
 // option defaults; see layer_norm.hpp and rms_norm.hpp for the formulas. This class maps a tensor
 // onto the core (tensor_view.hpp), checks shapes before anything is written, and reorders stats and
 // parameters between the contract's row-major order and a ColMajor tensor's memory order.
+// T stores x, y, dy, dx; P stores weight, bias and their gradients (options.hpp).
 #pragma once
 
 #include <initializer_list>
@@ -19,16 +20,17 @@
 
 namespace normkit::detail {
 
-template <class T>
+template <class T, class P>
 class TrailingNorm {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "normkit: T must be float or double");
+  static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
 
  public:
-  Eigen::Tensor<T, 1>& weight() { return weight_; }
-  const Eigen::Tensor<T, 1>& weight() const { return weight_; }
-  Eigen::Tensor<T, 1>& bias() { return bias_; }
-  const Eigen::Tensor<T, 1>& bias() const { return bias_; }
+  Eigen::Tensor<P, 1>& weight() { return weight_; }
+  const Eigen::Tensor<P, 1>& weight() const { return weight_; }
+  Eigen::Tensor<P, 1>& bias() { return bias_; }
+  const Eigen::Tensor<P, 1>& bias() const { return bias_; }
   const std::vector<Index>& normalized_shape() const { return shape_; }
 
   template <class X, class Y>
@@ -46,11 +48,11 @@ class TrailingNorm {
   }
 
   template <class X, class DY, class DX>
-  NormGrads<T> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
     return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
   }
   template <class X, class DY, class DX>
-  NormGrads<T> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
                         DX&& dx) const {
     return backward_on(PoolExecutor{device}, x, dy, stats, dx);
   }
@@ -65,8 +67,8 @@ class TrailingNorm {
       throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
                                " must have at least one axis and no zero-sized or negative dimension");
     features_ = product(shape_.data(), Index(shape_.size()));
-    if (affine) weight_ = Eigen::Tensor<T, 1>(features_).setConstant(T(1));
-    if (affine && bias) bias_ = Eigen::Tensor<T, 1>(features_).setZero();
+    if (affine) weight_ = Eigen::Tensor<P, 1>(features_).setConstant(P(1));
+    if (affine && bias) bias_ = Eigen::Tensor<P, 1>(features_).setConstant(P(0));
   }
 
  private:
@@ -101,7 +103,7 @@ class TrailingNorm {
   }
 
   // The parameters in memory order: their own buffers, or gathered copies in `copy`.
-  const T* param(const Eigen::Tensor<T, 1>& p, const std::vector<Index>& order, std::vector<T>& copy) const {
+  const P* param(const Eigen::Tensor<P, 1>& p, const std::vector<Index>& order, std::vector<P>& copy) const {
     if (p.size() == 0) return nullptr;
     if (order.empty()) return p.data();
     copy.resize(order.size());
@@ -109,7 +111,7 @@ class TrailingNorm {
     return copy.data();
   }
 
-  core::NormParams<T> params(const T* w, const T* b) const {
+  core::NormParams<P> params(const P* w, const P* b) const {
     return {centered_, eps_, eps_inside_, core::AffineAxis::Element, w, b};
   }
 
@@ -130,9 +132,9 @@ class TrailingNorm {
     A* mean = centered_ ? (mem.empty() ? stats.mean.data() : mem.data()) : nullptr;
     A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
     A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
-    std::vector<T> w_copy, b_copy;
-    const T* w = param(weight_, params_order, w_copy);
-    const T* b = param(bias_, params_order, b_copy);
+    std::vector<P> w_copy, b_copy;
+    const P* w = param(weight_, params_order, w_copy);
+    const P* b = param(bias_, params_order, b_copy);
 
     OutputIn<layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(w, b), core::StatsArrays<A>{mean, mean_lo, rstd},
@@ -146,7 +148,7 @@ class TrailingNorm {
   }
 
   template <class Exec, class X, class DY, class DX>
-  NormGrads<T> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+  NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
     static_assert(std::is_same_v<scalar_t<X>, T> && std::is_same_v<scalar_t<DY>, T> && std::is_same_v<scalar_t<DX>, T>,
                   "normkit: x, dy and dx must hold T");
     static_assert(rank_v<X> == rank_v<DY> && rank_v<X> == rank_v<DX>, "normkit: x, dy and dx must have the same rank");
@@ -170,15 +172,15 @@ class TrailingNorm {
     const A* mean = stat(stats.mean, 0);
     const A* mean_lo = stat(stats.mean_lo, 1);
     const A* rstd = stat(stats.rstd, 2);
-    std::vector<T> w_copy, b_copy;
-    const T* w = param(weight_, params_order, w_copy);
+    std::vector<P> w_copy;
+    const P* w = param(weight_, params_order, w_copy);
 
-    NormGrads<T> grads;
+    NormGrads<P> grads;
     if (weight_.size()) grads.weight.resize(features_);
     if (bias_.size()) grads.bias.resize(features_);
-    std::vector<T> dw_mem(params_order.empty() ? 0 : grads.weight.size()), db_mem(params_order.empty() ? 0 : grads.bias.size());
-    T* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
-    T* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
+    std::vector<P> dw_mem(params_order.empty() ? 0 : grads.weight.size()), db_mem(params_order.empty() ? 0 : grads.bias.size());
+    P* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
+    P* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
 
     Eigen::Tensor<T, rank_v<X>, layout_v<X>> dy_copy;
     const T* dyp = in_layout<layout_v<X>>(dy, dy_copy);
@@ -196,7 +198,7 @@ class TrailingNorm {
   Index features_ = 0;
   double eps_;
   bool eps_inside_, centered_;
-  Eigen::Tensor<T, 1> weight_, bias_;
+  Eigen::Tensor<P, 1> weight_, bias_;
 };
 
 }  // namespace normkit::detail

@@ -46,9 +46,9 @@ struct ColsGrad {
 
 // y = ((x - mean[c]) - mean_lo[c]) * scale[c] * w[r] + shift[c] + b[r]; w, b may be null (1 and 0).
 // stream: non-temporal stores for y (simd.hpp).
-template <class A, class T>
+template <class A, class T, class P>
 void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k,
-                    const T* w, const T* b, bool stream = false) {
+                    const P* w, const P* b, bool stream = false) {
   using namespace simd;
   constexpr Index W = width<A>;
   for (Index r = 0; r < rows; ++r) {
@@ -61,7 +61,7 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
       store_scalar<T>(yr + c, v * wr + k.shift[c] + br);
     };
     Index c = 0;
-    for (const Index head = aligned_head(yr, cols, stream); c < head; ++c) scalar(c);
+    for (const Index head = aligned_head<A>(yr, cols, stream); c < head; ++c) scalar(c);
     for (; c + W <= cols; c += W) {
       packet<A> v = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.scale + c));
       store(yr + c, add(add(mul(v, wp), load<A>(k.shift + c)), bp), stream);
@@ -71,9 +71,9 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
 }
 
 // sum_g[c] += sum_r g, sum_gx[c] += sum_r g * xhat, with g = dy * w[r] (w null: g = dy).
-template <class A, class T>
+template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                        const T* w, A* sum_g, A* sum_gx) {
+                        const P* w, A* sum_g, A* sum_gx) {
   using namespace simd;
   constexpr Index W = width<A>;
   for (Index r = 0; r < rows; ++r) {
@@ -99,9 +99,9 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
 
 // dx = scale[c] * (g - mean_g[c] - xhat * mean_gx[c]), g = dy * w[r]. With w it also accumulates the
 // per-row parameter gradients over this panel: dweight[r] += sum_c dy * xhat, dbias[r] += sum_c dy.
-template <class A, class T>
+template <class A, class T, class P>
 void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                      const T* w, A* dweight, A* dbias, bool stream = false) {
+                      const P* w, A* dweight, A* dbias, bool stream = false) {
   using namespace simd;
   constexpr Index W = width<A>;
   for (Index r = 0; r < rows; ++r) {
@@ -120,7 +120,7 @@ void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, In
       store_scalar<T>(dxr + c, k.scale[c] * ((d * wr - k.mean_g[c]) - xhat * k.mean_gx[c]));
     };
     Index c = 0;
-    for (const Index head = aligned_head(dxr, cols, stream); c < head; ++c) scalar(c);
+    for (const Index head = aligned_head<A>(dxr, cols, stream); c < head; ++c) scalar(c);
     for (; c + W <= cols; c += W) {
       const packet<A> xhat = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.rstd + c));
       const packet<A> d = load<A>(dyr + c);

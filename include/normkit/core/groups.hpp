@@ -38,14 +38,15 @@ struct GroupShape {
 
 enum class AffineAxis { Element, Group };
 
-template <class T>
+// P is the parameters' storage type.
+template <class P>
 struct NormParams {
   bool centered = true;  // false: RMSNorm (mean = 0, var = mean(x^2))
   double eps = 1e-5;
   bool eps_inside_sqrt = true;
   AffineAxis affine_axis = AffineAxis::Element;
-  const T* weight = nullptr;  // Element: group_size() values; Group: groups values
-  const T* bias = nullptr;
+  const P* weight = nullptr;  // Element: group_size() values; Group: groups values
+  const P* bias = nullptr;
 };
 
 // Per-group statistics in memory order of the groups. P is A (forward writes) or const A (backward
@@ -90,13 +91,41 @@ A group_rstd(const Moments<A>& m, double eps, bool eps_inside_sqrt) {
   return rstd_from_moments(m, eps, eps_inside_sqrt);
 }
 
+// The shift of the second pass: the first pass's mean rounded to a multiple of T's ulp at the
+// block's root mean square (when known: rms > 0). Then x - shift is exact for every x of that
+// magnitude or above (for bfloat16/half data always, they have at most 11 significant bits, and
+// the partial sums of the second pass stay exact too), so sum(x - shift) is not biased by the same
+// rounding of a long shift repeated in every term. That bias reached 1e-7 of the std for 16-bit
+// rows with a mean near 0, several ulps on outputs near 0. Near the mean (|mean| >> std) the shift
+// is the mean rounded to T, as accurate as the data can say.
+template <class T, class A>
+A second_pass_shift(A mean0, A rms) {
+  if (!(rms > A(0)) || !std::isfinite(rms)) return static_cast<A>(static_cast<T>(mean0));
+  int e = 0;
+  std::frexp(rms, &e);
+  const int ulp_exp = e - std::numeric_limits<T>::digits;
+  return std::ldexp(std::nearbyint(std::ldexp(mean0, -ulp_exp)), ulp_exp);
+}
+
+// bfloat16 and half rows also sum squares in the first pass, for second_pass_shift's rms: their
+// coarse values make the bias above likely. Wider types keep the cheaper sum-only pass.
+template <class T, class A>
+inline constexpr bool first_pass_squares = sizeof(T) < sizeof(A);
+
 // Two passes over a run whose values are taken as x * 2^-exp2 (exp2 = 0: as they are).
 template <class A, class T>
 Moments<A> run_two_pass(const T* run, Index n, bool centered, int exp2) {
   const A scale = exp2 ? std::ldexp(A(1), -exp2) : A(1);
   Moments<A> m;
   if (centered) {
-    const A mean0 = run_sum(run, n, scale) / static_cast<A>(n);
+    A mean0, rms = 0;
+    if constexpr (first_pass_squares<T, A>) {
+      const Sums<A> raw = run_sums(run, n, A(0), scale);
+      mean0 = raw.s1 / static_cast<A>(n), rms = std::sqrt(raw.s2 / static_cast<A>(n));
+    } else {
+      mean0 = run_sum(run, n, scale) / static_cast<A>(n);
+    }
+    mean0 = second_pass_shift<T>(mean0, rms);
     m = moments_from_sums(n, mean0, run_sums(run, n, mean0, scale));
   } else {
     m = {n, A(0), A(0), run_sums(run, n, A(0), scale).s2};
@@ -142,7 +171,8 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
     std::fill(s2, s2 + cols, A(0));
     cols_sums(xb, rb, cols, stride, zero, s1, s2);
     if (centered) {
-      for (Index c = 0; c < cols; ++c) mean0[c] = s1[c] / static_cast<A>(rb);
+      for (Index c = 0; c < cols; ++c)
+        mean0[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rb), std::sqrt(s2[c] / static_cast<A>(rb)));
       std::fill(s1, s1 + cols, A(0));
       std::fill(s2, s2 + cols, A(0));
       cols_sums(xb, rb, cols, stride, mean0, s1, s2);
@@ -202,12 +232,12 @@ void for_chunks(const Exec& exec, const GroupShape& s, const Chunking& ch, F&& f
 
 // y = normalize(x) group by group. With compute_stats the statistics are computed and written to
 // `stats`; without, they are read from it (BatchNorm in eval mode).
-template <class A, class T, class Exec>
-void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, const NormParams<T>& p,
+template <class A, class T, class P, class Exec>
+void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, const NormParams<P>& p,
                     const StatsArrays<A>& stats, bool compute_stats) {
   const bool element_affine = p.affine_axis == AffineAxis::Element;
-  const T* w_elem = element_affine ? p.weight : nullptr;
-  const T* b_elem = element_affine ? p.bias : nullptr;
+  const P* w_elem = element_affine ? p.weight : nullptr;
+  const P* b_elem = element_affine ? p.bias : nullptr;
   // Statistics of group g (computed from m, or read back), and its sweep coefficients.
   const auto coefficients = [&](Index g, const Moments<A>& m) {
     RunNormalize<A> c{};
@@ -314,11 +344,11 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 // carries the mean and variance terms (training); otherwise they were constants (BatchNorm eval) and
 // dx = dy * weight * rstd. dweight/dbias (may be null) receive sum(dy * xhat) and sum(dy): per element
 // of a group (group_size() values) for Element affine, per group for Group affine.
-template <class A, class T, class Exec>
-void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<T>& p,
-                     const StatsArrays<const A>& stats, bool batch_stats, T* dweight, T* dbias) {
+template <class A, class T, class P, class Exec>
+void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<P>& p,
+                     const StatsArrays<const A>& stats, bool batch_stats, P* dweight, P* dbias) {
   const bool element_affine = p.affine_axis == AffineAxis::Element;
-  const T* w_elem = element_affine ? p.weight : nullptr;
+  const P* w_elem = element_affine ? p.weight : nullptr;
   const Index n = s.group_size();
   // Per-group constants. xhat uses rstd, except that var = 0 with eps = 0 (rstd = inf) has xhat = 0
   // rather than 0 * inf, as the contract says.
@@ -330,15 +360,15 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
   };
   // From the group's sums (s1 = sum g, s2 = sum g * xhat): the dx terms and Group-affine gradients.
   const auto finish = [&](Index g, RunGrad<A>& c, const Sums<A>& sums) {
-    if (!element_affine && dweight) dweight[g] = static_cast<T>(sums.s2);
-    if (!element_affine && dbias) dbias[g] = static_cast<T>(sums.s1);
+    if (!element_affine && dweight) dweight[g] = static_cast<P>(sums.s2);
+    if (!element_affine && dbias) dbias[g] = static_cast<P>(sums.s1);
     c.mean_g = p.centered ? sums.s1 / static_cast<A>(n) : A(0);
     c.mean_gx = sums.s2 / static_cast<A>(n) * variance_term_factor(stats.rstd[g], p.eps, p.eps_inside_sqrt);
   };
   if (s.outer * s.groups * s.inner == 0) {  // no values: zero parameter gradients of full size
     const Index params = element_affine ? n : s.groups;
-    if (dweight) std::fill(dweight, dweight + params, T(0));
-    if (dbias) std::fill(dbias, dbias + params, T(0));
+    if (dweight) std::fill(dweight, dweight + params, P(0));
+    if (dbias) std::fill(dbias, dbias + params, P(0));
     return;
   }
   const detail::Chunking ch = detail::chunking<A>(exec, s);
@@ -363,13 +393,13 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
         finish(g, c, sums);
         for (Index o = 0; o < s.outer; ++o) {
           const Index at = (o * s.groups + g) * s.inner, e = o * s.inner;
-          const T* w = w_elem ? w_elem + e : nullptr;
+          const P* w = w_elem ? w_elem + e : nullptr;
           if (batch_stats)
             backward_run_dx(x + at, dy + at, w, dx + at, s.inner, c, dw ? dw + e : nullptr, db ? db + e : nullptr,
                             stream);
           else
             normalize_run(dy + at, dx + at, s.inner, RunNormalize<A>{A(0), A(0), c.scale, A(0)}, w,
-                          static_cast<const T*>(nullptr), stream);
+                          static_cast<const P*>(nullptr), stream);
         }
       }
       if (stream) simd::stream_fence();
@@ -416,7 +446,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
                          stream);
       else
         normalize_cols(dy + at, dx + at, r1 - r0, G, G, ColsNormalize<A>{col + 6 * G, col + 6 * G, col + 3 * G, col + 6 * G},
-                       w_elem ? w_elem + r0 : nullptr, static_cast<const T*>(nullptr), stream);
+                       w_elem ? w_elem + r0 : nullptr, static_cast<const P*>(nullptr), stream);
       if (stream) simd::stream_fence();
     });
   } else {  // column shape
@@ -452,7 +482,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
           backward_cols_dx(x + p0, dy + p0, dx + p0, s.outer, pc, s.groups, kc, w_elem, dw, db, stream);
         else
           normalize_cols(dy + p0, dx + p0, s.outer, pc, s.groups, ColsNormalize<A>{zero, zero, scale, zero}, w_elem,
-                         static_cast<const T*>(nullptr), stream);
+                         static_cast<const P*>(nullptr), stream);
       }
       if (stream) simd::stream_fence();
     });
@@ -462,12 +492,12 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     for (Index e = 0; e < n; ++e) {
       A sw = 0, sb = 0;
       for (Index k = 0; k < chunks; ++k) sw += dw_part[k * n + e], sb += db_part[k * n + e];
-      if (dweight) dweight[e] = static_cast<T>(sw);
-      if (dbias) dbias[e] = static_cast<T>(sb);
+      if (dweight) dweight[e] = static_cast<P>(sw);
+      if (dbias) dbias[e] = static_cast<P>(sb);
     }
   } else if (element_affine) {  // no weight: no Element-affine gradients to give
-    if (dweight) std::fill(dweight, dweight + n, T(0));
-    if (dbias) std::fill(dbias, dbias + n, T(0));
+    if (dweight) std::fill(dweight, dweight + n, P(0));
+    if (dbias) std::fill(dbias, dbias + n, P(0));
   }
 }
 

@@ -9,6 +9,8 @@
 // backward is dx = scale * (g - mean_g - xhat * mean_gx),  g = dy * w[i]
 // LayerNorm passes scale = rstd and its weight/bias as w, b; BatchNorm folds its per-channel weight
 // and bias into scale = rstd * weight[c] and shift = bias[c].
+// Types: T stores x, y, dy, dx; P stores the parameters w, b (T, or float beside bfloat16/half
+// data); A accumulates (simd.hpp).
 #pragma once
 
 #include <algorithm>
@@ -82,8 +84,8 @@ struct RunNormalize {
   A mean, mean_lo, scale, shift;
 };
 
-template <bool HasW, bool HasB, class A, class T>
-void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b, bool stream) {
+template <bool HasW, bool HasB, class A, class T, class P>
+void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const P* w, const P* b, bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), scale = set1<A>(c.scale), shift = set1<A>(c.shift);
@@ -93,7 +95,7 @@ void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, con
     store_scalar<T>(y + i, v + (HasB ? load_scalar<A>(b + i) : c.shift));
   };
   Index i = 0;
-  for (const Index head = aligned_head(y, n, stream); i < head; ++i) scalar(i);
+  for (const Index head = aligned_head<A>(y, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
     const packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
     const packet<A> offset = HasB ? load<A>(b + i) : shift;
@@ -105,8 +107,8 @@ void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, con
 // y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i]; w may be null (1), and b null (then the
 // scalar shift is added instead: per-element bias and per-group shift are never both present).
 // stream: non-temporal stores for y (simd.hpp).
-template <class A, class T>
-void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const T* w, const T* b, bool stream = false) {
+template <class A, class T, class P>
+void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const P* w, const P* b, bool stream = false) {
   if (w && b) normalize_run_impl<true, true>(x, y, n, c, w, b, stream);
   else if (w) normalize_run_impl<true, false>(x, y, n, c, w, b, stream);
   else if (b) normalize_run_impl<false, true>(x, y, n, c, w, b, stream);
@@ -120,8 +122,8 @@ struct RunGrad {
 };
 
 // s1 = sum(g), s2 = sum(g * xhat) with g = dy * w[i] (w null: g = dy), in one pass.
-template <class A, class T>
-Sums<A> backward_run_sums(const T* x, const T* dy, const T* w, Index n, const RunGrad<A>& c) {
+template <class A, class T, class P>
+Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const RunGrad<A>& c) {
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
@@ -151,8 +153,8 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const T* w, Index n, const Ru
   return r;
 }
 
-template <bool HasW, class A, class T>
-void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c,
+template <bool HasW, class A, class T, class P>
+void backward_run_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, const RunGrad<A>& c,
                           A* dweight, A* dbias, bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
@@ -170,7 +172,7 @@ void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, c
     store_scalar<T>(dx + i, c.scale * ((g - c.mean_g) - xhat * c.mean_gx));
   };
   Index i = 0;
-  for (const Index head = aligned_head(dx, n, stream); i < head; ++i) scalar(i);
+  for (const Index head = aligned_head<A>(dx, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
     const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
     const packet<A> d = load<A>(dy + i);
@@ -187,8 +189,8 @@ void backward_run_dx_impl(const T* x, const T* dy, const T* w, T* dx, Index n, c
 
 // dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i]. With w (LayerNorm, RMSNorm) it also
 // accumulates this run's parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
-template <class A, class T>
-void backward_run_dx(const T* x, const T* dy, const T* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
+template <class A, class T, class P>
+void backward_run_dx(const T* x, const T* dy, const P* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
                      A* dbias, bool stream = false) {
   if (w) backward_run_dx_impl<true>(x, dy, w, dx, n, c, dweight, dbias, stream);
   else backward_run_dx_impl<false>(x, dy, w, dx, n, c, dweight, dbias, stream);

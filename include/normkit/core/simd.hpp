@@ -2,9 +2,11 @@
 //
 // Eigen picks the widest packet the compiler was told about (-march=...): 16 floats with AVX-512,
 // 8 with AVX, 4 with SSE/NEON. Kernels are written once against these helpers. Loads and stores
-// are unaligned: callers' tensors start anywhere. Storage type T and accumulation type A are
-// separate template parameters so that narrow storage (bfloat16/half) can later widen on load and
-// round once on store without touching the kernels.
+// are unaligned: callers' tensors start anywhere. Arithmetic runs in packets of the accumulation
+// type A; the storage type T may be narrower (Eigen::bfloat16, Eigen::half with A = float): load
+// widens a packet of T to A lanes and store rounds once (to nearest even) back to T, with vector
+// conversions where the target has them (AVX/AVX-512; F16C for half) and through a small lane
+// buffer elsewhere.
 #pragma once
 
 #include <atomic>
@@ -23,25 +25,129 @@ using packet = typename Eigen::internal::packet_traits<A>::type;
 template <class A>
 inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size;
 
+// 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes)
+// or AVX2 (8 lanes; half also needs F16C). Written on intrinsics rather than Eigen's Bf16ToF32 /
+// half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized when
+// inlined (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512 code
+// uses the zero-masked (maskz) forms of the intrinsics, whose unmasked forms carry that operand. bfloat16 rounds to nearest even by
+// integer arithmetic on the float's bits (NaN stays a quiet NaN); half by the hardware conversion.
+namespace bits16 {
+#if defined(EIGEN_VECTORIZE_AVX512)
+using type = __m256i;  // 16 values
+#elif defined(EIGEN_VECTORIZE_AVX2)
+using type = __m128i;  // 8 values
+#else
+struct type {};
+#endif
+// Declared on every target so that the kernels compile everywhere; defined, and used, only where
+// the flags bf16 / half below say so.
+EIGEN_STRONG_INLINE type load(const void* p);
+EIGEN_STRONG_INLINE void store(void* p, type v, bool stream);
+EIGEN_STRONG_INLINE packet<float> from_bf16(type v);
+EIGEN_STRONG_INLINE type to_bf16(packet<float> v);
+EIGEN_STRONG_INLINE packet<float> from_half(type v);
+EIGEN_STRONG_INLINE type to_half(packet<float> v);
+
+#if defined(EIGEN_VECTORIZE_AVX512)
+inline constexpr bool bf16 = true, half = true;
+EIGEN_STRONG_INLINE type load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
+  if (stream) _mm256_stream_si256(static_cast<__m256i*>(p), v);
+  else _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+}
+EIGEN_STRONG_INLINE __m512 from_bf16(type v) {
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, v), 16));
+}
+EIGEN_STRONG_INLINE type to_bf16(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+  return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
+}
+EIGEN_STRONG_INLINE __m512 from_half(type v) { return _mm512_maskz_cvtph_ps(0xFFFF, v); }
+EIGEN_STRONG_INLINE type to_half(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT); }
+#elif defined(EIGEN_VECTORIZE_AVX2)
+inline constexpr bool bf16 = true;
+#if defined(__F16C__)
+inline constexpr bool half = true;
+#else
+inline constexpr bool half = false;
+#endif
+EIGEN_STRONG_INLINE type load(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
+  if (stream) _mm_stream_si128(static_cast<__m128i*>(p), v);
+  else _mm_storeu_si128(static_cast<__m128i*>(p), v);
+}
+EIGEN_STRONG_INLINE __m256 from_bf16(type v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+EIGEN_STRONG_INLINE type to_bf16(__m256 v) {
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));  // values fit in 16 bits
+}
+#if defined(__F16C__)
+EIGEN_STRONG_INLINE __m256 from_half(type v) { return _mm256_cvtph_ps(v); }
+EIGEN_STRONG_INLINE type to_half(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
+#endif
+#else
+inline constexpr bool bf16 = false, half = false;
+#endif
+}  // namespace bits16
+
+// Whether T widens to A packet by packet with the conversions above; otherwise through a lane buffer.
+template <class A, class T>
+inline constexpr bool vector_convert = std::is_same_v<A, float> && ((std::is_same_v<T, Eigen::bfloat16> && bits16::bf16) ||
+                                                                    (std::is_same_v<T, Eigen::half> && bits16::half));
+
 template <class A, class T>
 EIGEN_STRONG_INLINE packet<A> load(const T* p) {
-  static_assert(std::is_same_v<A, T>, "normkit: only same-type loads so far (float, double)");
-  return Eigen::internal::ploadu<packet<A>>(p);
+  if constexpr (std::is_same_v<A, T>) {
+    return Eigen::internal::ploadu<packet<A>>(p);
+  } else if constexpr (vector_convert<A, T>) {
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) return bits16::from_bf16(bits16::load(p));
+    else return bits16::from_half(bits16::load(p));
+  } else {
+    A lanes[width<A>];
+    for (Index i = 0; i < width<A>; ++i) lanes[i] = static_cast<A>(p[i]);
+    return Eigen::internal::ploadu<packet<A>>(lanes);
+  }
+}
+
+// Stores a packet of A as width<A> values of T; stream: non-temporal (p must then be aligned).
+template <class T, class P>
+EIGEN_STRONG_INLINE void store_converted(T* p, const P& v, bool stream) {
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  if constexpr (vector_convert<A, T>) {
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) bits16::store(p, bits16::to_bf16(v), stream);
+    else bits16::store(p, bits16::to_half(v), stream);
+  } else {
+    A lanes[width<A>];
+    Eigen::internal::pstoreu<A>(lanes, v);
+    for (Index i = 0; i < width<A>; ++i) p[i] = static_cast<T>(lanes[i]);
+  }
 }
 
 template <class T, class P>
 EIGEN_STRONG_INLINE void store(T* p, const P& v) {
-  Eigen::internal::pstoreu<T>(p, v);
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  if constexpr (std::is_same_v<A, T>) Eigen::internal::pstoreu<T>(p, v);
+  else store_converted(p, v, false);
 }
 
 // Non-temporal ("streaming") stores write around the cache: for outputs far larger than the cache
 // they save the read-for-ownership of every line and leave the cache to the data still to be read.
-// They need an address aligned to the packet; aligned_head(p, n) is how many scalars come first.
-// A streaming sweep ends with stream_fence() before its results are handed to another thread.
-template <class T>
+// They need an address aligned to the stored packet (width<A> values of T); aligned_head<A>(p, n)
+// is how many scalars come first. A streaming sweep ends with stream_fence() before its results
+// are handed to another thread.
+template <class A, class T>
 EIGEN_STRONG_INLINE Index aligned_head(const T* p, Index n, bool stream) {
   if (!stream) return 0;
-  constexpr std::uintptr_t bytes = sizeof(packet<T>);
+  constexpr std::uintptr_t bytes = sizeof(T) * width<A>;
   const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(p) % bytes;
   const Index head = misalign == 0 || misalign % sizeof(T) ? 0 : Index((bytes - misalign) / sizeof(T));
   return head < n ? head : n;
@@ -49,31 +155,38 @@ EIGEN_STRONG_INLINE Index aligned_head(const T* p, Index n, bool stream) {
 
 template <class T, class P>
 EIGEN_STRONG_INLINE void store(T* p, const P& v, bool stream) {
-  if (stream && reinterpret_cast<std::uintptr_t>(p) % sizeof(P) == 0) {
-    constexpr bool is_float = std::is_same_v<T, float>;
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  constexpr std::size_t bytes = sizeof(T) * width<A>;
+  if (stream && reinterpret_cast<std::uintptr_t>(p) % bytes == 0) {
+    if constexpr (std::is_same_v<A, T>) {
+      constexpr bool is_float = std::is_same_v<T, float>;
 #if defined(EIGEN_VECTORIZE_AVX512)
-    if constexpr (sizeof(P) == 64) {
-      if constexpr (is_float) _mm512_stream_ps(p, v);
-      else _mm512_stream_pd(p, v);
-      return;
-    }
+      if constexpr (bytes == 64) {
+        if constexpr (is_float) _mm512_stream_ps(p, v);
+        else _mm512_stream_pd(p, v);
+        return;
+      }
 #endif
 #if defined(EIGEN_VECTORIZE_AVX)
-    if constexpr (sizeof(P) == 32) {
-      if constexpr (is_float) _mm256_stream_ps(p, v);
-      else _mm256_stream_pd(p, v);
-      return;
-    }
+      if constexpr (bytes == 32) {
+        if constexpr (is_float) _mm256_stream_ps(p, v);
+        else _mm256_stream_pd(p, v);
+        return;
+      }
 #endif
 #if defined(EIGEN_VECTORIZE_SSE2)
-    if constexpr (sizeof(P) == 16) {
-      if constexpr (is_float) _mm_stream_ps(p, v);
-      else _mm_stream_pd(p, v);
+      if constexpr (bytes == 16) {
+        if constexpr (is_float) _mm_stream_ps(p, v);
+        else _mm_stream_pd(p, v);
+        return;
+      }
+#endif
+    } else {
+      store_converted(p, v, vector_convert<A, T>);  // bfloat16/half: width<A> values of 16 bits
       return;
     }
-#endif
   }
-  Eigen::internal::pstoreu<T>(p, v);  // no streaming store for this packet: an ordinary one
+  store(p, v);  // no streaming store for this packet: an ordinary one
 }
 
 inline void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
