@@ -1,0 +1,126 @@
+// core/simd.hpp's conversions between 16-bit storage and float packets, checked exhaustively
+// against Eigen's scalar conversions (which round to nearest even): every bfloat16 and half bit
+// pattern widened, and every value, midpoint and near-midpoint narrowed, through the ordinary and
+// the non-temporal store.
+#include <normkit/core/simd.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+namespace simd = normkit::core::simd;
+using Index = Eigen::Index;
+constexpr Index W = simd::width<float>;
+
+template <class T>
+std::uint16_t bits(T v) {
+  return Eigen::numext::bit_cast<std::uint16_t>(v);
+}
+std::uint32_t bits(float v) { return Eigen::numext::bit_cast<std::uint32_t>(v); }
+
+// All 65536 values of T, in bit-pattern order.
+template <class T>
+std::vector<T> all_values() {
+  std::vector<T> v(1 << 16);
+  for (std::uint32_t b = 0; b < (1u << 16); ++b) v[b] = Eigen::numext::bit_cast<T>(static_cast<std::uint16_t>(b));
+  return v;
+}
+
+// Floats that exercise rounding to T: each finite value of T, the midpoint to its successor (a tie),
+// one float ulp either side of that midpoint, and float's own extremes.
+template <class T>
+std::vector<float> narrowing_inputs() {
+  std::vector<float> in;
+  for (const T t : all_values<T>()) {
+    const float v = static_cast<float>(t);
+    if (!std::isfinite(v)) continue;
+    in.push_back(v);
+    const std::uint16_t b = bits(t);
+    if ((b & 0x7fff) == 0x7fff) continue;
+    const float next = static_cast<float>(Eigen::numext::bit_cast<T>(static_cast<std::uint16_t>(b + 1)));
+    const float mid = static_cast<float>((static_cast<double>(v) + static_cast<double>(next)) / 2);
+    in.push_back(mid);
+    in.push_back(std::nextafter(mid, -std::numeric_limits<float>::infinity()));
+    in.push_back(std::nextafter(mid, std::numeric_limits<float>::infinity()));
+  }
+  for (const float v : {std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                        std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::min(),
+                        std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 0.0f, -0.0f,
+                        std::numeric_limits<float>::quiet_NaN(), 1e-40f, 65519.99f, 65520.0f, 3.3895e38f})
+    in.push_back(v);
+  while (in.size() % std::size_t(W)) in.push_back(1.0f);
+  return in;
+}
+
+template <class T>
+void check_widening() {
+  const std::vector<T> values = all_values<T>();
+  std::vector<float> lanes(static_cast<std::size_t>(W));
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < values.size(); i += std::size_t(W)) {
+    Eigen::internal::pstoreu(lanes.data(), simd::load<float>(values.data() + i));
+    for (std::size_t k = 0; k < std::size_t(W); ++k) {
+      const float want = static_cast<float>(values[i + k]);
+      const bool same = std::isnan(want) ? std::isnan(lanes[k]) : bits(lanes[k]) == bits(want);
+      if (!same && ++mismatches <= 5) FAIL_CHECK("pattern " << bits(values[i + k]) << ": got " << lanes[k] << " want " << want);
+    }
+  }
+  CHECK(mismatches == 0);
+}
+
+template <class T>
+void check_narrowing(bool stream) {
+  const std::vector<float> in = narrowing_inputs<T>();
+  // A packet-aligned output, as a streaming store needs.
+  std::vector<T> storage(in.size() + std::size_t(W));
+  T* out = storage.data();
+  while (reinterpret_cast<std::uintptr_t>(out) % (sizeof(T) * std::size_t(W))) ++out;
+  for (std::size_t i = 0; i < in.size(); i += std::size_t(W))
+    simd::store(out + i, simd::load<float>(in.data() + i), stream);
+  simd::stream_fence();
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const T want = static_cast<T>(in[i]);
+    const bool same = std::isnan(in[i]) ? std::isnan(static_cast<float>(out[i])) : bits(out[i]) == bits(want);
+    if (!same && ++mismatches <= 5)
+      FAIL_CHECK(std::hexfloat << in[i] << ": got " << static_cast<float>(out[i]) << " want " << static_cast<float>(want));
+  }
+  CHECK(mismatches == 0);
+  CHECK(in.size() > 100000);  // the inputs really cover the format
+}
+
+}  // namespace
+
+TEST_CASE("bfloat16 packets widen to exactly the float Eigen gives, for all 65536 patterns", "[simd][bf16]") {
+  check_widening<Eigen::bfloat16>();
+}
+
+TEST_CASE("half packets widen to exactly the float Eigen gives, for all 65536 patterns", "[simd][half]") {
+  check_widening<Eigen::half>();
+}
+
+TEST_CASE("float packets round to bfloat16 to nearest even, ties, overflow and NaN included", "[simd][bf16]") {
+  SECTION("ordinary stores") { check_narrowing<Eigen::bfloat16>(false); }
+  SECTION("non-temporal stores") { check_narrowing<Eigen::bfloat16>(true); }
+}
+
+TEST_CASE("float packets round to half to nearest even, subnormals and overflow included", "[simd][half]") {
+  SECTION("ordinary stores") { check_narrowing<Eigen::half>(false); }
+  SECTION("non-temporal stores") { check_narrowing<Eigen::half>(true); }
+}
+
+TEST_CASE("float and double packets round-trip unchanged", "[simd]") {
+  std::vector<float> f(static_cast<std::size_t>(W)), g(f.size());
+  std::vector<double> d(static_cast<std::size_t>(simd::width<double>)), e(d.size());
+  for (std::size_t i = 0; i < f.size(); ++i) f[i] = 1.0f / static_cast<float>(i + 3);
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = 1.0 / static_cast<double>(i + 3);
+  simd::store(g.data(), simd::load<float>(f.data()));
+  simd::store(e.data(), simd::load<double>(d.data()));
+  CHECK(f == g);
+  CHECK(d == e);
+}
