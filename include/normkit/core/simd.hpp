@@ -5,7 +5,7 @@
 // are unaligned: callers' tensors start anywhere. Arithmetic runs in packets of the accumulation
 // type A; the storage type T may be narrower (Eigen::bfloat16, Eigen::half with A = float): load
 // widens a packet of T to A lanes and store rounds once (to nearest even) back to T, with vector
-// conversions where the target has them (AVX/AVX-512; F16C for half) and through a small lane
+// conversions where the target has them (AVX2/AVX-512; F16C for half) and through a small lane
 // buffer elsewhere.
 #pragma once
 
@@ -27,10 +27,11 @@ inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size
 
 // 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes)
 // or AVX2 (8 lanes; half also needs F16C). Written on intrinsics rather than Eigen's Bf16ToF32 /
-// half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized when
-// inlined (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512 code
-// uses the zero-masked (maskz) forms of the intrinsics, whose unmasked forms carry that operand. bfloat16 rounds to nearest even by
-// integer arithmetic on the float's bits (NaN stays a quiet NaN); half by the hardware conversion.
+// half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized
+// when inlined (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512
+// code uses the zero-masked (maskz) forms of the intrinsics, whose plain forms carry that operand.
+// bfloat16 rounds to nearest even by integer arithmetic on the float's bits (NaN stays a quiet
+// NaN); half by the hardware conversion.
 namespace bits16 {
 #if defined(EIGEN_VECTORIZE_AVX512)
 using type = __m256i;  // 16 values
