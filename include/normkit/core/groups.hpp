@@ -134,6 +134,28 @@ Moments<A> run_two_pass(const T* run, Index n, bool centered, int exp2) {
   return m;
 }
 
+// One pass around a shift taken from the run's first packet (its mean, rounded as
+// second_pass_shift rounds; the first value for runs shorter than a packet). The sums around any
+// shift give the mean as exactly as the two-pass form does; m2 = s2 - s1 * s1/n loses
+// log2(1 + n d^2 / m2) bits to cancellation, d = mean - shift. For ordinary rows the first packet's
+// mean is within std/4 of the row's (a few hundredths of a bit); false when n d^2 > m2 (more than
+// 1 bit: a trend along the row, an outlier in the first packet, NaN), and the caller then takes a
+// second pass around the mean found here. Rows in cache so take two sweeps before the normalize
+// sweep instead of three.
+template <class A, class T>
+bool run_one_pass(const T* run, Index n, Moments<A>& m) {
+  constexpr Index W = simd::width<A>;
+  A shift = simd::load_scalar<A>(run);
+  if (n >= W) {
+    const simd::packet<A> v = simd::load<A>(run);
+    shift = second_pass_shift<T>(simd::sum(v) / A(W), std::sqrt(simd::sum(simd::mul(v, v)) / A(W)));
+  }
+  const Sums<A> sums = run_sums(run, n, shift);
+  const A d = sums.s1 / static_cast<A>(n);
+  m = moments_from_sums(n, shift, sums);
+  return static_cast<A>(n) * d * d <= m.m2;
+}
+
 // Whether a block's sums may have overflowed, or lost digits to underflow in the squares. Underflow
 // needs tiny deviations from a tiny mean: deviations from a mean of ordinary size are at least an
 // ulp of it, whose square is still a normal number. So constant rows stay on the fast path.
@@ -145,11 +167,19 @@ bool in_range(const Moments<A>& m) {
          (m.m2 >= tiny_m2 * static_cast<A>(m.count) || std::abs(m.mean) >= small_mean);
 }
 
-// The moments of one contiguous run: two passes while it sits in cache, and two more on scaled data
-// when the first ones left the range (moments.hpp; never for ordinary data).
+// The moments of one contiguous run: one pass while it sits in cache (two when the first packet was
+// a poor shift), and two more on scaled data when those left the range (moments.hpp; never for
+// ordinary data).
 template <class A, class T>
 Moments<A> run_moments(const T* run, Index n, bool centered) {
-  Moments<A> m = run_two_pass<A>(run, n, centered, 0);
+  Moments<A> m;
+  if (!centered) {
+    m = run_two_pass<A>(run, n, false, 0);  // one pass: sum of squares
+  } else if (!run_one_pass(run, n, m)) {
+    const A mean = m.mean + m.mean_lo, rms = std::sqrt(m.m2 / static_cast<A>(n) + mean * mean);
+    const A shift = second_pass_shift<T>(mean, rms);
+    m = moments_from_sums(n, shift, run_sums(run, n, shift));
+  }
   if (in_range(m)) return m;
   const A top = run_max_abs<A>(run, n);
   if (!(top > A(0)) || !std::isfinite(top)) return m;  // all zeros, or Inf/NaN in the run: m says so
