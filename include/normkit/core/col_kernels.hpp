@@ -29,12 +29,15 @@ void cols_sums(const T* x, Index rows, Index cols, Index stride, const A* shift,
     for (; c < cols; ++c) {
       const A d = load_scalar<A>(xr + c) - shift[c];
       s1[c] += d;
-      s2[c] += d * d;
+      s2[c] = madd(d, d, s2[c]);
     }
   }
 }
 
 // Per-column coefficients (arrays of `cols`), as RunNormalize / RunGrad per run.
+// The sweeps below take no aligned head for streaming stores (row_kernels.hpp does): a row of a
+// panel streams when it starts aligned and is stored normally otherwise, so that its per-row
+// reductions (dweight, dbias) never depend on where a scalar head would have ended.
 template <class A>
 struct ColsNormalize {
   const A *mean, *mean_lo, *scale, *shift;
@@ -56,17 +59,15 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
     T* yr = y + r * stride;
     const A wr = w ? load_scalar<A>(w + r) : A(1), br = b ? load_scalar<A>(b + r) : A(0);
     const packet<A> wp = set1<A>(wr), bp = set1<A>(br);
-    const auto scalar = [&](Index c) {
-      const A v = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.scale[c];
-      store_scalar<T>(yr + c, v * wr + k.shift[c] + br);
-    };
     Index c = 0;
-    for (const Index head = aligned_head<A>(yr, cols, stream); c < head; ++c) scalar(c);
     for (; c + W <= cols; c += W) {
       packet<A> v = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.scale + c));
-      store(yr + c, add(add(mul(v, wp), load<A>(k.shift + c)), bp), stream);
+      store(yr + c, add(madd(v, wp, load<A>(k.shift + c)), bp), stream);
     }
-    for (; c < cols; ++c) scalar(c);
+    for (; c < cols; ++c) {
+      const A v = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.scale[c];
+      store_scalar<T>(yr + c, madd(v, wr, k.shift[c]) + br);
+    }
   }
 }
 
@@ -92,7 +93,7 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
       const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
       const A g = load_scalar<A>(dyr + c) * wr;
       sum_g[c] += g;
-      sum_gx[c] += g * xhat;
+      sum_gx[c] = madd(g, xhat, sum_gx[c]);
     }
   }
 }
@@ -112,25 +113,22 @@ void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, In
     const packet<A> wp = set1<A>(wr);
     packet<A> dw = set1<A>(A(0)), db = dw;
     A dw_row = 0, db_row = 0;
-    const auto scalar = [&](Index c) {
-      const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
-      const A d = load_scalar<A>(dyr + c);
-      dw_row += d * xhat;
-      db_row += d;
-      store_scalar<T>(dxr + c, k.scale[c] * ((d * wr - k.mean_g[c]) - xhat * k.mean_gx[c]));
-    };
     Index c = 0;
-    for (const Index head = aligned_head<A>(dxr, cols, stream); c < head; ++c) scalar(c);
     for (; c + W <= cols; c += W) {
       const packet<A> xhat = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.rstd + c));
       const packet<A> d = load<A>(dyr + c);
-      const packet<A> g = mul(d, wp);
+      const packet<A> centered = madd(d, wp, negate(load<A>(k.mean_g + c)));  // g - mean_g
       dw = madd(d, xhat, dw);
       db = add(db, d);
-      store(dxr + c, mul(load<A>(k.scale + c), sub(sub(g, load<A>(k.mean_g + c)), mul(xhat, load<A>(k.mean_gx + c)))),
-            stream);
+      store(dxr + c, mul(load<A>(k.scale + c), madd(xhat, negate(load<A>(k.mean_gx + c)), centered)), stream);
     }
-    for (; c < cols; ++c) scalar(c);
+    for (; c < cols; ++c) {
+      const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
+      const A d = load_scalar<A>(dyr + c);
+      dw_row = madd(d, xhat, dw_row);
+      db_row += d;
+      store_scalar<T>(dxr + c, k.scale[c] * madd(xhat, -k.mean_gx[c], madd(d, wr, -k.mean_g[c])));
+    }
     if (w) {
       dweight[r] += dw_row + sum(dw);
       dbias[r] += db_row + sum(db);

@@ -25,12 +25,12 @@ template <bool Squares, bool Scaled, class A, class T>
 Sums<A> run_sums_impl(const T* x, Index n, A shift, A scale) {
   using namespace simd;
   constexpr Index W = width<A>;
-  const packet<A> s = set1<A>(shift), k = set1<A>(scale);
+  const packet<A> s = set1<A>(shift), neg_s = set1<A>(-shift), k = set1<A>(scale);
   packet<A> a1[4], a2[4];
   for (int j = 0; j < 4; ++j) a1[j] = a2[j] = set1<A>(A(0));
   const auto value = [&](Index at) {
     const packet<A> v = load<A>(x + at);
-    return sub(Scaled ? mul(v, k) : v, s);
+    return Scaled ? madd(v, k, neg_s) : sub(v, s);
   };
   Index i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
@@ -48,9 +48,9 @@ Sums<A> run_sums_impl(const T* x, Index n, A shift, A scale) {
   Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), A(0)};
   if constexpr (Squares) r.s2 = sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])));
   for (; i < n; ++i) {
-    const A d = load_scalar<A>(x + i) * scale - shift;
+    const A v = load_scalar<A>(x + i), d = Scaled ? madd(v, scale, -shift) : v - shift;
     r.s1 += d;
-    if constexpr (Squares) r.s2 += d * d;
+    if constexpr (Squares) r.s2 = madd(d, d, r.s2);
   }
   return r;
 }
@@ -90,9 +90,9 @@ void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, con
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), scale = set1<A>(c.scale), shift = set1<A>(c.shift);
   const auto scalar = [&](Index i) {
-    A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
-    if constexpr (HasW) v *= load_scalar<A>(w + i);
-    store_scalar<T>(y + i, v + (HasB ? load_scalar<A>(b + i) : c.shift));
+    const A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
+    const A offset = HasB ? load_scalar<A>(b + i) : c.shift;
+    store_scalar<T>(y + i, HasW ? madd(v, load_scalar<A>(w + i), offset) : v + offset);
   };
   Index i = 0;
   for (const Index head = aligned_head<A>(y, n, stream); i < head; ++i) scalar(i);
@@ -148,7 +148,7 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
     A g = load_scalar<A>(dy + i);
     if (w) g *= load_scalar<A>(w + i);
     r.s1 += g;
-    r.s2 += g * xhat;
+    r.s2 = madd(g, xhat, r.s2);
   }
   return r;
 }
@@ -159,30 +159,31 @@ void backward_run_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, c
   using namespace simd;
   constexpr Index W = width<A>;
   const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
-  const packet<A> scale = set1<A>(c.scale), mean_g = set1<A>(c.mean_g), mean_gx = set1<A>(c.mean_gx);
+  const packet<A> scale = set1<A>(c.scale), mean_g = set1<A>(c.mean_g), neg_mean_g = set1<A>(-c.mean_g);
+  const packet<A> neg_mean_gx = set1<A>(-c.mean_gx);
   const auto scalar = [&](Index i) {
     const A xhat = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.rstd;
     const A d = load_scalar<A>(dy + i);
-    A g = d;
+    A centered = d - c.mean_g;  // g - mean_g
     if constexpr (HasW) {
-      g = d * load_scalar<A>(w + i);
-      dweight[i] += d * xhat;
+      centered = madd(d, load_scalar<A>(w + i), -c.mean_g);
+      dweight[i] = madd(d, xhat, dweight[i]);
       dbias[i] += d;
     }
-    store_scalar<T>(dx + i, c.scale * ((g - c.mean_g) - xhat * c.mean_gx));
+    store_scalar<T>(dx + i, c.scale * madd(xhat, -c.mean_gx, centered));
   };
   Index i = 0;
   for (const Index head = aligned_head<A>(dx, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
     const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
     const packet<A> d = load<A>(dy + i);
-    packet<A> g = d;
+    packet<A> centered = sub(d, mean_g);
     if constexpr (HasW) {
-      g = mul(d, load<A>(w + i));
+      centered = madd(d, load<A>(w + i), neg_mean_g);
       store(dweight + i, madd(d, xhat, load<A>(dweight + i)));
       store(dbias + i, add(load<A>(dbias + i), d));
     }
-    store(dx + i, mul(scale, sub(sub(g, mean_g), mul(xhat, mean_gx))), stream);
+    store(dx + i, mul(scale, madd(xhat, neg_mean_gx, centered)), stream);
   }
   for (; i < n; ++i) scalar(i);
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -198,8 +199,27 @@ EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A
 template <class P> EIGEN_STRONG_INLINE P add(const P& a, const P& b) { return Eigen::internal::padd(a, b); }
 template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
 template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
-// a * b + c
+template <class P> EIGEN_STRONG_INLINE P negate(const P& a) { return Eigen::internal::pnegate(a); }
+// a * b + c, fused where the target has FMA.
 template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
+// Its scalar twin for heads and tails: fused exactly when the packet one is, so that an element gets
+// the same bits in the vector body and in a scalar edge (where the edges fall depends on the
+// pointer's alignment for streaming stores; results must not). Kernels write every a * b + c they
+// mean to fuse through madd, in both paths, rather than leave it to the compiler's contraction.
+EIGEN_STRONG_INLINE float madd(float a, float b, float c) {
+#if defined(EIGEN_VECTORIZE_FMA)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+EIGEN_STRONG_INLINE double madd(double a, double b, double c) {
+#if defined(EIGEN_VECTORIZE_FMA)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 // Horizontal sum, pairwise. Not Eigen's predux: with AVX-512, GCC 12 warns about the
 // _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users. With GCC and
 // Clang the packet is a vector type whose lanes can be read directly, which keeps the sum in
