@@ -5,6 +5,8 @@
 //     training (batch statistics) is unchanged by x[:, c] -> a_c x[:, c] + b_c, NCHW and channels-last.
 //  2. Before the affine step: LayerNorm rows have mean 0 and variance 1, RMSNorm rows mean square 1,
 //     BatchNorm channels mean 0 and variance 1.
+//  3. Backward: sum(dx) = 0 over a LayerNorm row / BatchNorm channel, and <dx, xhat> has a closed form
+//     that is 0 when eps = 0 (derived below).
 //
 // Notation: G = values per group (features of a row, or N*H*W values of a channel), r = rstd,
 // xhat = (x - mean) * r, g = dy * weight (weight = 1 when absent). epsT = std::numeric_limits<T>::
@@ -20,6 +22,18 @@
 //   With eps = 0 this is plain invariance; with eps > 0 the test gives the reference run eps/a^2 (or
 //   eps/a) so that random eps is covered too. BatchNorm is the same per channel; with eps = 0 every
 //   channel gets its own a_c, with eps > 0 all channels share a (there is one eps) and b_c differs.
+// Backward (y = xhat * w + b, J = dy/dx with w, b fixed, dx = J^T dy):
+//   * LayerNorm and BatchNorm (per channel) are translation invariant, y(x + t 1) = y(x) for any t and
+//     any eps, so J 1 = 0 and sum(dx) = <dy, J 1> = 0.
+//   * Scaling the centred input: d/ds xhat(mean + s (x - mean)) at s = 1 is xhat * eps * r^2
+//     (InsideSqrt: d/ds s/sqrt(s^2 var + eps) = eps r^3) or xhat * eps * r (OutsideSqrt: d/ds
+//     s/(s sigma + eps) = eps r^2). So J (x - mean) = w * xhat * eps r^2 (resp. eps r), and
+//       <dx, xhat> = r <dy, J (x - mean)> = eps r^3 sum(g xhat)   (InsideSqrt)
+//                                          = eps r^2 sum(g xhat)   (OutsideSqrt),
+//     which is 0 when eps = 0 (then y is scale invariant). Checked against the closed formula
+//     dx = r (g - mean(g) - xhat mean(g xhat)): <dx, xhat> = r sum(g xhat) (1 - var r^2) and
+//     1 - var r^2 = eps r^2. RMSNorm is the same with mean = 0 (no translation invariance, so no
+//     sum(dx) = 0, only <dx, xhat>); BatchNorm always has eps inside, and g = w_c dy.
 //
 // Tolerances and where they come from
 // -----------------------------------
@@ -39,6 +53,15 @@
 //  * Normalized moments: |mean(y)| <= epsT (kappa + G + 8) (the mean's error, in units of sigma, plus
 //    the per-element roundings averaged), |var(y) - 1| and |mean(y^2) - 1| <= epsT (G + 16) (twice
 //    rstd's relative error plus the roundings of each y). Biased/unbiased confusion is 1/G >> that.
+//  * Backward identities are checked relative to the natural scale: with s_j = r (|g_j| + mean|g| +
+//    f (1 + |xhat_j|)(mean|g xhat| + mean|g|)) (f = 1/(sigma r), 1 for InsideSqrt) bounding the size of
+//    the terms that make up dx_j and the effect of the errors of its coefficients,
+//      |<dx, v> - exact| <= epsT (G + kappa + 8) |s|_2 |v|_2   for v = 1 and v = xhat.
+//    By Cauchy-Schwarz, per-element errors e_j <= c epsT s_j contribute at most c epsT |s| |v|; the
+//    coefficients mean(g) and mean(g xhat) are sums with errors up to G epsT/2 of their |terms|, which
+//    add coherently over the group (hence G); kappa is the error of the mean in sum(xhat).
+//    Dropping a term or flipping a sign gives |<dx, 1>| or |<dx, xhat>| of order |s| |v| / sqrt(G) or
+//    more (dy has a random offset, so sum(g) is not small).
 //  * Bitwise equality is asserted where the arithmetic is exact (scaling by a power of two). Setting the
 //    environment variable NORMKIT_PROPS_MARGINS=1 prints the worst error/tolerance of every check.
 #include <normkit/normkit.hpp>
@@ -273,6 +296,25 @@ Vec forward_tol(const GroupMap& m, const Truth& t, const std::vector<LD>& kappa_
   return tol;
 }
 
+// s_j of the header comment: the scale of dx_j's terms and of its coefficients' errors.
+Vec dx_scale(const GroupMap& m, const Truth& t, const Vec& g) {
+  Vec s(g.size(), 0.0);
+  for (std::size_t grp = 0; grp < m.members.size(); ++grp) {
+    const auto& members = m.members[grp];
+    LD mg = 0, mgx = 0;
+    for (std::size_t k : members) {
+      mg += std::fabs(g[k]);
+      mgx += std::fabs(g[k] * t.xhat[k]);
+    }
+    mg /= static_cast<LD>(members.size());
+    mgx /= static_cast<LD>(members.size());
+    for (std::size_t k : members)
+      s[k] = static_cast<double>(t.r[grp] * (std::fabs(g[k]) + (m.centered ? mg : 0) +
+                                             t.f[grp] * (1 + std::fabs(t.xhat[k])) * (mgx + mg)));
+  }
+  return s;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Running the functors
 // ---------------------------------------------------------------------------------------------------
@@ -346,6 +388,41 @@ void check_invariance(const std::string& name_in, const GroupMap& m, const Vec& 
   std::vector<LD> K(m.members.size());
   for (std::size_t g = 0; g < K.size(); ++g) K[g] = tx.kappa[g] + ts.kappa[g];
   check_close(got.y, want.y, forward_tol<T>(m, tx, K, w, b, want.y), name + ": y(a x + b) vs y(x)");
+}
+
+// Property 3 on one backward run: per group sum(dx) = 0 (when centered) and the <dx, xhat> identity.
+template <class T>
+void check_backward_identities(const std::string& name_in, const GroupMap& m, const Vec& x, const Vec& dy,
+                               const Vec& w, double eps, bool inside, const Vec& dx) {
+  const std::string name = std::string(type_name<T>()) + " " + name_in;
+  const Truth t = truth(x, m, eps, inside);
+  const Vec we = per_element(w, m, 1.0);
+  Vec g(dy.size());
+  for (std::size_t k = 0; k < g.size(); ++k) g[k] = dy[k] * we[k];
+  const Vec s = dx_scale(m, t, g);
+  const double e = eps_of<T>(), G = static_cast<double>(m.group_size());
+  double worst_sum = 0, worst_orth = 0;
+  for (std::size_t grp = 0; grp < m.members.size(); ++grp) {
+    LD sum = 0, dot = 0, gx = 0, s2 = 0, v2 = 0;
+    for (std::size_t k : m.members[grp]) {
+      sum += dx[k];
+      dot += static_cast<LD>(dx[k]) * t.xhat[k];
+      gx += static_cast<LD>(g[k]) * t.xhat[k];
+      s2 += static_cast<LD>(s[k]) * s[k];
+      v2 += static_cast<LD>(t.xhat[k]) * t.xhat[k];
+    }
+    const LD r = t.r[grp];
+    const LD exact = static_cast<LD>(eps) * (inside ? r * r * r : r * r) * gx;
+    const double tol = e * (G + static_cast<double>(t.kappa[grp]) + 8);
+    const double rho_orth = static_cast<double>(std::fabs(dot - exact) / (std::sqrt(s2) * std::sqrt(v2)));
+    worst_orth = std::max(worst_orth, rho_orth / tol);
+    if (m.centered) {
+      const double rho_sum = static_cast<double>(std::fabs(sum) / (std::sqrt(s2) * std::sqrt(G)));
+      worst_sum = std::max(worst_sum, rho_sum / tol);
+    }
+  }
+  if (m.centered) check_le(worst_sum, 1.0, name + ": |sum(dx)| / (eps_T (G + kappa + 8) |s| sqrt(G))");
+  check_le(worst_orth, 1.0, name + ": |<dx, xhat> - eps r^k sum(g xhat)| / (eps_T (G + kappa + 8) |s| |xhat|)");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -628,5 +705,58 @@ TEMPLATE_TEST_CASE("Property: before the affine step, rows/channels have mean 0 
   for (int i = 0; i < 40; ++i) {
     if (rng.coin()) moments_case<TestType, kRow>(rng, i);
     else moments_case<TestType, kCol>(rng, i);
+  }
+}
+
+// =====================================================================================================
+// 3. Backward identities
+// =====================================================================================================
+
+namespace {
+
+template <class T, int L>
+void backward_case(Rng& rng, int i) {
+  RowCase c = random_row_case(rng);
+  const double sigma = rng.log_uniform(1e-2, 1e2), mu = sigma * rng.uniform(-10, 10);
+  c.eps = random_eps(rng, sigma, c.inside);
+  INFO(type_name<T>() << " " << layout_name(L) << " case " << i << ": " << c.str() << " mu " << mu << " sigma "
+                      << sigma);
+  const std::array<Index, 2> dims{c.rows, c.F};
+  const auto n = static_cast<std::size_t>(c.rows * c.F);
+  const Vec x = random_data<T>(rng, n, mu, sigma), dy = random_dy<T>(rng, n);
+
+  normkit::LayerNorm<T> ln(c.F, row_options<normkit::LayerNormOptions>(c));
+  randomize_params(ln, rng);
+  check_backward_identities<T>("LayerNorm", rows_map(c.rows, c.F, true), x, dy, vec1(ln.weight()), c.eps, c.inside,
+                               run_in<T, L>(ln, dims, x, dy).dx);
+
+  // RMSNorm: eps relative to the mean square
+  const double rms = std::sqrt(mu * mu + sigma * sigma);
+  RowCase rc = c;
+  rc.eps = random_eps(rng, rms, c.inside);
+  INFO("RMSNorm eps " << rc.eps);
+  normkit::RMSNorm<T> rn(c.F, row_options<normkit::RMSNormOptions>(rc));
+  randomize_params(rn, rng);
+  check_backward_identities<T>("RMSNorm", rows_map(c.rows, c.F, false), x, dy, vec1(rn.weight()), rc.eps, rc.inside,
+                               run_in<T, L>(rn, dims, x, dy).dx);
+
+  BnCase b = random_bn_case(rng);
+  b.opts.eps = random_eps(rng, sigma, true);
+  INFO(b.str());
+  const GroupMap bm = channel_map(b.dims, b.channels_last);
+  const Vec bx = random_data<T>(rng, bm.group_of.size(), mu, sigma), bdy = random_dy<T>(rng, bm.group_of.size());
+  normkit::BatchNorm<T> bn = make_bn<T>(b, rng);
+  check_backward_identities<T>(std::string("BatchNorm ") + (b.channels_last ? "NHWC" : "NCHW"), bm, bx, bdy,
+                               vec1(bn.weight()), b.opts.eps, true, run_in<T, L>(bn, b.dims, bx, bdy).dx);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Property: backward, sum(dx) = 0 and <dx, xhat> = eps r^k sum(g xhat) (0 when eps = 0)",
+                   "[properties]", float, double) {
+  Rng rng(sizeof(TestType) == 4 ? 501 : 502);
+  for (int i = 0; i < 40; ++i) {
+    if (rng.coin()) backward_case<TestType, kRow>(rng, i);
+    else backward_case<TestType, kCol>(rng, i);
   }
 }
