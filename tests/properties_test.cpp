@@ -7,6 +7,8 @@
 //     BatchNorm channels mean 0 and variance 1.
 //  3. Backward: sum(dx) = 0 over a LayerNorm row / BatchNorm channel, and <dx, xhat> has a closed form
 //     that is 0 when eps = 0 (derived below).
+//  4. Results do not depend on RowMajor vs ColMajor, on the thread count, or on the alignment of the
+//     data pointers.
 //
 // Notation: G = values per group (features of a row, or N*H*W values of a channel), r = rstd,
 // xhat = (x - mean) * r, g = dy * weight (weight = 1 when absent). epsT = std::numeric_limits<T>::
@@ -43,7 +45,7 @@
 // (the 8 covers the handful of single roundings: square, divide, sqrt, cast) and, in the mean, up to
 // ~(G + 8) * epsT/2 of sigma. Rounding x - mean costs epsT/2 of |x|, i.e. of kappa = max|x| * r in
 // units of xhat: kappa is the conditioning of the group (large when |mean| >> sigma).
-//  * y of two correct computations (x against fl(a x + b), with the eps of the reference rescaled):
+//  * y of two correct computations (two layouts, two thread counts, x against fl(a x + b)):
 //      |y_j - y'_j| <= epsT * ( |w_j| ((2 + |xhat_j|) K + (G + 8)(1 + |xhat_j|)) + |y_j| + |b_j| )
 //    K = sum of the two runs' kappa. The (2 + |xhat|) K term is the first-order effect of rounding the
 //    inputs (perturbation e with |e_j| <= epsT/2 |x_j| moves xhat_j by r (e_j - mean(e) - xhat_j
@@ -62,7 +64,10 @@
 //    add coherently over the group (hence G); kappa is the error of the mean in sum(xhat).
 //    Dropping a term or flipping a sign gives |<dx, 1>| or |<dx, xhat>| of order |s| |v| / sqrt(G) or
 //    more (dy has a random offset, so sum(g) is not small).
-//  * Bitwise equality is asserted where the arithmetic is exact (scaling by a power of two). Setting the
+//  * dx of two correct computations: epsT (G + 2 kappa + 8) s_j. dweight/dbias (sums of n terms over
+//    the other axes): epsT (n + G + 2 kappa + 8) sum|dy|(1 + |xhat|) and epsT (n + 2) sum|dy|.
+//  * Bitwise equality is asserted where the code computes each value by the same operations in the
+//    same order whatever the layout of memory around it (see each test for why). Setting the
 //    environment variable NORMKIT_PROPS_MARGINS=1 prints the worst error/tolerance of every check.
 #include <normkit/normkit.hpp>
 
@@ -425,6 +430,73 @@ void check_backward_identities(const std::string& name_in, const GroupMap& m, co
   check_le(worst_orth, 1.0, name + ": |<dx, xhat> - eps r^k sum(g xhat)| / (eps_T (G + kappa + 8) |s| |xhat|)");
 }
 
+// Property 4 for two correct computations on the same input (other layout, other thread count).
+template <class T>
+void check_consistent(const std::string& name_in, const GroupMap& m, const Vec& x, const Vec& dy, double eps,
+                      bool inside, const Vec& w, const Vec& b, const Result& got, const Result& want) {
+  const std::string name = std::string(type_name<T>()) + " " + name_in;
+  const Truth t = truth(x, m, eps, inside);
+  const double e = eps_of<T>(), G = static_cast<double>(m.group_size());
+  std::vector<LD> K(m.members.size());
+  for (std::size_t g = 0; g < K.size(); ++g) K[g] = 2 * t.kappa[g];
+  check_close(got.y, want.y, forward_tol<T>(m, t, K, w, b, want.y), name + ": y");
+  // statistics: rstd relative, and the mean (hi + lo) in units of the group's sigma
+  REQUIRE(got.rstd.size() == want.rstd.size());
+  REQUIRE(got.mean.size() == want.mean.size());
+  Vec tol_r(want.rstd.size()), mg(got.mean.size()), mw(want.mean.size()), tol_m(want.mean.size());
+  for (std::size_t g = 0; g < tol_r.size(); ++g) tol_r[g] = e * (G + 8) * std::fabs(want.rstd[g]);
+  for (std::size_t g = 0; g < mg.size(); ++g) {
+    mg[g] = got.mean[g] + (got.mean_lo.empty() ? 0.0 : got.mean_lo[g]);
+    mw[g] = want.mean[g] + (want.mean_lo.empty() ? 0.0 : want.mean_lo[g]);
+    tol_m[g] = e * (std::fabs(mw[g]) + (G + 8) / static_cast<double>(t.r[g]));
+  }
+  check_close(got.rstd, want.rstd, tol_r, name + ": rstd");
+  check_close(mg, mw, tol_m, name + ": mean");
+  if (dy.empty()) return;
+
+  const Vec we = per_element(w, m, 1.0);
+  Vec g(dy.size());
+  for (std::size_t k = 0; k < g.size(); ++k) g[k] = dy[k] * we[k];
+  const Vec s = dx_scale(m, t, g);
+  Vec tol_dx(s.size());
+  for (std::size_t k = 0; k < s.size(); ++k)
+    tol_dx[k] = e * (G + 2 * static_cast<double>(t.kappa[m.group_of[k]]) + 8) * s[k];
+  check_close(got.dx, want.dx, tol_dx, name + ": dx");
+
+  REQUIRE(got.dw.size() == want.dw.size());
+  REQUIRE(got.db.size() == want.db.size());
+  std::vector<double> dw_scale(m.params, 0.0), db_scale(m.params, 0.0), terms(m.params, 0.0), kap(m.params, 0.0);
+  for (std::size_t k = 0; k < dy.size(); ++k) {
+    const std::size_t p = m.param_of[k];
+    dw_scale[p] += std::fabs(dy[k]) * (1 + std::fabs(t.xhat[k]));
+    db_scale[p] += std::fabs(dy[k]);
+    terms[p] += 1;
+    kap[p] = std::max(kap[p], static_cast<double>(t.kappa[m.group_of[k]]));
+  }
+  if (!want.dw.empty()) {
+    Vec tol(m.params);
+    for (std::size_t p = 0; p < m.params; ++p) tol[p] = e * (terms[p] + G + 2 * kap[p] + 8) * dw_scale[p];
+    check_close(got.dw, want.dw, tol, name + ": dweight");
+  }
+  if (!want.db.empty()) {
+    Vec tol(m.params);
+    for (std::size_t p = 0; p < m.params; ++p) tol[p] = e * (terms[p] + 2) * db_scale[p];
+    check_close(got.db, want.db, tol, name + ": dbias");
+  }
+}
+
+void check_all_bits(const std::string& name, const Result& got, const Result& want, bool grads = true) {
+  check_bits(got.y, want.y, name + ": y");
+  check_bits(got.rstd, want.rstd, name + ": rstd");
+  check_bits(got.mean, want.mean, name + ": mean");
+  check_bits(got.mean_lo, want.mean_lo, name + ": mean_lo");
+  check_bits(got.dx, want.dx, name + ": dx");
+  if (grads) {
+    check_bits(got.dw, want.dw, name + ": dweight");
+    check_bits(got.db, want.db, name + ": dbias");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Random configurations
 // ---------------------------------------------------------------------------------------------------
@@ -760,3 +832,278 @@ TEMPLATE_TEST_CASE("Property: backward, sum(dx) = 0 and <dx, xhat> = eps r^k sum
     else backward_case<TestType, kCol>(rng, i);
   }
 }
+
+// =====================================================================================================
+// 4a. RowMajor vs ColMajor
+// =====================================================================================================
+//
+// The two layouts run different kernels (a row is a contiguous run in RowMajor and a column of the
+// [features][rows] memory in ColMajor; a channel is N runs of H*W in NCHW RowMajor and runs of N in
+// ColMajor), whose sums add the same terms in different orders: results agree to rounding, not bits,
+// and are compared with the "two correct computations" tolerances of the header comment. The layout of
+// y, dy and dx alone does not matter to the bit: the library computes in x's layout and converts.
+
+namespace {
+
+template <class T>
+void layout_case(Rng& rng, int i) {
+  RowCase c = random_row_case(rng);
+  const double sigma = rng.log_uniform(1e-2, 1e2), mu = sigma * rng.uniform(-10, 10);
+  c.eps = random_eps(rng, sigma, c.inside);
+  INFO(type_name<T>() << " case " << i << ": " << c.str() << " mu " << mu << " sigma " << sigma);
+  const std::array<Index, 2> dims{c.rows, c.F};
+  const auto n = static_cast<std::size_t>(c.rows * c.F);
+  const Vec x = random_data<T>(rng, n, mu, sigma), dy = random_dy<T>(rng, n);
+
+  normkit::LayerNorm<T> ln(c.F, row_options<normkit::LayerNormOptions>(c));
+  randomize_params(ln, rng);
+  const Result lr = run_in<T, kRow>(ln, dims, x, dy), lc = run_in<T, kCol>(ln, dims, x, dy);
+  check_consistent<T>("LayerNorm ColMajor vs RowMajor", rows_map(c.rows, c.F, true), x, dy, c.eps, c.inside,
+                      vec1(ln.weight()), vec1(ln.bias()), lc, lr);
+  check_all_bits("LayerNorm x RowMajor, y/dy/dx ColMajor vs all RowMajor", run<T, kRow, kCol>(ln, dims, x, dy), lr);
+  check_all_bits("LayerNorm x ColMajor, y/dy/dx RowMajor vs all ColMajor", run<T, kCol, kRow>(ln, dims, x, dy), lc);
+
+  const double rms = std::sqrt(mu * mu + sigma * sigma);
+  RowCase rc = c;
+  rc.eps = random_eps(rng, rms, c.inside);
+  normkit::RMSNorm<T> rn(c.F, row_options<normkit::RMSNormOptions>(rc));
+  randomize_params(rn, rng);
+  const Result rr = run_in<T, kRow>(rn, dims, x, dy), rcm = run_in<T, kCol>(rn, dims, x, dy);
+  check_consistent<T>("RMSNorm ColMajor vs RowMajor", rows_map(c.rows, c.F, false), x, dy, rc.eps, rc.inside,
+                      vec1(rn.weight()), vec1(rn.bias()), rcm, rr);
+  check_all_bits("RMSNorm x RowMajor, y/dy/dx ColMajor vs all RowMajor", run<T, kRow, kCol>(rn, dims, x, dy), rr);
+
+  BnCase b = random_bn_case(rng);
+  b.opts.eps = random_eps(rng, sigma, true);
+  INFO(b.str());
+  const std::string name = std::string("BatchNorm ") + (b.channels_last ? "NHWC" : "NCHW");
+  const GroupMap bm = channel_map(b.dims, b.channels_last);
+  const Vec bx = random_data<T>(rng, bm.group_of.size(), mu, sigma), bdy = random_dy<T>(rng, bm.group_of.size());
+  normkit::BatchNorm<T> bn = make_bn<T>(b, rng);
+  const Result br = run_in<T, kRow>(bn, b.dims, bx, bdy), bc = run_in<T, kCol>(bn, b.dims, bx, bdy);
+  check_consistent<T>(name + " ColMajor vs RowMajor", bm, bx, bdy, b.opts.eps, true, vec1(bn.weight()),
+                      vec1(bn.bias()), bc, br);
+  check_all_bits(name + " x RowMajor, y/dy/dx ColMajor vs all RowMajor", run<T, kRow, kCol>(bn, b.dims, bx, bdy), br);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Property: RowMajor and ColMajor give the same results (to rounding)", "[properties]", float,
+                   double) {
+  Rng rng(sizeof(TestType) == 4 ? 601 : 602);
+  for (int i = 0; i < 25; ++i) layout_case<TestType>(rng, i);
+}
+
+// =====================================================================================================
+// 4b. Thread count
+// =====================================================================================================
+//
+// The device overloads cut the groups into contiguous chunks (core/parallel.hpp: at most one chunk per
+// 2^15 values, so the shapes below, ~1e5 values, give 2 and 3 chunks). What may change with the chunk
+// count, by design:
+//  * row shapes (LayerNorm/RMSNorm RowMajor; BatchNorm NCHW RowMajor, and BatchNorm ColMajor in either
+//    channel position, whose channels are runs of N or of N*H*W values): a group is computed by the same
+//    code on the same data whichever chunk holds it, so y, dx and the statistics are bit-identical;
+//    BatchNorm's dweight/dbias are per group, bit-identical too. LayerNorm/RMSNorm dweight/dbias are
+//    sums over all rows, one partial per chunk merged in chunk order: equal to rounding only.
+//  * column shapes (ColMajor LayerNorm/RMSNorm, RowMajor channels-last BatchNorm) cut the columns into
+//    panels whose width, and so the row blocks whose moments are merged, depend on the chunk;
+//    channels-last BatchNorm with few channels cuts the rows instead and merges per-chunk moments and
+//    sums: all equal to rounding only (the tolerances of 4a).
+//  * one thread: exactly the serial code path, all bits equal.
+
+namespace {
+
+struct Pool {
+  explicit Pool(int n) : pool(n), device(&pool, n) {}
+  Eigen::ThreadPool pool;
+  Eigen::ThreadPoolDevice device;
+};
+
+template <class T, int L, std::size_t N, class Fn>
+void thread_check(const std::string& name, Fn& fn, const std::array<Index, N>& dims, const GroupMap& m, const Vec& x,
+                  const Vec& dy, double eps, bool inside, bool rows_bitwise, bool grads_bitwise) {
+  const Result serial = run<T, L, L>(fn, dims, x, dy);
+  for (int threads = 1; threads <= 3; ++threads) {
+    Pool p(threads);
+    const Result r = run<T, L, L>(fn, dims, x, dy, &p.device);
+    const std::string base = name + " " + layout_name(L) + " " + std::to_string(threads) + " threads vs serial";
+    const std::string what = std::string(type_name<T>()) + " " + base;
+    INFO(what);
+    if (threads == 1 || (rows_bitwise && grads_bitwise)) {
+      check_all_bits(what, r, serial);
+    } else if (rows_bitwise) {
+      check_all_bits(what, r, serial, false);
+      check_consistent<T>(base, m, x, dy, eps, inside, vec1(fn.weight()), vec1(fn.bias()), r, serial);
+    } else {
+      check_consistent<T>(base, m, x, dy, eps, inside, vec1(fn.weight()), vec1(fn.bias()), r, serial);
+    }
+  }
+}
+
+template <class T>
+void thread_cases() {
+  Rng rng(sizeof(T) == 4 ? 701 : 702);
+  {
+    normkit::LayerNormOptions o;
+    o.eps = 1e-5;
+    const Index rows = 100, F = 1000;
+    normkit::LayerNorm<T> ln(F, o);
+    randomize_params(ln, rng);
+    const GroupMap m = rows_map(rows, F, true);
+    const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
+    const std::array<Index, 2> dims{rows, F};
+    thread_check<T, kRow>("LayerNorm (100, 1000)", ln, dims, m, x, dy, o.eps, true, true, false);
+    thread_check<T, kCol>("LayerNorm (100, 1000)", ln, dims, m, x, dy, o.eps, true, false, false);
+  }
+  {
+    normkit::RMSNormOptions o;
+    o.bias = true;
+    o.eps_placement = EpsPlacement::OutsideSqrt;
+    const Index rows = 97, F = 1031;
+    normkit::RMSNorm<T> rn(F, o);
+    randomize_params(rn, rng);
+    const GroupMap m = rows_map(rows, F, false);
+    const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
+    const std::array<Index, 2> dims{rows, F};
+    thread_check<T, kRow>("RMSNorm (97, 1031)", rn, dims, m, x, dy, o.eps, false, true, false);
+    thread_check<T, kCol>("RMSNorm (97, 1031)", rn, dims, m, x, dy, o.eps, false, false, false);
+  }
+  for (const auto& [dims, last] : {std::pair<std::array<Index, 4>, bool>{{8, 12, 33, 33}, false},
+                                   std::pair<std::array<Index, 4>, bool>{{8, 33, 33, 12}, true},
+                                   std::pair<std::array<Index, 4>, bool>{{2, 8, 8, 801}, true}}) {
+    BnCase c;
+    c.dims = dims;
+    c.channels_last = last;
+    c.opts.channel_axis = last ? -1 : 1;
+    normkit::BatchNorm<T> bn = make_bn<T>(c, rng);
+    const GroupMap m = channel_map(dims, last);
+    const Vec x = random_data<T>(rng, m.group_of.size(), -1.0, 3.0), dy = random_dy<T>(rng, m.group_of.size());
+    const std::string name = "BatchNorm " + c.str();
+    // RowMajor NCHW and every ColMajor BatchNorm are row shapes (runs of H*W, of N, or of N*H*W values)
+    thread_check<T, kRow>(name, bn, dims, m, x, dy, c.opts.eps, true, !last, !last);
+    thread_check<T, kCol>(name, bn, dims, m, x, dy, c.opts.eps, true, true, true);
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Property: results do not depend on the thread count (1, 2, 3 threads vs serial)", "[properties]",
+                   float, double) {
+  thread_cases<TestType>();
+}
+
+// =====================================================================================================
+// 4c. Alignment of the data pointers
+// =====================================================================================================
+//
+// Every load and store in the kernels is unaligned, and the split between the vector body and the
+// scalar tail depends on the run length only, not on the address. So below 8 MiB of output, results
+// are bit-identical for every offset, and are asserted so. Buffers come from Eigen's aligned_allocator
+// (aligned to EIGEN_MAX_ALIGN_BYTES, 64 with AVX-512), so offset 0 is packet-aligned and offsets 1..15
+// cover every misalignment of a 64-byte packet for float (and two periods of it for double). The
+// words of the buffers outside the mapped range must stay untouched.
+//
+// Outputs of 8 MiB and more are written with non-temporal stores, whose scalar head before the first
+// aligned address does depend on the address: that path is not covered here.
+
+namespace {
+
+template <class T>
+using AlignedVec = std::vector<T, Eigen::aligned_allocator<T>>;
+
+constexpr std::size_t kGuard = 16;
+
+// forward + backward through RowMajor TensorMaps placed at the given element offsets (x, y, dy, dx).
+template <class T, std::size_t N, class Fn>
+Result run_at(Fn& fn, const std::array<Index, N>& dims, const Vec& x, const Vec& dy,
+              const std::array<std::size_t, 4>& off, bool* guards_ok) {
+  constexpr int R = static_cast<int>(N);
+  using Map = Eigen::TensorMap<Eigen::Tensor<T, R, kRow>>;
+  using CMap = Eigen::TensorMap<const Eigen::Tensor<T, R, kRow>>;
+  const std::size_t n = x.size();
+  const T sentinel = T(-12345.5);
+  std::array<AlignedVec<T>, 4> buf;
+  for (auto& b : buf) b.assign(n + kGuard, sentinel);
+  for (std::size_t k = 0; k < n; ++k) {
+    buf[0][off[0] + k] = static_cast<T>(x[k]);
+    buf[2][off[2] + k] = static_cast<T>(dy[k]);
+  }
+  const CMap xm(buf[0].data() + off[0], dims), dym(buf[2].data() + off[2], dims);
+  const normkit::NormStats<T> s = fn.forward(xm, Map(buf[1].data() + off[1], dims));
+  const normkit::NormGrads<T> g = fn.backward(xm, dym, s, Map(buf[3].data() + off[3], dims));
+  Result r;
+  r.y.assign(buf[1].data() + off[1], buf[1].data() + off[1] + n);
+  r.dx.assign(buf[3].data() + off[3], buf[3].data() + off[3] + n);
+  r.mean = vec1(s.mean), r.mean_lo = vec1(s.mean_lo), r.rstd = vec1(s.rstd), r.dw = vec1(g.weight), r.db = vec1(g.bias);
+  bool ok = true;
+  for (int which : {1, 3})
+    for (std::size_t k = 0; k < n + kGuard; ++k)
+      if (k < off[which] || k >= off[which] + n) ok = ok && std::memcmp(&buf[which][k], &sentinel, sizeof(T)) == 0;
+  *guards_ok = ok;
+  return r;
+}
+
+template <class T, std::size_t N, class Fn>
+void alignment_check(const std::string& name, Fn& fn, const std::array<Index, N>& dims, Rng& rng,
+                     const std::vector<std::size_t>& offsets) {
+  std::size_t n = 1;
+  for (Index d : dims) n *= static_cast<std::size_t>(d);
+  const Vec x = random_data<T>(rng, n, 0.25, 1.5), dy = random_dy<T>(rng, n);
+  bool guards = true;
+  const Result base = run_at<T>(fn, dims, x, dy, {0, 0, 0, 0}, &guards);
+  CHECK(guards);
+  for (std::size_t k : offsets) {
+    // all four at offset k, then four different offsets
+    for (const std::array<std::size_t, 4>& off :
+         {std::array<std::size_t, 4>{k, k, k, k},
+          std::array<std::size_t, 4>{k, (3 * k + 1) % 16, (5 * k + 7) % 16, (11 * k + 3) % 16}}) {
+      const std::string what = std::string(type_name<T>()) + " " + name + " offsets x " + std::to_string(off[0]) +
+                               " y " + std::to_string(off[1]) + " dy " + std::to_string(off[2]) + " dx " +
+                               std::to_string(off[3]);
+      INFO(what);
+      const Result r = run_at<T>(fn, dims, x, dy, off, &guards);
+      CHECK(guards);
+      check_all_bits(std::string(type_name<T>()) + " " + name + " at an offset vs offset 0", r, base);
+    }
+  }
+}
+
+template <class T>
+void alignment_cases() {
+  Rng rng(sizeof(T) == 4 ? 801 : 802);
+  std::vector<std::size_t> all;
+  for (std::size_t k = 1; k <= 15; ++k) all.push_back(k);
+  for (const Index F : {Index(37), Index(100), Index(1000)}) {
+    const Index rows = F == 1000 ? 3 : 5;
+    normkit::LayerNorm<T> ln(F);
+    randomize_params(ln, rng);
+    alignment_check<T>("LayerNorm (" + std::to_string(rows) + ", " + std::to_string(F) + ")", ln,
+                       std::array<Index, 2>{rows, F}, rng, all);
+    normkit::RMSNormOptions o;
+    o.bias = true;
+    normkit::RMSNorm<T> rn(F, o);
+    randomize_params(rn, rng);
+    alignment_check<T>("RMSNorm (" + std::to_string(rows) + ", " + std::to_string(F) + ")", rn,
+                       std::array<Index, 2>{rows, F}, rng, all);
+  }
+  // NCHW: runs of H*W = 63 and 100 values; NHWC: 37 and 100 channel columns
+  for (const auto& [dims, last] : {std::pair<std::array<Index, 4>, bool>{{3, 5, 7, 9}, false},
+                                   std::pair<std::array<Index, 4>, bool>{{2, 3, 10, 10}, false},
+                                   std::pair<std::array<Index, 4>, bool>{{3, 7, 9, 37}, true},
+                                   std::pair<std::array<Index, 4>, bool>{{2, 4, 4, 100}, true}}) {
+    BnCase c;
+    c.dims = dims;
+    c.channels_last = last;
+    c.opts.channel_axis = last ? -1 : 1;
+    normkit::BatchNorm<T> bn = make_bn<T>(c, rng);
+    alignment_check<T>("BatchNorm " + c.str(), bn, dims, rng, all);
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Property: results do not depend on the alignment of x, y, dy, dx", "[properties]", float, double) {
+  alignment_cases<TestType>();
+}
+
