@@ -223,8 +223,9 @@ void run(benchmark::State& state, const Case c) {
 }  // namespace
 
 void register_eigen(const Case& c) {
+  if (c.dtype == Dtype::BF16) return;  // fp32 and fp64 only: no bf16 expression baseline
   configure(benchmark::RegisterBenchmark(c.name("eigen").c_str(), [c](benchmark::State& st) {
-    if (c.fp64) run<double>(st, c); else run<float>(st, c);
+    if (c.dtype == Dtype::FP64) run<double>(st, c); else run<float>(st, c);
   }));
 }
 

@@ -27,11 +27,14 @@ enum class Dir { Fwd, Bwd, FwdEval };
 // BatchNorm memory layouts. NCHW: RowMajor (N, C, H, W), channel_axis = 1. NHWC: the same data
 // channels-last, RowMajor (N, H, W, C), channel_axis = -1. NC: RowMajor (N, C), channel_axis = 1.
 enum class BnLayout { None, NCHW, NHWC, NC };
+// Storage type of x, y, dy, dx. BF16 is Eigen::bfloat16; normkit runs it as LayerNorm<bfloat16,
+// float> (float weight and bias, statistics in float).
+enum class Dtype { FP32, FP64, BF16 };
 
 struct Case {
   Op op = Op::LayerNorm;
   Dir dir = Dir::Fwd;
-  bool fp64 = false;
+  Dtype dtype = Dtype::FP32;
   int threads = 1;
   BnLayout layout = BnLayout::None;
   std::vector<Index> dims;  // dimensions in memory order (RowMajor), as passed to normkit
@@ -45,7 +48,7 @@ struct Case {
   Index inner() const;
 
   Index elements() const;
-  std::size_t elem_bytes() const { return fp64 ? 8 : 4; }
+  std::size_t elem_bytes() const { return dtype == Dtype::FP64 ? 8 : dtype == Dtype::BF16 ? 2 : 4; }
   // Arrays streamed per call by the byte convention: forward / eval: read x, write y (1 read);
   // backward: read x and dy, write dx (2 reads). Parameters and statistics are not counted.
   int reads() const { return dir == Dir::Bwd ? 2 : 1; }
@@ -58,6 +61,7 @@ struct Case {
 
 const char* op_name(Op op);
 const char* dir_name(Dir d);
+const char* dtype_name(Dtype t);  // "fp32", "fp64", "bf16"
 
 // Preallocated, 64-byte aligned buffers, grown on demand (never shrunk) and fully initialised when
 // (re)allocated, i.e. outside every timed region: x and dy hold pseudo-random values in about

@@ -28,6 +28,15 @@ const char* op_name(Op op) {
   return "?";
 }
 
+const char* dtype_name(Dtype t) {
+  switch (t) {
+    case Dtype::FP32: return "fp32";
+    case Dtype::FP64: return "fp64";
+    case Dtype::BF16: return "bf16";
+  }
+  return "?";
+}
+
 const char* dir_name(Dir d) {
   switch (d) {
     case Dir::Fwd: return "fwd";  // BatchNorm: "fwd_train", see Case::name
@@ -85,7 +94,7 @@ std::string Case::shape_token() const {
 std::string Case::name(const std::string& impl) const {
   std::ostringstream s;
   s << op_name(op) << '/' << (op == Op::BatchNorm && dir == Dir::Fwd ? "fwd_train" : dir_name(dir)) << '/'
-    << (fp64 ? "fp64" : "fp32") << '/' << shape_token() << "/t" << threads << '/' << impl;
+    << dtype_name(dtype) << '/' << shape_token() << "/t" << threads << '/' << impl;
   return s.str();
 }
 
@@ -154,8 +163,10 @@ Buffers<T> buffers(std::size_t elements) {
 
 template Buffers<float> buffers<float>(std::size_t);
 template Buffers<double> buffers<double>(std::size_t);
+template Buffers<Eigen::bfloat16> buffers<Eigen::bfloat16>(std::size_t);
 template void fill_random<float>(float*, std::size_t, std::uint64_t, double, double);
 template void fill_random<double>(double*, std::size_t, std::uint64_t, double, double);
+template void fill_random<Eigen::bfloat16>(Eigen::bfloat16*, std::size_t, std::uint64_t, double, double);
 
 // ---------------------------------------------------------------------------------------------
 // Threads
@@ -230,9 +241,9 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
   for (Op op : {Op::LayerNorm, Op::RMSNorm}) {
     for (Dir dir : {Dir::Fwd, Dir::Bwd}) {
       for (const auto& shape : ln_shapes) {
-        for (bool fp64 : {false, true}) {
-          if (fp64 && shape != std::vector<Index>{4096, 768}) continue;
-          for (int t : threads) cases.push_back(Case{op, dir, fp64, t, BnLayout::None, shape});
+        for (Dtype dt : {Dtype::FP32, Dtype::FP64}) {
+          if (dt == Dtype::FP64 && shape != std::vector<Index>{4096, 768}) continue;
+          for (int t : threads) cases.push_back(Case{op, dir, dt, t, BnLayout::None, shape});
         }
       }
     }
@@ -246,12 +257,19 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
                                           {BnLayout::NC, {256, 1024}}};
   for (Dir dir : {Dir::Fwd, Dir::Bwd, Dir::FwdEval}) {
     for (const auto& s : bn_shapes) {
-      for (bool fp64 : {false, true}) {
-        if (fp64 && s.layout != BnLayout::NCHW) continue;
-        for (int t : threads) cases.push_back(Case{Op::BatchNorm, dir, fp64, t, s.layout, s.dims});
+      for (Dtype dt : {Dtype::FP32, Dtype::FP64}) {
+        if (dt == Dtype::FP64 && s.layout != BnLayout::NCHW) continue;
+        for (int t : threads) cases.push_back(Case{Op::BatchNorm, dir, dt, t, s.layout, s.dims});
       }
     }
   }
+  // Added cases come last, so that the copy ceilings registered for the cases above keep the
+  // names they had (a copy is named after the first case that needs its byte count).
+  // bfloat16 (normkit as LayerNorm<bfloat16, float>), one thread.
+  for (Op op : {Op::LayerNorm, Op::RMSNorm})
+    for (Dir dir : {Dir::Fwd, Dir::Bwd})
+      for (const std::vector<Index>& shape : {std::vector<Index>{4096, 768}, std::vector<Index>{16384, 4096}})
+        cases.push_back(Case{op, dir, Dtype::BF16, 1, BnLayout::None, shape});
   return cases;
 }
 
