@@ -137,8 +137,10 @@ void register_copy(const Case& c) {
   const Index array_bytes = c.elements() * static_cast<Index>(c.elem_bytes());
   if (array_bytes % 4 != 0) return;  // never for the cases of main.cpp (bf16 shapes are even)
   const Index floats = array_bytes / 4;
+  Case plain = c;  // named after the shape, without a scaled case's "x1e30"
+  plain.input_scale = 1;
   const std::string prefix = std::string("Copy/") + (c.reads() == 2 ? "r2w1/" : "r1w1/") + dtype_name(c.dtype) + "/" +
-                             c.shape_token() + "/t" + std::to_string(c.threads) + "/";
+                             plain.shape_token() + "/t" + std::to_string(c.threads) + "/";
   const int threads = c.threads, reads = c.reads();
   struct Named {
     const char* name;

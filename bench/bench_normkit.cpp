@@ -5,6 +5,7 @@
 // (N, H, W, C) with channel_axis = -1, (N, C) with channel_axis = 1.
 // Types: fp32 and fp64 run LayerNorm<T> etc. (parameters in T); bf16 runs the mixed-precision
 // LayerNorm<Eigen::bfloat16, float> / RMSNorm<Eigen::bfloat16, float> (float weight and bias).
+// Cases with an input_scale read x from a separate buffer holding x * scale (scaled_input).
 #if __has_include(<normkit/normkit.hpp>)
 #include <normkit/normkit.hpp>  // first: it defines EIGEN_USE_THREADS before the Tensor module
 #define NKBENCH_HAVE_NORMKIT 1
@@ -36,7 +37,9 @@ template <class T, class Layer>
 void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
   const Index R = c.rows(), F = c.features();
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
-  Map<T, 2> x(buf.x, R, F), y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
+  const T* xp = c.input_scale == 1 ? buf.x : scaled_input<T>(static_cast<std::size_t>(c.elements()), c.input_scale);
+  Eigen::TensorMap<const Eigen::Tensor<T, 2, Eigen::RowMajor>> x(xp, R, F);
+  Map<T, 2> y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
   fill_random(layer.weight().data(), static_cast<std::size_t>(F), 11, 0.5, 1.5);
   if (layer.bias().size() > 0) fill_random(layer.bias().data(), static_cast<std::size_t>(F), 12, -0.5, 0.5);
   const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward

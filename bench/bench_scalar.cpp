@@ -248,6 +248,7 @@ void run(benchmark::State& state, const Case c) {
 }  // namespace
 
 void register_scalar(const Case& c) {
+  if (c.input_scale != 1) return;                              // scaled inputs are normkit-only
   if (c.dtype == Dtype::BF16 && c.op == Op::BatchNorm) return;  // bf16: LayerNorm/RMSNorm loops only
   configure(benchmark::RegisterBenchmark(c.name("scalar").c_str(), [c](benchmark::State& st) {
     switch (c.dtype) {

@@ -38,6 +38,9 @@ struct Case {
   int threads = 1;
   BnLayout layout = BnLayout::None;
   std::vector<Index> dims;  // dimensions in memory order (RowMajor), as passed to normkit
+  // Inputs multiplied by this factor (1: the ordinary data). Only normkit runs scaled cases; the
+  // shape token gets an "x<scale>" suffix, e.g. "4096x768x1e30".
+  double input_scale = 1;
 
   // LayerNorm/RMSNorm view: rows x features (features = last dim).
   Index rows() const;
@@ -55,7 +58,7 @@ struct Case {
   std::int64_t bytes() const {
     return static_cast<std::int64_t>(elements()) * static_cast<std::int64_t>(elem_bytes()) * (reads() + 1);
   }
-  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", ...
+  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", "4096x768x1e30"
   std::string name(const std::string& impl) const;  // "LayerNorm/fwd/fp32/4096x768/t1/normkit"
 };
 
@@ -79,6 +82,11 @@ Buffers<T> buffers(std::size_t elements);
 // Deterministic pseudo-random values for parameters (weight around 1, bias around 0).
 template <class T>
 void fill_random(T* p, std::size_t n, std::uint64_t seed, double lo, double hi);
+
+// A separate input buffer holding the values of buffers<T>(elements).x multiplied by `scale`
+// (one buffer per scale, allocated and filled outside every timed region).
+template <class T>
+const T* scaled_input(std::size_t elements, double scale);
 
 // Thread pool shared by every threaded case (normkit, Eigen baseline, scalar and copy kernels).
 // Its size is the largest thread count requested.

@@ -7,9 +7,11 @@
 #include "common.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -88,6 +90,20 @@ std::string Case::shape_token() const {
     case BnLayout::None: break;
   }
   for (std::size_t i = 0; i < dims.size(); ++i) s << (i ? "x" : "") << dims[i];
+  if (input_scale != 1) {  // "x1e30": %g without the exponent's '+' and leading zeros
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", input_scale);
+    std::string g(buf);
+    const std::size_t e = g.find('e');
+    if (e != std::string::npos) {
+      std::string exp = g.substr(e + 1);
+      const bool neg = !exp.empty() && exp[0] == '-';
+      if (!exp.empty() && (exp[0] == '+' || exp[0] == '-')) exp.erase(0, 1);
+      while (exp.size() > 1 && exp[0] == '0') exp.erase(0, 1);
+      g = g.substr(0, e + 1) + (neg ? "-" : "") + exp;
+    }
+    s << 'x' << g;
+  }
   return s.str();
 }
 
@@ -161,12 +177,33 @@ Buffers<T> buffers(std::size_t elements) {
   return {pool.x.get(), pool.y.get(), pool.dy.get(), pool.dx.get()};
 }
 
+template <class T>
+const T* scaled_input(std::size_t elements, double scale) {
+  struct Scaled {
+    std::size_t capacity = 0;
+    std::unique_ptr<T, Freer> p;
+  };
+  static std::map<double, Scaled> pools;
+  Scaled& s = pools[scale];
+  if (elements > s.capacity) {
+    s.p.reset();
+    s.p = allocate<T>(elements);
+    fill_random(s.p.get(), elements, 1, -1.5, 2.5);  // the values of buffers<T>().x
+    for (std::size_t i = 0; i < elements; ++i) s.p.get()[i] = static_cast<T>(static_cast<double>(s.p.get()[i]) * scale);
+    s.capacity = elements;
+  }
+  return s.p.get();
+}
+
 template Buffers<float> buffers<float>(std::size_t);
 template Buffers<double> buffers<double>(std::size_t);
 template Buffers<Eigen::bfloat16> buffers<Eigen::bfloat16>(std::size_t);
 template void fill_random<float>(float*, std::size_t, std::uint64_t, double, double);
 template void fill_random<double>(double*, std::size_t, std::uint64_t, double, double);
 template void fill_random<Eigen::bfloat16>(Eigen::bfloat16*, std::size_t, std::uint64_t, double, double);
+template const float* scaled_input<float>(std::size_t, double);
+template const double* scaled_input<double>(std::size_t, double);
+template const Eigen::bfloat16* scaled_input<Eigen::bfloat16>(std::size_t, double);
 
 // ---------------------------------------------------------------------------------------------
 // Threads
@@ -270,6 +307,9 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
     for (Dir dir : {Dir::Fwd, Dir::Bwd})
       for (const std::vector<Index>& shape : {std::vector<Index>{4096, 768}, std::vector<Index>{16384, 4096}})
         cases.push_back(Case{op, dir, Dtype::BF16, 1, BnLayout::None, shape});
+  // Rows of magnitude 1e30, whose squares overflow float: every row takes the rescaled path of the
+  // statistics (normkit only; same bytes as the ordinary 4096x768 case, whose copy it shares).
+  cases.push_back(Case{Op::LayerNorm, Dir::Fwd, Dtype::FP32, 1, BnLayout::None, {4096, 768}, 1e30});
   return cases;
 }
 
