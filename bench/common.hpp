@@ -112,6 +112,7 @@ void register_normkit(const Case& c);  // bench_normkit.cpp (empty until normkit
 void register_eigen(const Case& c);    // bench_eigen.cpp
 void register_scalar(const Case& c);   // bench_scalar.cpp
 void register_onednn(const Case& c);   // bench_onednn.cpp  (empty without oneDNN)
+void register_moments();               // bench_moments.cpp (the Moments/... group; empty without normkit)
 bool normkit_available();
 bool onednn_available();
 

@@ -338,6 +338,7 @@ int main(int argc, char** argv) {
     register_scalar(c);
     register_onednn(c);
   }
+  register_moments();
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
