@@ -3,6 +3,7 @@
 // Names: <Op>/<dir>/<dtype>/<shape>/t<threads>/<impl>, e.g. LayerNorm/fwd/fp32/4096x768/t1/normkit
 // (Google Benchmark appends "/real_time"). Copy ceilings are shared by every case with the same
 // bytes: Copy/<r1w1|r2w1>/<dtype>/<shape of the first case>/t<threads>/<loop|nt|memcpy>.
+// dtype: fp32, fp64, bf16. The statistics group (bench_moments.cpp) is Moments/<function>/fp32/<shape>/t1.
 // See bench/README.md.
 #include "common.hpp"
 
