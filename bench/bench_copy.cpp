@@ -19,8 +19,8 @@
 namespace nkbench {
 namespace {
 
-// Byte counts are multiples of 4 for every case, so the kernels work on floats (for fp64 cases
-// they move the same bytes).
+// Byte counts are multiples of 4 for every case, so the kernels work on floats (for fp64 and bf16
+// cases they move the same bytes: 2x or 1/2 the floats).
 void copy_loop(const float* __restrict src, float* __restrict dst, Index n) {
   Index i = 0;
 #if defined(__AVX512F__)
@@ -98,7 +98,8 @@ void add_nt(const float* __restrict a, const float* __restrict b, float* __restr
 enum class Variant { Loop, NT, Memcpy };
 
 void run_copy(benchmark::State& state, Index floats, int threads, int reads, Variant v, std::int64_t bytes) {
-  // The buffers of the float pool are large enough for every case (fp64 cases use 2x the floats).
+  // The buffers of the float pool are large enough for every case (fp64 cases use 2x the floats,
+  // bf16 cases half).
   Buffers<float> buf = buffers<float>(static_cast<std::size_t>(floats));
   const float* x = buf.x;
   const float* dy = buf.dy;
@@ -133,9 +134,13 @@ void register_copy(const Case& c) {
   static std::set<std::tuple<int, std::int64_t, int>> done;
   const std::int64_t bytes = c.bytes();
   if (!done.insert({c.reads(), bytes, c.threads}).second) return;
-  const Index floats = c.elements() * static_cast<Index>(c.elem_bytes() / 4);
-  const std::string prefix = std::string("Copy/") + (c.reads() == 2 ? "r2w1/" : "r1w1/") + (c.fp64 ? "fp64/" : "fp32/") +
-                             c.shape_token() + "/t" + std::to_string(c.threads) + "/";
+  const Index array_bytes = c.elements() * static_cast<Index>(c.elem_bytes());
+  if (array_bytes % 4 != 0) return;  // never for the cases of main.cpp (bf16 shapes are even)
+  const Index floats = array_bytes / 4;
+  Case plain = c;  // named after the shape, without a scaled case's "x1e30"
+  plain.input_scale = 1;
+  const std::string prefix = std::string("Copy/") + (c.reads() == 2 ? "r2w1/" : "r1w1/") + dtype_name(c.dtype) + "/" +
+                             plain.shape_token() + "/t" + std::to_string(c.threads) + "/";
   const int threads = c.threads, reads = c.reads();
   struct Named {
     const char* name;

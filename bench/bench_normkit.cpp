@@ -3,12 +3,17 @@
 // Tensors are TensorMaps over the shared buffers: (rows, features) RowMajor for LayerNorm/RMSNorm;
 // BatchNorm NCHW as RowMajor (N, C, H, W) with channel_axis = 1, channels-last as RowMajor
 // (N, H, W, C) with channel_axis = -1, (N, C) with channel_axis = 1.
+// Types: fp32 and fp64 run LayerNorm<T> etc. (parameters in T); bf16 runs the mixed-precision
+// LayerNorm<Eigen::bfloat16, float> / RMSNorm<Eigen::bfloat16, float> (float weight and bias).
+// Cases with an input_scale read x from a separate buffer holding x * scale (scaled_input).
 #if __has_include(<normkit/normkit.hpp>)
 #include <normkit/normkit.hpp>  // first: it defines EIGEN_USE_THREADS before the Tensor module
 #define NKBENCH_HAVE_NORMKIT 1
 #endif
 
 #include "common.hpp"
+
+#include <type_traits>
 
 #if defined(NKBENCH_HAVE_NORMKIT)
 
@@ -32,7 +37,9 @@ template <class T, class Layer>
 void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
   const Index R = c.rows(), F = c.features();
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
-  Map<T, 2> x(buf.x, R, F), y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
+  const T* xp = c.input_scale == 1 ? buf.x : scaled_input<T>(static_cast<std::size_t>(c.elements()), c.input_scale);
+  Eigen::TensorMap<const Eigen::Tensor<T, 2, Eigen::RowMajor>> x(xp, R, F);
+  Map<T, 2> y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
   fill_random(layer.weight().data(), static_cast<std::size_t>(F), 11, 0.5, 1.5);
   if (layer.bias().size() > 0) fill_random(layer.bias().data(), static_cast<std::size_t>(F), 12, -0.5, 0.5);
   const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward
@@ -50,13 +57,13 @@ void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
   }
 }
 
-template <class T>
+template <class T, class P>
 void run_rows(benchmark::State& state, const Case c) {
   if (c.op == Op::LayerNorm) {
-    normkit::LayerNorm<T> layer(c.features());
+    normkit::LayerNorm<T, P> layer(c.features());
     run_rows_with<T>(state, c, layer);
   } else {
-    normkit::RMSNorm<T> layer(c.features());
+    normkit::RMSNorm<T, P> layer(c.features());
     run_rows_with<T>(state, c, layer);
   }
 }
@@ -97,13 +104,18 @@ void run_bn(benchmark::State& state, const Case c) {
   }
 }
 
-template <class T>
+// P: the parameters' type (T, or float beside bfloat16). The harness has no BatchNorm bf16 case.
+template <class T, class P = T>
 void run(benchmark::State& state, const Case c) {
   try {
-    if (c.op == Op::BatchNorm)
-      run_bn<T>(state, c);
-    else
-      run_rows<T>(state, c);
+    if (c.op == Op::BatchNorm) {
+      if constexpr (std::is_same_v<T, P>)
+        run_bn<T>(state, c);
+      else
+        state.SkipWithError("no mixed-precision BatchNorm case in this harness");
+    } else {
+      run_rows<T, P>(state, c);
+    }
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
@@ -115,7 +127,11 @@ bool normkit_available() { return true; }
 
 void register_normkit(const Case& c) {
   configure(benchmark::RegisterBenchmark(c.name("normkit").c_str(), [c](benchmark::State& st) {
-    if (c.fp64) run<double>(st, c); else run<float>(st, c);
+    switch (c.dtype) {
+      case Dtype::FP32: run<float>(st, c); break;
+      case Dtype::FP64: run<double>(st, c); break;
+      case Dtype::BF16: run<Eigen::bfloat16, float>(st, c); break;
+    }
   }));
 }
 

@@ -4,6 +4,9 @@
 // reductions stay scalar (the element-wise passes may be auto-vectorized by the compiler).
 // t>1: rows (LayerNorm/RMSNorm) or channels (BatchNorm) are split into contiguous ranges, one per
 // thread; parameter gradients of LayerNorm/RMSNorm are summed from per-thread partials.
+// bf16 (LayerNorm/RMSNorm only): x, y, dy, dx are Eigen::bfloat16, everything else is float — each
+// load widens to float, the statistics and parameters are float, each store rounds to bfloat16
+// (round to nearest even). The same loops with A = T for fp32 and fp64.
 #include "common.hpp"
 
 #include <cmath>
@@ -28,70 +31,73 @@ struct RowParams {
   }
 };
 
-template <class T>
-void ln_fwd_rows(bool rms, const T* x, T* y, Index r0, Index r1, Index F, RowParams<T>& p, T eps) {
-  const T* w = p.w.data();
-  const T* b = p.b.data();
+// T: storage of x, y, dy, dx; A: statistics, parameters and arithmetic (A = T for fp32/fp64,
+// float for bf16). With A = T every cast below is a no-op.
+template <class T, class A>
+void ln_fwd_rows(bool rms, const T* x, T* y, Index r0, Index r1, Index F, RowParams<A>& p, A eps) {
+  const A* w = p.w.data();
+  const A* b = p.b.data();
   for (Index r = r0; r < r1; ++r) {
     const T* xr = x + r * F;
     T* yr = y + r * F;
-    T mean = 0;
+    A mean = 0;
     if (!rms) {
-      for (Index i = 0; i < F; ++i) mean += xr[i];
-      mean /= static_cast<T>(F);
+      for (Index i = 0; i < F; ++i) mean += static_cast<A>(xr[i]);
+      mean /= static_cast<A>(F);
     }
-    T var = 0;
+    A var = 0;
     for (Index i = 0; i < F; ++i) {
-      const T d = xr[i] - mean;
+      const A d = static_cast<A>(xr[i]) - mean;
       var += d * d;
     }
-    var /= static_cast<T>(F);
-    const T rstd = T(1) / std::sqrt(var + eps);
+    var /= static_cast<A>(F);
+    const A rstd = A(1) / std::sqrt(var + eps);
     p.mean[static_cast<std::size_t>(r)] = mean;
     p.rstd[static_cast<std::size_t>(r)] = rstd;
     if (!rms) {
-      for (Index i = 0; i < F; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+      for (Index i = 0; i < F; ++i) yr[i] = static_cast<T>((static_cast<A>(xr[i]) - mean) * rstd * w[i] + b[i]);
     } else {
-      for (Index i = 0; i < F; ++i) yr[i] = xr[i] * rstd * w[i];
+      for (Index i = 0; i < F; ++i) yr[i] = static_cast<T>(static_cast<A>(xr[i]) * rstd * w[i]);
     }
   }
 }
 
-template <class T>
-void ln_bwd_rows(bool rms, const T* x, const T* dy, T* dx, Index r0, Index r1, Index F, RowParams<T>& p, int tid) {
-  const T* w = p.w.data();
-  T* dw = p.dw[static_cast<std::size_t>(tid)].data();
-  T* db = p.db[static_cast<std::size_t>(tid)].data();
+template <class T, class A>
+void ln_bwd_rows(bool rms, const T* x, const T* dy, T* dx, Index r0, Index r1, Index F, RowParams<A>& p, int tid) {
+  const A* w = p.w.data();
+  A* dw = p.dw[static_cast<std::size_t>(tid)].data();
+  A* db = p.db[static_cast<std::size_t>(tid)].data();
   for (Index i = 0; i < F; ++i) dw[i] = db[i] = 0;
   for (Index r = r0; r < r1; ++r) {
     const T* xr = x + r * F;
     const T* dyr = dy + r * F;
     T* dxr = dx + r * F;
-    const T mean = p.mean[static_cast<std::size_t>(r)], rstd = p.rstd[static_cast<std::size_t>(r)];
-    T sg = 0, sgx = 0;  // sum g, sum g * xhat
+    const A mean = p.mean[static_cast<std::size_t>(r)], rstd = p.rstd[static_cast<std::size_t>(r)];
+    A sg = 0, sgx = 0;  // sum g, sum g * xhat
     for (Index i = 0; i < F; ++i) {
-      const T g = dyr[i] * w[i];
-      const T xhat = (xr[i] - mean) * rstd;
+      const A dyi = static_cast<A>(dyr[i]);
+      const A g = dyi * w[i];
+      const A xhat = (static_cast<A>(xr[i]) - mean) * rstd;
       sg += g;
       sgx += g * xhat;
-      dw[i] += dyr[i] * xhat;
-      db[i] += dyr[i];
+      dw[i] += dyi * xhat;
+      db[i] += dyi;
     }
-    const T mg = rms ? T(0) : sg / static_cast<T>(F), mgx = sgx / static_cast<T>(F);
+    const A mg = rms ? A(0) : sg / static_cast<A>(F), mgx = sgx / static_cast<A>(F);
     for (Index i = 0; i < F; ++i) {
-      const T xhat = (xr[i] - mean) * rstd;
-      dxr[i] = rstd * (dyr[i] * w[i] - mg - xhat * mgx);
+      const A xhat = (static_cast<A>(xr[i]) - mean) * rstd;
+      dxr[i] = static_cast<T>(rstd * (static_cast<A>(dyr[i]) * w[i] - mg - xhat * mgx));
     }
   }
 }
 
-template <class T>
+template <class T, class A = T>
 void run_rows(benchmark::State& state, const Case c) {
   const Index R = c.rows(), F = c.features();
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
-  RowParams<T> p(R, F, c.threads);
+  RowParams<A> p(R, F, c.threads);
   const bool rms = c.op == Op::RMSNorm;
-  const T eps = static_cast<T>(rms ? 1e-6 : 1e-5);
+  const A eps = static_cast<A>(rms ? 1e-6 : 1e-5);
   auto body = [&](int tid, int parts) {
     Index r0 = 0, r1 = 0;
     split_range(R, tid, parts, 1, r0, r1);
@@ -242,8 +248,14 @@ void run(benchmark::State& state, const Case c) {
 }  // namespace
 
 void register_scalar(const Case& c) {
+  if (c.input_scale != 1) return;                              // scaled inputs are normkit-only
+  if (c.dtype == Dtype::BF16 && c.op == Op::BatchNorm) return;  // bf16: LayerNorm/RMSNorm loops only
   configure(benchmark::RegisterBenchmark(c.name("scalar").c_str(), [c](benchmark::State& st) {
-    if (c.fp64) run<double>(st, c); else run<float>(st, c);
+    switch (c.dtype) {
+      case Dtype::FP32: run<float>(st, c); break;
+      case Dtype::FP64: run<double>(st, c); break;
+      case Dtype::BF16: run_rows<Eigen::bfloat16, float>(st, c); break;
+    }
   }));
 }
 

@@ -27,14 +27,20 @@ enum class Dir { Fwd, Bwd, FwdEval };
 // BatchNorm memory layouts. NCHW: RowMajor (N, C, H, W), channel_axis = 1. NHWC: the same data
 // channels-last, RowMajor (N, H, W, C), channel_axis = -1. NC: RowMajor (N, C), channel_axis = 1.
 enum class BnLayout { None, NCHW, NHWC, NC };
+// Storage type of x, y, dy, dx. BF16 is Eigen::bfloat16; normkit runs it as LayerNorm<bfloat16,
+// float> (float weight and bias, statistics in float).
+enum class Dtype { FP32, FP64, BF16 };
 
 struct Case {
   Op op = Op::LayerNorm;
   Dir dir = Dir::Fwd;
-  bool fp64 = false;
+  Dtype dtype = Dtype::FP32;
   int threads = 1;
   BnLayout layout = BnLayout::None;
   std::vector<Index> dims;  // dimensions in memory order (RowMajor), as passed to normkit
+  // Inputs multiplied by this factor (1: the ordinary data). Only normkit runs scaled cases; the
+  // shape token gets an "x<scale>" suffix, e.g. "4096x768x1e30".
+  double input_scale = 1;
 
   // LayerNorm/RMSNorm view: rows x features (features = last dim).
   Index rows() const;
@@ -45,19 +51,20 @@ struct Case {
   Index inner() const;
 
   Index elements() const;
-  std::size_t elem_bytes() const { return fp64 ? 8 : 4; }
+  std::size_t elem_bytes() const { return dtype == Dtype::FP64 ? 8 : dtype == Dtype::BF16 ? 2 : 4; }
   // Arrays streamed per call by the byte convention: forward / eval: read x, write y (1 read);
   // backward: read x and dy, write dx (2 reads). Parameters and statistics are not counted.
   int reads() const { return dir == Dir::Bwd ? 2 : 1; }
   std::int64_t bytes() const {
     return static_cast<std::int64_t>(elements()) * static_cast<std::int64_t>(elem_bytes()) * (reads() + 1);
   }
-  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", ...
+  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", "4096x768x1e30"
   std::string name(const std::string& impl) const;  // "LayerNorm/fwd/fp32/4096x768/t1/normkit"
 };
 
 const char* op_name(Op op);
 const char* dir_name(Dir d);
+const char* dtype_name(Dtype t);  // "fp32", "fp64", "bf16"
 
 // Preallocated, 64-byte aligned buffers, grown on demand (never shrunk) and fully initialised when
 // (re)allocated, i.e. outside every timed region: x and dy hold pseudo-random values in about
@@ -75,6 +82,11 @@ Buffers<T> buffers(std::size_t elements);
 // Deterministic pseudo-random values for parameters (weight around 1, bias around 0).
 template <class T>
 void fill_random(T* p, std::size_t n, std::uint64_t seed, double lo, double hi);
+
+// A separate input buffer holding the values of buffers<T>(elements).x multiplied by `scale`
+// (one buffer per scale, allocated and filled outside every timed region).
+template <class T>
+const T* scaled_input(std::size_t elements, double scale);
 
 // Thread pool shared by every threaded case (normkit, Eigen baseline, scalar and copy kernels).
 // Its size is the largest thread count requested.
@@ -100,6 +112,7 @@ void register_normkit(const Case& c);  // bench_normkit.cpp (empty until normkit
 void register_eigen(const Case& c);    // bench_eigen.cpp
 void register_scalar(const Case& c);   // bench_scalar.cpp
 void register_onednn(const Case& c);   // bench_onednn.cpp  (empty without oneDNN)
+void register_moments();               // bench_moments.cpp (the Moments/... group; empty without normkit)
 bool normkit_available();
 bool onednn_available();
 

@@ -3,13 +3,16 @@
 // Names: <Op>/<dir>/<dtype>/<shape>/t<threads>/<impl>, e.g. LayerNorm/fwd/fp32/4096x768/t1/normkit
 // (Google Benchmark appends "/real_time"). Copy ceilings are shared by every case with the same
 // bytes: Copy/<r1w1|r2w1>/<dtype>/<shape of the first case>/t<threads>/<loop|nt|memcpy>.
+// dtype: fp32, fp64, bf16. The statistics group (bench_moments.cpp) is Moments/<function>/fp32/<shape>/t1.
 // See bench/README.md.
 #include "common.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -24,6 +27,15 @@ const char* op_name(Op op) {
     case Op::LayerNorm: return "LayerNorm";
     case Op::RMSNorm: return "RMSNorm";
     case Op::BatchNorm: return "BatchNorm";
+  }
+  return "?";
+}
+
+const char* dtype_name(Dtype t) {
+  switch (t) {
+    case Dtype::FP32: return "fp32";
+    case Dtype::FP64: return "fp64";
+    case Dtype::BF16: return "bf16";
   }
   return "?";
 }
@@ -79,13 +91,27 @@ std::string Case::shape_token() const {
     case BnLayout::None: break;
   }
   for (std::size_t i = 0; i < dims.size(); ++i) s << (i ? "x" : "") << dims[i];
+  if (input_scale != 1) {  // "x1e30": %g without the exponent's '+' and leading zeros
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", input_scale);
+    std::string g(buf);
+    const std::size_t e = g.find('e');
+    if (e != std::string::npos) {
+      std::string exp = g.substr(e + 1);
+      const bool neg = !exp.empty() && exp[0] == '-';
+      if (!exp.empty() && (exp[0] == '+' || exp[0] == '-')) exp.erase(0, 1);
+      while (exp.size() > 1 && exp[0] == '0') exp.erase(0, 1);
+      g = g.substr(0, e + 1) + (neg ? "-" : "") + exp;
+    }
+    s << 'x' << g;
+  }
   return s.str();
 }
 
 std::string Case::name(const std::string& impl) const {
   std::ostringstream s;
   s << op_name(op) << '/' << (op == Op::BatchNorm && dir == Dir::Fwd ? "fwd_train" : dir_name(dir)) << '/'
-    << (fp64 ? "fp64" : "fp32") << '/' << shape_token() << "/t" << threads << '/' << impl;
+    << dtype_name(dtype) << '/' << shape_token() << "/t" << threads << '/' << impl;
   return s.str();
 }
 
@@ -152,10 +178,33 @@ Buffers<T> buffers(std::size_t elements) {
   return {pool.x.get(), pool.y.get(), pool.dy.get(), pool.dx.get()};
 }
 
+template <class T>
+const T* scaled_input(std::size_t elements, double scale) {
+  struct Scaled {
+    std::size_t capacity = 0;
+    std::unique_ptr<T, Freer> p;
+  };
+  static std::map<double, Scaled> pools;
+  Scaled& s = pools[scale];
+  if (elements > s.capacity) {
+    s.p.reset();
+    s.p = allocate<T>(elements);
+    fill_random(s.p.get(), elements, 1, -1.5, 2.5);  // the values of buffers<T>().x
+    for (std::size_t i = 0; i < elements; ++i) s.p.get()[i] = static_cast<T>(static_cast<double>(s.p.get()[i]) * scale);
+    s.capacity = elements;
+  }
+  return s.p.get();
+}
+
 template Buffers<float> buffers<float>(std::size_t);
 template Buffers<double> buffers<double>(std::size_t);
+template Buffers<Eigen::bfloat16> buffers<Eigen::bfloat16>(std::size_t);
 template void fill_random<float>(float*, std::size_t, std::uint64_t, double, double);
 template void fill_random<double>(double*, std::size_t, std::uint64_t, double, double);
+template void fill_random<Eigen::bfloat16>(Eigen::bfloat16*, std::size_t, std::uint64_t, double, double);
+template const float* scaled_input<float>(std::size_t, double);
+template const double* scaled_input<double>(std::size_t, double);
+template const Eigen::bfloat16* scaled_input<Eigen::bfloat16>(std::size_t, double);
 
 // ---------------------------------------------------------------------------------------------
 // Threads
@@ -230,9 +279,9 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
   for (Op op : {Op::LayerNorm, Op::RMSNorm}) {
     for (Dir dir : {Dir::Fwd, Dir::Bwd}) {
       for (const auto& shape : ln_shapes) {
-        for (bool fp64 : {false, true}) {
-          if (fp64 && shape != std::vector<Index>{4096, 768}) continue;
-          for (int t : threads) cases.push_back(Case{op, dir, fp64, t, BnLayout::None, shape});
+        for (Dtype dt : {Dtype::FP32, Dtype::FP64}) {
+          if (dt == Dtype::FP64 && shape != std::vector<Index>{4096, 768}) continue;
+          for (int t : threads) cases.push_back(Case{op, dir, dt, t, BnLayout::None, shape});
         }
       }
     }
@@ -246,12 +295,22 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
                                           {BnLayout::NC, {256, 1024}}};
   for (Dir dir : {Dir::Fwd, Dir::Bwd, Dir::FwdEval}) {
     for (const auto& s : bn_shapes) {
-      for (bool fp64 : {false, true}) {
-        if (fp64 && s.layout != BnLayout::NCHW) continue;
-        for (int t : threads) cases.push_back(Case{Op::BatchNorm, dir, fp64, t, s.layout, s.dims});
+      for (Dtype dt : {Dtype::FP32, Dtype::FP64}) {
+        if (dt == Dtype::FP64 && s.layout != BnLayout::NCHW) continue;
+        for (int t : threads) cases.push_back(Case{Op::BatchNorm, dir, dt, t, s.layout, s.dims});
       }
     }
   }
+  // Added cases come last, so that the copy ceilings registered for the cases above keep the
+  // names they had (a copy is named after the first case that needs its byte count).
+  // bfloat16 (normkit as LayerNorm<bfloat16, float>), one thread.
+  for (Op op : {Op::LayerNorm, Op::RMSNorm})
+    for (Dir dir : {Dir::Fwd, Dir::Bwd})
+      for (const std::vector<Index>& shape : {std::vector<Index>{4096, 768}, std::vector<Index>{16384, 4096}})
+        cases.push_back(Case{op, dir, Dtype::BF16, 1, BnLayout::None, shape});
+  // Rows of magnitude 1e30, whose squares overflow float: every row takes the rescaled path of the
+  // statistics (normkit only; same bytes as the ordinary 4096x768 case, whose copy it shares).
+  cases.push_back(Case{Op::LayerNorm, Dir::Fwd, Dtype::FP32, 1, BnLayout::None, {4096, 768}, 1e30});
   return cases;
 }
 
@@ -280,6 +339,7 @@ int main(int argc, char** argv) {
     register_scalar(c);
     register_onednn(c);
   }
+  register_moments();
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -14,6 +14,11 @@ with impl in normkit, eigen, scalar, onednn, torch, and the copy ceilings
   Copy/<r1w1|r2w1>/<dtype>/<shape>/t<threads>/<loop|nt|memcpy>
 A case's copy ceiling is the best copy variant moving the same bytes with the same thread count
 (r1w1 for forward/eval, r2w1 for backward), whatever shape the copy was named after.
+dtype is fp32, fp64 or bf16 (2 bytes). A shape may end in an input scale, "4096x768x1e30": the
+same shape and bytes with inputs multiplied by 1e30; such cases also get a table of their ratio
+to the unscaled case. The statistics group
+  Moments/<function>/<dtype>/<shape>/t<threads>
+gets its own table (GB/s and the ratio to run_two_pass on the same rows).
 GB/s = bytes_per_second / 1e9 (decimal).
 """
 
@@ -68,15 +73,34 @@ def load(paths):
     return medians, contexts
 
 
+SCALE_SUFFIX = re.compile(r"x(\d+(?:\.\d+)?e-?\d+)$")
+
+
+def split_scale(shape):
+    """'4096x768x1e30' -> ('4096x768', '1e30'); '4096x768' -> ('4096x768', None)."""
+    m = SCALE_SUFFIX.search(shape)
+    return (shape[: m.start()], m.group(1)) if m else (shape, None)
+
+
 def elements(shape):
     n = 1
-    for d in re.findall(r"\d+", shape):
+    for d in re.findall(r"\d+", split_scale(shape)[0]):
         n *= int(d)
     return n
 
 
 def elem_bytes(dtype):
     return {"fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2}.get(dtype, 4)
+
+
+def organise_moments(results):
+    """Moments/<function>/<dtype>/<shape>/t<threads> -> {(function, dtype, shape, threads): GB/s}"""
+    out = {}
+    for name, bps in results.items():
+        parts = name.split("/")
+        if len(parts) == 5 and parts[0] == "Moments":
+            out[tuple(parts[1:])] = bps / 1e9
+    return out
 
 
 def organise(results):
@@ -140,7 +164,52 @@ def fmt_ratio(a, b):
     return "%.2fx" % (a / b)
 
 
-def markdown(cases, contexts, sources):
+def moments_table(moments):
+    """The Moments/... group: GB/s and the ratio to run_two_pass on the unscaled rows."""
+    if not moments:
+        return []
+    out = ["## Moments (statistics of each row, no output written)\n",
+           "Bytes per call = the rows read once. run_two_pass: the corrected two-pass moments alone; "
+           "run_moments: the same plus the range check (and, on rows whose squares leave float's range, "
+           "max|x| and two more passes on rescaled data); run_max_abs: that extra sweep alone.\n",
+           "| function | dtype | shape | thr | GB/s | time / run_two_pass |", "|---|---|---|---|---:|---:|"]
+    order = {"run_two_pass": 0, "run_moments": 1, "run_max_abs": 2}
+    for k in sorted(moments, key=lambda k: (k[1], split_scale(k[2])[0], split_scale(k[2])[1] or "", k[3],
+                                          order.get(k[0], 9), k[0])):
+        fn, dtype, shape, th = k
+        base = moments.get(("run_two_pass", dtype, split_scale(shape)[0], th))
+        # same bytes, so time ratio = inverse GB/s ratio
+        ratio = "%.3fx" % (base / moments[k]) if base else "—"
+        out.append("| %s | %s | %s | %s | %s | %s |" % (fn, dtype, shape, th.lstrip("t"), fmt_gbs(moments[k]), ratio))
+    out.append("")
+    return out
+
+
+def scaled_table(cases):
+    """Cases with scaled inputs (shape suffix x<scale>) against the same case on ordinary data."""
+    rows = []
+    for k in sorted(cases, key=sort_key):
+        op, d, dtype, shape, th = k
+        plain, scale = split_scale(shape)
+        if scale is None:
+            continue
+        for impl, v in cases[k].items():
+            if impl in ("copy", "copy_variant") or not isinstance(v, float):
+                continue
+            base = cases.get((op, d, dtype, plain, th), {}).get(impl)
+            cells = ["%s %s" % (op, d), dtype, plain, scale, th.lstrip("t"), impl, fmt_gbs(base), fmt_gbs(v),
+                     fmt_ratio(base, v)]  # same bytes: time ratio = inverse GB/s ratio
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["## Scaled inputs\n",
+            "The same case on inputs multiplied by the scale (whose squares overflow the type): "
+            "the statistics take their rescaled path on every row.\n",
+            "| case | dtype | shape | scale | thr | impl | ordinary GB/s | scaled GB/s | time scaled / ordinary |",
+            "|---|---|---|---|---|---|---:|---:|---:|"] + rows + [""]
+
+
+def markdown(cases, contexts, sources, moments=None):
     model, cores = machine_line()
     ctx = contexts[0] if contexts else {}
     out = []
@@ -184,6 +253,8 @@ def markdown(cases, contexts, sources):
             row += [fmt_ratio(nk, v.get(b)) for b in shown]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
+    out += scaled_table(cases)
+    out += moments_table(moments or {})
     # Summary: the slowest normkit cases relative to the copy ceiling.
     rel = [(cases[k]["normkit"] / cases[k]["copy"], k) for k in cases
            if cases[k].get("normkit") and cases[k].get("copy")]
@@ -275,7 +346,7 @@ def main():
     if not cases:
         print("report.py: no normalization cases with bytes_per_second found", file=sys.stderr)
         return 1
-    md = markdown(cases, contexts, [os.path.basename(p) for p in args.json])
+    md = markdown(cases, contexts, [os.path.basename(p) for p in args.json], organise_moments(results))
     print(md)
     if args.md:
         with open(args.md, "w") as f:
