@@ -70,11 +70,17 @@ A run_sum(const T* x, Index n, A scale = A(1)) {
                        : run_sums_impl<false, true>(x, n, A(0), scale).s1;
 }
 
-// max |x| over a run; only called on the rare path that rescales a block (moments.hpp), so scalar.
+// max |x| over a run, for the rare path that rescales a block (moments.hpp). NaN may or may not
+// win; the caller only needs a power of two for finite data.
 template <class A, class T>
 A run_max_abs(const T* x, Index n) {
-  A m = 0;
-  for (Index i = 0; i < n; ++i) m = std::max(m, std::abs(simd::load_scalar<A>(x + i)));
+  using namespace simd;
+  constexpr Index W = width<A>;
+  packet<A> top = set1<A>(A(0));
+  Index i = 0;
+  for (; i + W <= n; i += W) top = max(top, abs(load<A>(x + i)));
+  A m = max_lane(top);
+  for (const T* p = x + i; p != x + n; ++p) m = std::max(m, std::abs(load_scalar<A>(p)));
   return m;
 }
 

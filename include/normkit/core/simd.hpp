@@ -200,6 +200,16 @@ template <class P> EIGEN_STRONG_INLINE P add(const P& a, const P& b) { return Ei
 template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
 template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
 template <class P> EIGEN_STRONG_INLINE P negate(const P& a) { return Eigen::internal::pnegate(a); }
+template <class P> EIGEN_STRONG_INLINE P abs(const P& a) { return Eigen::internal::pabs(a); }
+template <class P>
+EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
+#if defined(EIGEN_VECTORIZE_AVX512)  // Eigen's pmax here carries an _mm512_undefined operand (GCC bug 105593)
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  if constexpr (sizeof(P) == 64 && std::is_same_v<A, float>) return _mm512_maskz_max_ps(0xFFFF, a, b);
+  if constexpr (sizeof(P) == 64 && std::is_same_v<A, double>) return _mm512_maskz_max_pd(0xFF, a, b);
+#endif
+  return Eigen::internal::pmax(a, b);
+}
 // a * b + c, fused where the target has FMA.
 template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
 // Its scalar twin for heads and tails: fused exactly when the packet one is, so that an element gets
@@ -243,6 +253,18 @@ EIGEN_STRONG_INLINE auto sum(const P& a) {
     for (int i = 0; i + step < n; i += 2 * step) lanes[i] += lanes[i + step];
   return lanes[0];
 #endif
+}
+
+// Largest lane; for rare paths (through memory).
+template <class P>
+auto max_lane(const P& a) {
+  using A = typename Eigen::internal::unpacket_traits<P>::type;
+  constexpr int n = Eigen::internal::unpacket_traits<P>::size;
+  A lanes[n];
+  Eigen::internal::pstoreu<A>(lanes, a);
+  A m = lanes[0];
+  for (int i = 1; i < n; ++i) m = lanes[i] > m ? lanes[i] : m;
+  return m;
 }
 
 // Scalar edges use the same helpers so a kernel reads the same for its body and its tail.
