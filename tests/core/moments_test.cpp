@@ -114,3 +114,22 @@ TEST_CASE("runs whose squares overflow or underflow float get exact-scale moment
   CHECK(std::isfinite(normkit::core::variance(ab)) == false);  // 1e60 is beyond float: inf, honestly
   CHECK(std::isfinite(normkit::core::rstd_from_moments(ab, 1e-5, true)));
 }
+
+TEST_CASE("merging blocks whose means are far apart does not overflow", "[core][moments]") {
+  // Each block is constant, so in range on its own (m2 = 0); the union's m2 = n/4 * (2e30)^2 is not.
+  // Found by the fuzzer as BatchNorm planes at +1e30 and -1e30 giving NaN.
+  for (const float magnitude : {1e20f, 1e30f, 3e37f}) {
+    CAPTURE(magnitude);
+    std::vector<float> plus(16, magnitude), minus(16, -magnitude);
+    const Moments<float> a = normkit::core::detail::run_moments<float>(plus.data(), 16, true);
+    const Moments<float> b = normkit::core::detail::run_moments<float>(minus.data(), 16, true);
+    if (magnitude <= 1e30f) {  // in range on their own (3e37's first-packet sum overflows: rescaled)
+      REQUIRE(a.exp2 == 0);
+      REQUIRE(b.exp2 == 0);
+    }
+    const Moments<float> ab = merge(a, b);
+    CHECK(ab.mean + ab.mean_lo == 0.0f);
+    const float rstd = normkit::core::rstd_from_moments(ab, 0.0, true);  // std = magnitude
+    CHECK(std::abs(static_cast<double>(rstd) * magnitude - 1) < 1e-6);
+  }
+}

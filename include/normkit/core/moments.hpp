@@ -61,14 +61,18 @@ Moments<A> moments_from_sums(Index count, A mean0, const Sums<A>& centered) {
 }
 
 // Chan et al.'s update for the union of two disjoint blocks; m2 moves to the larger of the two
-// scales (exact: powers of two).
+// scales (exact: powers of two), or further when the means are so far apart that delta^2 * n would
+// overflow although each block is in range (constant BatchNorm planes at +1e30 and -1e30, found by
+// the fuzzer): with |delta| 2^-e below 2^32, delta^2 * n stays below 2^104 for n < 2^40.
 template <class A>
 Moments<A> merge(const Moments<A>& a, const Moments<A>& b) {
   if (a.count == 0) return b;
   if (b.count == 0) return a;
   const Index n = a.count + b.count;
-  const int e = a.exp2 > b.exp2 ? a.exp2 : b.exp2;
   const A delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo);
+  int e = a.exp2 > b.exp2 ? a.exp2 : b.exp2, delta_exp = 0;
+  if (std::isfinite(delta)) std::frexp(delta, &delta_exp);
+  if (delta_exp - e > 32) e = delta_exp - 32;
   const A fraction_b = static_cast<A>(b.count) / static_cast<A>(n);
   const A scaled_delta = e ? std::ldexp(delta, -e) : delta;
   const A m2 = (e ? std::ldexp(a.m2, 2 * (a.exp2 - e)) + std::ldexp(b.m2, 2 * (b.exp2 - e)) : a.m2 + b.m2) +
