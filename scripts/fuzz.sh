@@ -55,8 +55,12 @@ if [[ $mode == corpus ]]; then
 fi
 
 # ---- build (again only when a header or the target changed)
+# -fno-sanitize-coverage=trace-cmp: the comparisons traced are mostly loop bounds, once per packet;
+# without them the target runs 2.4x faster (143 vs 59 exec/s) and reached more coverage in the same
+# 3 minutes (+1057 vs +405 edges). The input layout reduces every byte modulo its choices, so the
+# comparison-guided mutations have little to find.
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -Wall -Wextra -I include -isystem /usr/include/eigen3 -pthread)
+       -fno-sanitize-coverage=trace-cmp -Wall -Wextra -I include -isystem /usr/include/eigen3 -pthread)
 build() {  # build <binary> <extra flags...>
   local out=$1
   shift
