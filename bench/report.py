@@ -18,7 +18,7 @@ dtype is fp32, fp64 or bf16 (2 bytes). A shape may end in an input scale, "4096x
 same shape and bytes with inputs multiplied by 1e30; such cases also get a table of their ratio
 to the unscaled case. The statistics group
   Moments/<function>/<dtype>/<shape>/t<threads>
-gets its own table (GB/s and the ratio to run_two_pass on the same rows).
+gets its own table (GB/s and the ratio to run_one_pass on the same rows).
 GB/s = bytes_per_second / 1e9 (decimal).
 """
 
@@ -165,19 +165,19 @@ def fmt_ratio(a, b):
 
 
 def moments_table(moments):
-    """The Moments/... group: GB/s and the ratio to run_two_pass on the unscaled rows."""
+    """The Moments/... group: GB/s and the ratio to run_one_pass on the unscaled rows."""
     if not moments:
         return []
     out = ["## Moments (statistics of each row, no output written)\n",
-           "Bytes per call = the rows read once. run_two_pass: the corrected two-pass moments alone; "
+           "Bytes per call = the rows read once. run_one_pass: the shifted one-pass moments alone; "
            "run_moments: the same plus the range check (and, on rows whose squares leave float's range, "
            "max|x| and two more passes on rescaled data); run_max_abs: that extra sweep alone.\n",
-           "| function | dtype | shape | thr | GB/s | time / run_two_pass |", "|---|---|---|---|---:|---:|"]
-    order = {"run_two_pass": 0, "run_moments": 1, "run_max_abs": 2}
+           "| function | dtype | shape | thr | GB/s | time / run_one_pass |", "|---|---|---|---|---:|---:|"]
+    order = {"run_one_pass": 0, "run_moments": 1, "run_max_abs": 2}
     for k in sorted(moments, key=lambda k: (k[1], split_scale(k[2])[0], split_scale(k[2])[1] or "", k[3],
                                           order.get(k[0], 9), k[0])):
         fn, dtype, shape, th = k
-        base = moments.get(("run_two_pass", dtype, split_scale(shape)[0], th))
+        base = moments.get(("run_one_pass", dtype, split_scale(shape)[0], th))
         # same bytes, so time ratio = inverse GB/s ratio
         ratio = "%.3fx" % (base / moments[k]) if base else "—"
         out.append("| %s | %s | %s | %s | %s | %s |" % (fn, dtype, shape, th.lstrip("t"), fmt_gbs(moments[k]), ratio))
