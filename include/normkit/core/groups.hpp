@@ -10,8 +10,9 @@
 // column kernels on panels of columns. The weight and bias are either per element of a group
 // (AffineAxis::Element, index o * inner + i: LayerNorm, RMSNorm) or per group (AffineAxis::Group:
 // BatchNorm, folded into the per-group scale and shift).
-// Statistics of a group are built from blocks that fit in cache (a run, or a block of rows of a
-// panel), two passes each, merged with Chan's update (moments.hpp); the normalize or dx sweep then
+// Statistics of a group are built from blocks that fit in cache (a run: one pass, two when its first
+// packet was a poor shift; a block of rows of a panel: two passes), merged with Chan's update
+// (moments.hpp); the normalize or dx sweep then
 // follows while the data is still in cache where the group is small enough.
 // Threads take contiguous chunks of groups (row shape), of column packets (wide column shapes), or
 // of rows (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums

@@ -1,11 +1,13 @@
 // normkit/core/moments.hpp — turning raw sums into mean, variance and rstd; merging blocks.
 //
-// Statistics use the corrected two-pass algorithm (Chan, Golub & LeVeque, "Algorithms for computing
-// the sample variance", 1983): pass 1 gives mean0 = sum(x)/n; pass 2, over the block still in cache,
-// gives s1 = sum(x - mean0) and s2 = sum((x - mean0)^2). Then
-//     mean = mean0 + s1/n            (kept as the pair mean0, mean_lo = s1/n)
+// Statistics come from sums around a shift close to the mean (Chan, Golub & LeVeque, "Algorithms for
+// computing the sample variance", 1983): s1 = sum(x - shift), s2 = sum((x - shift)^2), then
+//     mean = shift + s1/n            (kept as the pair shift, mean_lo = s1/n)
 //     m2   = s2 - s1 * s1/n          (sum of squared deviations from the corrected mean)
-// The one-pass E[x^2] - E[x]^2 is never used: it loses every digit once |mean| >> std.
+// The shift comes from the block's first packet (one pass) or from a first pass over the block
+// (groups.hpp says when); m2 loses only log2(1 + n (mean - shift)^2 / m2) bits, so the shift need
+// only be within about a std of the mean. The unshifted E[x^2] - E[x]^2 is never used: it loses
+// every digit once |mean| >> std.
 // Keeping the mean as a (hi, lo) pair lets later sweeps compute (x - hi) - lo, which is exact in
 // its first step when x is near the mean (Sterbenz), so rounding the mean to float costs nothing.
 // Blocks of one group (planes of a channel, row blocks of a column panel) combine with Chan's
@@ -51,7 +53,7 @@ void renormalize(A& hi, A& lo) {
   hi = sum;
 }
 
-// The moments of a block from its two passes: mean0 from pass 1, `centered` = sums around mean0.
+// The moments of a block from its sums around `mean0` (the shift).
 template <class A>
 Moments<A> moments_from_sums(Index count, A mean0, const Sums<A>& centered) {
   A mean = mean0, lo = centered.s1 / static_cast<A>(count);

@@ -63,7 +63,7 @@ Sums<A> run_sums(const T* x, Index n, A shift, A scale = A(1)) {
   return scale == A(1) ? run_sums_impl<true, false>(x, n, shift, scale) : run_sums_impl<true, true>(x, n, shift, scale);
 }
 
-// sum(x * scale) alone: the first pass of the two-pass moments.
+// sum(x * scale) alone: the first pass of the two-pass moments (rescaled blocks, groups.hpp).
 template <class A, class T>
 A run_sum(const T* x, Index n, A scale = A(1)) {
   return scale == A(1) ? run_sums_impl<false, false>(x, n, A(0), scale).s1
