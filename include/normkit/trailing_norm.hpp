@@ -9,6 +9,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -63,7 +64,12 @@ class TrailingNorm {
       : name_(std::move(name)), shape_(std::move(normalized_shape)), eps_(eps),
         eps_inside_(placement == EpsPlacement::InsideSqrt), centered_(centered) {
     check_eps(name_, eps_);
-    if (shape_.empty() || product(shape_.data(), Index(shape_.size())) <= 0)
+    // Each dim checked before multiplying: a product of huge dims would overflow (UB; the fuzzer's
+    // normalized_shape [2^32, 2^32]), and two negatives would multiply to a positive size.
+    bool valid = !shape_.empty();
+    Index size = 1;
+    for (const Index d : shape_) valid = valid && d > 0 && size <= std::numeric_limits<Index>::max() / d && (size *= d);
+    if (!valid)
       throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
                                " must have at least one axis and no zero-sized or negative dimension");
     features_ = product(shape_.data(), Index(shape_.size()));
