@@ -759,8 +759,8 @@ class Runner {
     std::vector<char> dy_ok(std::size_t(groups_.count), 1);
     for (Index j = 0; j < x_.n; ++j)
       if (!moderate(dy_.data()[groups_.dy[std::size_t(j)]])) dy_ok[std::size_t(groups_.of[std::size_t(j)])] = 0;
-    // LayerNorm/RMSNorm: g = dy * weight spans the whole row, so a moderate row of dy is needed
-    // for every group at once only through the weights; dy is per group.
+    // dx of a group depends on that group's dy and on the weights it uses (LayerNorm/RMSNorm: all
+    // of them, so weights_ok_all; BatchNorm: its channel's).
     for (Index j = 0; j < x_.n; ++j) {
       const Index g = groups_.of[std::size_t(j)];
       const GroupInfo<T>& gi = info[std::size_t(g)];
