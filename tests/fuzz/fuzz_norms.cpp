@@ -327,6 +327,12 @@ std::string describe(const Case& c) {
   return s.str();
 }
 
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
 [[noreturn]] void fail(const Case& c, const std::string& what) {
   std::fprintf(stderr, "\n==== normkit fuzz: CHECK FAILED: %s\n%s\n", what.c_str(), describe(c).c_str());
   std::fflush(stderr);
@@ -720,12 +726,12 @@ class Runner {
         if (!std::isnan(yv)) fail(c_, "forward: group " + std::to_string(g) + " holds a NaN or Inf but y is not NaN everywhere in it");
       } else if ((centered ? gi.constant : gi.zero) && eps_ok_ && w_ok(g)) {
         if (!(yv == bias_of(p)))
-          fail(c_, "forward: constant group " + std::to_string(g) + " (x = " + std::to_string(double(gi.first)) +
-                       ") gives y = " + std::to_string(double(yv)) + " instead of bias " + std::to_string(double(bias_of(p))));
+          fail(c_, "forward: constant group " + std::to_string(g) + " (x = " + num(double(gi.first)) +
+                       ") gives y = " + num(double(yv)) + " instead of bias " + num(double(bias_of(p))));
       } else if (eps_ok_ && w_ok(g) && (!centered || gi.max_abs <= bound_)) {
         if (!std::isfinite(yv))
-          fail(c_, "forward: all-finite group " + std::to_string(g) + " (max |x| " + std::to_string(double(gi.max_abs)) +
-                       ") gives non-finite y " + std::to_string(double(yv)));
+          fail(c_, "forward: all-finite group " + std::to_string(g) + " (max |x| " + num(double(gi.max_abs)) +
+                       ") gives non-finite y " + num(double(yv)));
       }
     }
   }
@@ -748,7 +754,7 @@ class Runner {
       const Index o = groups_.out[std::size_t(j)];
       if (!same_bits(y.data() + o, y2.data() + o, sizeof(T)))
         fail(c_, "forward: group " + std::to_string(g) + " changes when another group holds a NaN/Inf (" +
-                     std::to_string(double(y.data()[o])) + " vs " + std::to_string(double(y2.data()[o])) + ")");
+                     num(double(y.data()[o])) + " vs " + num(double(y2.data()[o])) + ")");
     }
   }
 
@@ -768,7 +774,7 @@ class Runner {
       if (channel_ok ? !(*channel_ok)[std::size_t(g)] : !weights_ok_all) continue;
       const T v = dx.data()[groups_.out[std::size_t(j)]];
       if (!std::isfinite(v))
-        fail(c_, "backward: constant group " + std::to_string(g) + " gives non-finite dx " + std::to_string(double(v)));
+        fail(c_, "backward: constant group " + std::to_string(g) + " gives non-finite dx " + num(double(v)));
     }
   }
 
