@@ -84,11 +84,19 @@ regressions=(tests/fuzz/regressions/*)
 for b in "${builds[@]}"; do
   bin=$dir/fuzz_norms_$b
   common=(-timeout=10 -rss_limit_mb=4096 -artifact_prefix="$dir/artifacts/$b-")
-  # Known findings first: each file is run once; they must not fail (any more).
-  if ((${#regressions[@]})); then
-    echo "fuzz.sh: [$b] replaying ${#regressions[@]} regression input(s)"
-    "$bin" "${common[@]}" "${regressions[@]}" || { echo "fuzz.sh: [$b] a regression input fails" >&2; status=1; }
-  fi
+  # Known findings first, one process each (the first failure would end a shared one): they must
+  # not fail (any more). The full output of a failing one stays in $dir/artifacts/.
+  ((${#regressions[@]})) && echo "fuzz.sh: [$b] replaying ${#regressions[@]} regression input(s)"
+  for r in "${regressions[@]}"; do
+    log=$dir/artifacts/replay-$b-$(basename "$r").log
+    if "$bin" "${common[@]}" "$r" >"$log" 2>&1; then
+      echo "fuzz.sh: [$b] $r passes"
+    else
+      echo "fuzz.sh: [$b] $r FAILS (full output: $log)" >&2
+      { grep -E -A5 'CHECK FAILED' "$log"; grep -E 'runtime error|Sanitizer|SUMMARY' "$log"; } | head -n 12 >&2 || true
+      status=1
+    fi
+  done
   if [[ $mode == replay ]]; then
     echo "fuzz.sh: [$b] replaying the seed corpus"
     "$bin" "${common[@]}" -runs=0 tests/fuzz/corpus || status=1

@@ -66,7 +66,8 @@ struct Header {
   std::uint8_t dims[4];       // (b + 4) % 18 each; only the first `rank` are used; total capped (fuzz_norms.cpp)
   std::uint8_t size_mode;     // SizeMode
   std::uint8_t shape;         // LN/RMS: bits 0-1 normalized rank - 1; bits 2-4 shape kind (0-4 = x's
-                              // trailing dims, 5 one entry off, 6 from shape_aux, 7 a zero/negative entry)
+                              // trailing dims, 5 one entry off, 6 from shape_aux, 7 a zero or negative
+                              // entry, or entries whose product does not fit in Index)
                               // BN: bits 2-4 num_features kind (0-5 = the channel dim, 6 off by some, 7 from shape_aux)
   std::uint8_t shape_aux[2];
   std::uint8_t eps;           // % 32: < 16 picks from the eps palette, else the functor's default

@@ -33,8 +33,10 @@
 // The value checks leave out what the documents do not promise: eps below 1e-30 (rstd can overflow
 // float), huge weights (rstd * weight can overflow), BatchNorm's eval mode (running statistics).
 //
-// Environment: NORMKIT_FUZZ_VERBOSE=1 prints every decoded case (for reading a reproducer);
-// NORMKIT_FUZZ_MAX_ABS_F32 / _F64 lower the |x| bound of the finite-y check (see finite_bound).
+// Environment: NORMKIT_FUZZ_VERBOSE=1 prints every decoded case (for reading a reproducer). To fuzz
+// past a known finding: NORMKIT_FUZZ_MAX_ABS_F32 / _F64 lower the |x| bound of the finite-y check
+// (see finite_bound), NORMKIT_FUZZ_NO_SHAPE_OVERFLOW=1 stops making normalized_shapes whose product
+// overflows Index.
 
 #include <normkit/normkit.hpp>
 
@@ -201,6 +203,14 @@ Dims perturb(const Dims& d, std::uint8_t m) {
   return out;
 }
 
+// Whether the product of the entries does not fit in Index.
+bool shape_overflows(const Dims& d) {
+  Index p = 1;
+  for (Index v : d)
+    if (__builtin_mul_overflow(p, v, &p)) return true;
+  return false;
+}
+
 Case decode(const std::uint8_t* data, std::size_t size) {
   Case c;
   const std::size_t n = std::min(size, sizeof(Header));
@@ -258,22 +268,29 @@ Case decode(const std::uint8_t* data, std::size_t size) {
     } else if (kind == 6) {
       for (int i = 0; i < k; ++i) c.nshape[std::size_t(i)] = Index((h.shape_aux[i % 2] >> (4 * (i / 2))) % 16) - 1;
     } else if (kind == 7) {
-      switch (h.shape_aux[1] % 3) {
+      const std::size_t j2 = (j + 1) % std::size_t(k);
+      switch (h.shape_aux[1] % 4) {
         case 0: c.nshape[j] = 0; break;
         case 1: c.nshape[j] = -c.nshape[j] - 1; break;
-        default:  // two negative entries: a positive product
+        case 2:  // two negative entries: a positive product
           c.nshape[j] = -std::max<Index>(c.nshape[j], 1);
-          c.nshape[(j + 1) % std::size_t(k)] = -std::max<Index>(c.nshape[(j + 1) % std::size_t(k)], 1);
+          c.nshape[j2] = -std::max<Index>(c.nshape[j2], 1);
+          break;
+        default:  // a product beyond Index: 2^32 * 2^32 (wraps to 0, never to a plausible size)
+          static const bool skip = std::getenv("NORMKIT_FUZZ_NO_SHAPE_OVERFLOW") != nullptr;
+          c.nshape[j] = k >= 2 && !skip ? Index(1) << 32 : 0;
+          if (k >= 2 && !skip) c.nshape[j2] = Index(1) << 32;
       }
     }
     // At most kMaxParams weights: a normalized_shape of x's huge dim times padding would be a
-    // valid multi-GB layer, and an out-of-memory report instead of a finding.
+    // valid multi-GB layer, and an out-of-memory report instead of a finding. (A product beyond
+    // Index stays: it is an invalid option.)
     const auto params = [&] {
       Index p = 1;
       for (Index v : c.nshape) p *= std::max<Index>(std::abs(v), 1);
       return p;
     };
-    while (params() > kMaxParams) {
+    while (!shape_overflows(c.nshape) && params() > kMaxParams) {
       Index& big = *std::max_element(c.nshape.begin(), c.nshape.end(),
                                      [](Index a, Index b) { return std::abs(a) < std::abs(b); });
       big /= 2;
@@ -325,6 +342,12 @@ std::string describe(const Case& c) {
     << ", stats mode " << c.h.stats % 16 << " aux " << int(c.h.stats_aux) << ", operator() " << c.call_op
     << "\n  x values: " << recipe(c.h.x) << "; dy values: " << recipe(c.h.dy) << "; tail " << c.tail_size << " bytes";
   return s.str();
+}
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
 }
 
 [[noreturn]] void fail(const Case& c, const std::string& what) {
@@ -720,12 +743,12 @@ class Runner {
         if (!std::isnan(yv)) fail(c_, "forward: group " + std::to_string(g) + " holds a NaN or Inf but y is not NaN everywhere in it");
       } else if ((centered ? gi.constant : gi.zero) && eps_ok_ && w_ok(g)) {
         if (!(yv == bias_of(p)))
-          fail(c_, "forward: constant group " + std::to_string(g) + " (x = " + std::to_string(double(gi.first)) +
-                       ") gives y = " + std::to_string(double(yv)) + " instead of bias " + std::to_string(double(bias_of(p))));
+          fail(c_, "forward: constant group " + std::to_string(g) + " (x = " + num(double(gi.first)) +
+                       ") gives y = " + num(double(yv)) + " instead of bias " + num(double(bias_of(p))));
       } else if (eps_ok_ && w_ok(g) && (!centered || gi.max_abs <= bound_)) {
         if (!std::isfinite(yv))
-          fail(c_, "forward: all-finite group " + std::to_string(g) + " (max |x| " + std::to_string(double(gi.max_abs)) +
-                       ") gives non-finite y " + std::to_string(double(yv)));
+          fail(c_, "forward: all-finite group " + std::to_string(g) + " (max |x| " + num(double(gi.max_abs)) +
+                       ") gives non-finite y " + num(double(yv)));
       }
     }
   }
@@ -748,7 +771,7 @@ class Runner {
       const Index o = groups_.out[std::size_t(j)];
       if (!same_bits(y.data() + o, y2.data() + o, sizeof(T)))
         fail(c_, "forward: group " + std::to_string(g) + " changes when another group holds a NaN/Inf (" +
-                     std::to_string(double(y.data()[o])) + " vs " + std::to_string(double(y2.data()[o])) + ")");
+                     num(double(y.data()[o])) + " vs " + num(double(y2.data()[o])) + ")");
     }
   }
 
@@ -759,8 +782,8 @@ class Runner {
     std::vector<char> dy_ok(std::size_t(groups_.count), 1);
     for (Index j = 0; j < x_.n; ++j)
       if (!moderate(dy_.data()[groups_.dy[std::size_t(j)]])) dy_ok[std::size_t(groups_.of[std::size_t(j)])] = 0;
-    // LayerNorm/RMSNorm: g = dy * weight spans the whole row, so a moderate row of dy is needed
-    // for every group at once only through the weights; dy is per group.
+    // dx of a group depends on that group's dy and on the weights it uses (LayerNorm/RMSNorm: all
+    // of them, so weights_ok_all; BatchNorm: its channel's).
     for (Index j = 0; j < x_.n; ++j) {
       const Index g = groups_.of[std::size_t(j)];
       const GroupInfo<T>& gi = info[std::size_t(g)];
@@ -768,7 +791,7 @@ class Runner {
       if (channel_ok ? !(*channel_ok)[std::size_t(g)] : !weights_ok_all) continue;
       const T v = dx.data()[groups_.out[std::size_t(j)]];
       if (!std::isfinite(v))
-        fail(c_, "backward: constant group " + std::to_string(g) + " gives non-finite dx " + std::to_string(double(v)));
+        fail(c_, "backward: constant group " + std::to_string(g) + " gives non-finite dx " + num(double(v)));
     }
   }
 
@@ -815,7 +838,9 @@ class Runner {
     Problems ctor;
     bool zero = false, negative = false;
     for (Index v : c_.nshape) zero |= v == 0, negative |= v < 0;
-    ctor.option = !(c_.eps >= 0) || zero;
+    // A normalized_shape whose product does not fit in Index cannot be a layer: it must be refused
+    // as an invalid option (not wrap around, not reach an allocation).
+    ctor.option = !(c_.eps >= 0) || zero || shape_overflows(c_.nshape);
     ctor.ambiguous = negative;  // the contract names zero-sized, not negative, dimensions
     std::optional<Norm> fn;
     std::string msg;
