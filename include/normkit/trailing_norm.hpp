@@ -72,7 +72,7 @@ class TrailingNorm {
     if (!valid)
       throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
                                " must have at least one axis and no zero-sized or negative dimension");
-    features_ = product(shape_.data(), Index(shape_.size()));
+    features_ = size;
     if (affine) weight_ = Eigen::Tensor<P, 1>(features_).setConstant(P(1));
     if (affine && bias) bias_ = Eigen::Tensor<P, 1>(features_).setConstant(P(0));
   }

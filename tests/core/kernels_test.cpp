@@ -108,7 +108,9 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
       for (Index c = cols; c < stride; ++c) CHECK(y[r * stride + c] == T(-7));  // outside the panel: untouched
     }
 
-    const core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), mg.data(), mgx.data()};
+    std::vector<T> neg_mg(mg.size()), neg_mgx(mgx.size());  // ColsGrad takes the mean terms negated
+    for (std::size_t c = 0; c < mg.size(); ++c) neg_mg[c] = -mg[c], neg_mgx[c] = -mgx[c];
+    const core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), neg_mg.data(), neg_mgx.data()};
     std::vector<T> sg(static_cast<std::size_t>(cols), T(0)), sgx = sg;
     core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, wr.data(), sg.data(), sgx.data());
     std::vector<T> dx(x.size()), dw(static_cast<std::size_t>(rows), T(0)), db = dw;

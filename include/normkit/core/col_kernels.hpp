@@ -44,7 +44,7 @@ struct ColsNormalize {
 };
 template <class A>
 struct ColsGrad {
-  const A *mean, *mean_lo, *rstd, *scale, *mean_g, *mean_gx;
+  const A *mean, *mean_lo, *rstd, *scale, *neg_mean_g, *neg_mean_gx;  // negated: the sweep adds them
 };
 
 // y = ((x - mean[c]) - mean_lo[c]) * scale[c] * w[r] + shift[c] + b[r]; w, b may be null (1 and 0).
@@ -117,17 +117,17 @@ void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, In
     for (; c + W <= cols; c += W) {
       const packet<A> xhat = mul(sub(sub(load<A>(xr + c), load<A>(k.mean + c)), load<A>(k.mean_lo + c)), load<A>(k.rstd + c));
       const packet<A> d = load<A>(dyr + c);
-      const packet<A> centered = madd(d, wp, negate(load<A>(k.mean_g + c)));  // g - mean_g
+      const packet<A> centered = madd(d, wp, load<A>(k.neg_mean_g + c));  // g - mean_g
       dw = madd(d, xhat, dw);
       db = add(db, d);
-      store(dxr + c, mul(load<A>(k.scale + c), madd(xhat, negate(load<A>(k.mean_gx + c)), centered)), stream);
+      store(dxr + c, mul(load<A>(k.scale + c), madd(xhat, load<A>(k.neg_mean_gx + c), centered)), stream);
     }
     for (; c < cols; ++c) {
       const A xhat = ((load_scalar<A>(xr + c) - k.mean[c]) - k.mean_lo[c]) * k.rstd[c];
       const A d = load_scalar<A>(dyr + c);
       dw_row = madd(d, xhat, dw_row);
       db_row += d;
-      store_scalar<T>(dxr + c, k.scale[c] * madd(xhat, -k.mean_gx[c], madd(d, wr, -k.mean_g[c])));
+      store_scalar<T>(dxr + c, k.scale[c] * madd(xhat, k.neg_mean_gx[c], madd(d, wr, k.neg_mean_g[c])));
     }
     if (w) {
       dweight[r] += dw_row + sum(dw);

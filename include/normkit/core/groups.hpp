@@ -441,7 +441,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
       return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
     };
     std::vector<RunGrad<A>> c(static_cast<std::size_t>(G));
-    std::vector<A> cols(7 * G, A(0));  // mean, mean_lo, rstd, scale, mean_g, mean_gx, zeros
+    std::vector<A> cols(7 * G, A(0));  // mean, mean_lo, rstd, scale, -mean_g, -mean_gx, zeros
     for (Index g = 0; g < G; ++g) {
       c[g] = coefficients(g);
       cols[g] = c[g].mean, cols[G + g] = c[g].mean_lo, cols[2 * G + g] = c[g].rstd, cols[3 * G + g] = c[g].scale;
@@ -466,7 +466,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
       Sums<A> sums;
       for (Index k = 0; k < row_chunks; ++k) sums.s1 += part[4 * k * G + g], sums.s2 += part[4 * k * G + G + g];
       finish(g, c[g], sums);
-      cols[4 * G + g] = c[g].mean_g, cols[5 * G + g] = c[g].mean_gx;
+      cols[4 * G + g] = -c[g].mean_g, cols[5 * G + g] = -c[g].mean_gx;
     }
     exec.run(row_chunks, [&](Index k) {
       const auto [r0, r1] = rows_of(k);
@@ -488,14 +488,14 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
       A* db = partials ? db_part.data() + k * n : nullptr;
       for (Index p0 = g0; p0 < g1; p0 += panel) {
         const Index pc = std::min(panel, g1 - p0);
-        A mean[kPanel], mean_lo[kPanel], rstd[kPanel], scale[kPanel], mean_g[kPanel], mean_gx[kPanel];
+        A mean[kPanel], mean_lo[kPanel], rstd[kPanel], scale[kPanel], neg_mean_g[kPanel], neg_mean_gx[kPanel];
         A zero[kPanel] = {}, sum_g[kPanel] = {}, sum_gx[kPanel] = {}, block_g[kPanel], block_gx[kPanel];
         RunGrad<A> c[kPanel];
         for (Index j = 0; j < pc; ++j) {
           c[j] = coefficients(p0 + j);
           mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, rstd[j] = c[j].rstd, scale[j] = c[j].scale;
         }
-        const ColsGrad<A> kc{mean, mean_lo, rstd, scale, mean_g, mean_gx};
+        const ColsGrad<A> kc{mean, mean_lo, rstd, scale, neg_mean_g, neg_mean_gx};
         // Sums block by block (two-level summation keeps the error small for long columns).
         const Index block = detail::panel_block_rows<T>(pc);
         for (Index r0 = 0; r0 < s.outer; r0 += block) {
@@ -507,7 +507,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
         }
         for (Index j = 0; j < pc; ++j) {
           finish(p0 + j, c[j], Sums<A>{sum_g[j], sum_gx[j]});
-          mean_g[j] = c[j].mean_g, mean_gx[j] = c[j].mean_gx;
+          neg_mean_g[j] = -c[j].mean_g, neg_mean_gx[j] = -c[j].mean_gx;
         }
         if (batch_stats)
           backward_cols_dx(x + p0, dy + p0, dx + p0, s.outer, pc, s.groups, kc, w_elem, dw, db, stream);

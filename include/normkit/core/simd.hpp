@@ -204,7 +204,6 @@ EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A
 template <class P> EIGEN_STRONG_INLINE P add(const P& a, const P& b) { return Eigen::internal::padd(a, b); }
 template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
 template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
-template <class P> EIGEN_STRONG_INLINE P negate(const P& a) { return Eigen::internal::pnegate(a); }
 template <class P> EIGEN_STRONG_INLINE P abs(const P& a) { return Eigen::internal::pabs(a); }
 template <class P>
 EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
@@ -215,25 +214,22 @@ EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
 #endif
   return Eigen::internal::pmax(a, b);
 }
-// a * b + c, fused where the target has FMA.
-template <class P> EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
-// Its scalar twin for heads and tails: fused exactly when the packet one is, so that an element gets
-// the same bits in the vector body and in a scalar edge (where the edges fall depends on the
-// pointer's alignment for streaming stores; results must not). Kernels write every a * b + c they
-// mean to fuse through madd, in both paths, rather than leave it to the compiler's contraction.
-EIGEN_STRONG_INLINE float madd(float a, float b, float c) {
+// a * b + c, fused where the target has FMA. For packets and, in heads and tails, for scalars: the
+// scalar form is fused exactly when the packet one is, so an element gets the same bits in the
+// vector body and in a scalar edge (where the edges fall depends on the pointer's alignment for
+// streaming stores; results must not). Kernels write every a * b + c they mean to fuse through
+// madd, in both paths, rather than leave it to the compiler's contraction.
+template <class P>
+EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) {
+  if constexpr (std::is_floating_point_v<P>) {
 #if defined(EIGEN_VECTORIZE_FMA)
-  return std::fma(a, b, c);
+    return std::fma(a, b, c);
 #else
-  return a * b + c;
+    return a * b + c;
 #endif
-}
-EIGEN_STRONG_INLINE double madd(double a, double b, double c) {
-#if defined(EIGEN_VECTORIZE_FMA)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
+  } else {
+    return Eigen::internal::pmadd(a, b, c);
+  }
 }
 // Horizontal sum, pairwise. Not Eigen's predux: with AVX-512, GCC 12 warns about the
 // _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users. With GCC and
