@@ -65,8 +65,9 @@ using Dims = std::vector<Index>;
 constexpr Index kMaxElements = 4096;             // small cases
 constexpr Index kBigElements = Index(1) << 16;   // two of normkit's 32Ki-element chunks
 constexpr Index kStreamBytes = Index(8) << 20;   // normkit streams outputs of 8 MiB and more
-constexpr Index kGuard = 16;
-constexpr Index kMaxParams = Index(1) << 22;     // weights of a LayerNorm/RMSNorm                     // guard elements on each side of every buffer
+constexpr Index kGuard = 16;                     // guard elements on each side of every buffer
+constexpr Index kMaxParams = Index(1) << 22;     // weights of a LayerNorm/RMSNorm
+constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
 constexpr unsigned char kSentinel = 0xA5;
 
 // The harness's own per-element loops carry no coverage instrumentation: its comparisons would be
@@ -285,9 +286,12 @@ Case decode(const std::uint8_t* data, std::size_t size) {
     // At most kMaxParams weights: a normalized_shape of x's huge dim times padding would be a
     // valid multi-GB layer, and an out-of-memory report instead of a finding. (A product beyond
     // Index stays: it is an invalid option.)
+    // Saturating: a zero dim keeps shape_overflows() false while the others may still multiply
+    // past Index here (found by the fuzzer: [0, 3, 2^32, 2^32]).
     const auto params = [&] {
       Index p = 1;
-      for (Index v : c.nshape) p *= std::max<Index>(std::abs(v), 1);
+      for (Index v : c.nshape)
+        if (__builtin_mul_overflow(p, std::max<Index>(std::abs(v), 1), &p)) return kMaxIndex;
       return p;
     };
     while (!shape_overflows(c.nshape) && params() > kMaxParams) {
