@@ -10,10 +10,11 @@
 // column kernels on panels of columns. The weight and bias are either per element of a group
 // (AffineAxis::Element, index o * inner + i: LayerNorm, RMSNorm) or per group (AffineAxis::Group:
 // BatchNorm, folded into the per-group scale and shift).
-// Statistics of a group are built from blocks that fit in cache (a run: one pass, two when its first
-// packet was a poor shift; a block of rows of a panel: two passes), merged with Chan's update
-// (moments.hpp); the normalize or dx sweep then
-// follows while the data is still in cache where the group is small enough.
+// Statistics of a group come from one pass over it in cache-sized pieces, around a shift taken from
+// its start (a run: its first packet; a column of a panel: its first block of rows), and a second
+// pass only where that shift proves poor; runs of one group are merged with Chan's update
+// (moments.hpp). The normalize or dx sweep then follows while the data is still in cache where the
+// group is small enough.
 // Threads take contiguous chunks of groups (row shape), of column packets (wide column shapes), or
 // of rows (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums
 // are merged in chunk order): results never depend on scheduling, only on the chunk count.
@@ -189,9 +190,11 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
   return run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
 }
 
-// Adds the moments of rows [0, rows) of a column panel to m[0..cols), block by block.
+// The moments of rows [0, rows) of a column panel, block by block: two passes per block, merged
+// with Chan's update, a column of a block that leaves the range redone as a contiguous run. The
+// robust form; panel_moments falls back to it for the columns its one pass cannot vouch for.
 template <class A, class T>
-void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
   constexpr Index kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, mean0[kPanel] = {}, s1[kPanel], s2[kPanel];
   const Index block = panel_block_rows<T>(cols);
@@ -218,6 +221,52 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
       m[c] = merge(m[c], b);
     }
   }
+}
+
+// Merges the moments of rows [0, rows) of a column panel into m[0..cols). One pass over the panel,
+// as run_one_pass does for a run: every column is summed around one shift, the mean of its first
+// block (rounded as second_pass_shift rounds), so the block sums simply add up (two-level
+// summation: block, then panel) and each column is finished once, not once per block. The first
+// block is read twice, from cache. A column whose shift was poor (n d^2 > m2, d = mean - shift: a
+// trend down the column), whose sums left the range, or that holds NaN/Inf is computed again by
+// panel_moments_blocked; for ordinary data that never happens (the first block's mean is within
+// std / sqrt(block rows) of the column's, unless the column drifts by more than a std).
+template <class A, class T>
+void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+  constexpr Index kPanel = kMaxPanel<A>;
+  if (rows == 0) return;
+  A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
+  const Index block = panel_block_rows<T>(cols);
+  if (centered) {
+    const Index rb = std::min(block, rows);
+    cols_sums(x, rb, cols, stride, shift, s1, s2);
+    for (Index c = 0; c < cols; ++c) {
+      shift[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rb), std::sqrt(s2[c] / static_cast<A>(rb)));
+      s1[c] = s2[c] = A(0);
+    }
+  }
+  for (Index r0 = 0; r0 < rows; r0 += block) {
+    std::fill(b1, b1 + cols, A(0));
+    std::fill(b2, b2 + cols, A(0));
+    cols_sums(x + r0 * stride, std::min(block, rows - r0), cols, stride, shift, b1, b2);
+    for (Index c = 0; c < cols; ++c) s1[c] += b1[c], s2[c] += b2[c];
+  }
+  bool redo = false;
+  Moments<A> panel[kPanel];
+  for (Index c = 0; c < cols; ++c) {
+    Moments<A>& pm = panel[c];
+    pm = centered ? moments_from_sums(rows, shift[c], Sums<A>{s1[c], s2[c]}) : Moments<A>{rows, A(0), A(0), s2[c]};
+    const A d = s1[c] / static_cast<A>(rows);
+    const bool good_shift = !centered || static_cast<A>(rows) * d * d <= pm.m2;  // false for NaN too
+    if (!good_shift || !in_range(pm)) pm.count = 0, redo = true;
+  }
+  if (redo) {
+    Moments<A> robust[kPanel];
+    panel_moments_blocked(x, rows, cols, stride, centered, robust);
+    for (Index c = 0; c < cols; ++c)
+      if (panel[c].count == 0) panel[c] = robust[c];
+  }
+  for (Index c = 0; c < cols; ++c) m[c] = merge(m[c], panel[c]);
 }
 
 // Outputs at least this large are written with non-temporal stores (simd.hpp): they would not stay
