@@ -26,6 +26,9 @@ using packet = typename Eigen::internal::packet_traits<A>::type;
 template <class A>
 inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size;
 
+// Vector registers of the target (32 with AVX-512, 16 with AVX, 8 or 16 with SSE).
+inline constexpr int registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
+
 // 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes)
 // or AVX2 (8 lanes; half also needs F16C). Written on intrinsics rather than Eigen's Bf16ToF32 /
 // half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized
