@@ -90,35 +90,52 @@ struct RunNormalize {
   A mean, mean_lo, scale, shift;
 };
 
-template <bool HasW, bool HasB, class A, class T, class P>
-void normalize_run_impl(const T* x, T* y, Index n, const RunNormalize<A>& c, const P* w, const P* b, bool stream) {
+// R runs at x + r * stride (r < R) with their own coefficients and the same w, b: each packet of w
+// and b is loaded once for the R runs (LayerNorm rows in cache were bound by those loads).
+template <int R, bool HasW, bool HasB, class A, class T, class P>
+void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
+                         bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
-  const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), scale = set1<A>(c.scale), shift = set1<A>(c.shift);
+  packet<A> mean[R], lo[R], scale[R], shift[R];
+  for (int r = 0; r < R; ++r)
+    mean[r] = set1<A>(c[r].mean), lo[r] = set1<A>(c[r].mean_lo), scale[r] = set1<A>(c[r].scale), shift[r] = set1<A>(c[r].shift);
   const auto scalar = [&](Index i) {
-    const A v = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.scale;
-    const A offset = HasB ? load_scalar<A>(b + i) : c.shift;
-    store_scalar<T>(y + i, HasW ? madd(v, load_scalar<A>(w + i), offset) : v + offset);
+    for (int r = 0; r < R; ++r) {
+      const A v = ((load_scalar<A>(x + r * stride + i) - c[r].mean) - c[r].mean_lo) * c[r].scale;
+      const A offset = HasB ? load_scalar<A>(b + i) : c[r].shift;
+      store_scalar<T>(y + r * stride + i, HasW ? madd(v, load_scalar<A>(w + i), offset) : v + offset);
+    }
   };
   Index i = 0;
   for (const Index head = aligned_head<A>(y, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
-    const packet<A> v = mul(sub(sub(load<A>(x + i), mean), lo), scale);
-    const packet<A> offset = HasB ? load<A>(b + i) : shift;
-    store(y + i, HasW ? madd(v, load<A>(w + i), offset) : add(v, offset), stream);
+    const packet<A> wi = HasW ? load<A>(w + i) : packet<A>{}, bi = HasB ? load<A>(b + i) : packet<A>{};
+    for (int r = 0; r < R; ++r) {
+      const packet<A> v = mul(sub(sub(load<A>(x + r * stride + i), mean[r]), lo[r]), scale[r]);
+      const packet<A> offset = HasB ? bi : shift[r];
+      store(y + r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), stream);
+    }
   }
   for (; i < n; ++i) scalar(i);
 }
 
-// y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i]; w may be null (1), and b null (then the
-// scalar shift is added instead: per-element bias and per-group shift are never both present).
+// y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i] for R runs (R = 1 or 4) of n values, run r
+// at x + r * stride with coefficients c[r]; w may be null (1), and b null (then the scalar shift is
+// added instead: per-element bias and per-group shift are never both present).
 // stream: non-temporal stores for y (simd.hpp).
+template <int R = 1, class A, class T, class P>
+void normalize_runs(const T* x, T* y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
+                    bool stream = false) {
+  if (w && b) normalize_runs_impl<R, true, true>(x, y, n, stride, c, w, b, stream);
+  else if (w) normalize_runs_impl<R, true, false>(x, y, n, stride, c, w, b, stream);
+  else if (b) normalize_runs_impl<R, false, true>(x, y, n, stride, c, w, b, stream);
+  else normalize_runs_impl<R, false, false>(x, y, n, stride, c, w, b, stream);
+}
+
 template <class A, class T, class P>
 void normalize_run(const T* x, T* y, Index n, const RunNormalize<A>& c, const P* w, const P* b, bool stream = false) {
-  if (w && b) normalize_run_impl<true, true>(x, y, n, c, w, b, stream);
-  else if (w) normalize_run_impl<true, false>(x, y, n, c, w, b, stream);
-  else if (b) normalize_run_impl<false, true>(x, y, n, c, w, b, stream);
-  else normalize_run_impl<false, false>(x, y, n, c, w, b, stream);
+  normalize_runs<1>(x, y, n, n, &c, w, b, stream);
 }
 
 // Per-run coefficients of the backward sweeps. rstd builds xhat; scale multiplies dx.
@@ -159,48 +176,63 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
   return r;
 }
 
-template <bool HasW, class A, class T, class P>
-void backward_run_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, const RunGrad<A>& c,
-                          A* dweight, A* dbias, bool stream) {
+// R runs at x + r * stride (r < R) sharing w, dweight and dbias: the parameter gradients are loaded
+// and stored once per packet for the R runs (for LayerNorm backward in cache, those loads and
+// stores were the bound). Each element still adds the runs in order: the sums equal R single calls.
+template <int R, bool HasW, class A, class T, class P>
+void backward_runs_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, Index stride, const RunGrad<A>* c,
+                           A* dweight, A* dbias, bool stream) {
   using namespace simd;
   constexpr Index W = width<A>;
-  const packet<A> mean = set1<A>(c.mean), lo = set1<A>(c.mean_lo), rstd = set1<A>(c.rstd);
-  const packet<A> scale = set1<A>(c.scale), mean_g = set1<A>(c.mean_g), neg_mean_g = set1<A>(-c.mean_g);
-  const packet<A> neg_mean_gx = set1<A>(-c.mean_gx);
+  packet<A> mean[R], lo[R], rstd[R], scale[R], neg_mean_g[R], neg_mean_gx[R];
+  for (int r = 0; r < R; ++r) {
+    mean[r] = set1<A>(c[r].mean), lo[r] = set1<A>(c[r].mean_lo), rstd[r] = set1<A>(c[r].rstd);
+    scale[r] = set1<A>(c[r].scale), neg_mean_g[r] = set1<A>(-c[r].mean_g), neg_mean_gx[r] = set1<A>(-c[r].mean_gx);
+  }
   const auto scalar = [&](Index i) {
-    const A xhat = ((load_scalar<A>(x + i) - c.mean) - c.mean_lo) * c.rstd;
-    const A d = load_scalar<A>(dy + i);
-    A centered = d - c.mean_g;  // g - mean_g
-    if constexpr (HasW) {
-      centered = madd(d, load_scalar<A>(w + i), -c.mean_g);
-      dweight[i] = madd(d, xhat, dweight[i]);
-      dbias[i] += d;
+    A dw = HasW ? dweight[i] : A(0), db = HasW ? dbias[i] : A(0);
+    for (int r = 0; r < R; ++r) {
+      const Index at = r * stride + i;
+      const A xhat = ((load_scalar<A>(x + at) - c[r].mean) - c[r].mean_lo) * c[r].rstd;
+      const A d = load_scalar<A>(dy + at);
+      const A centered = HasW ? madd(d, load_scalar<A>(w + i), -c[r].mean_g) : d - c[r].mean_g;  // g - mean_g
+      if constexpr (HasW) dw = madd(d, xhat, dw), db += d;
+      store_scalar<T>(dx + at, c[r].scale * madd(xhat, -c[r].mean_gx, centered));
     }
-    store_scalar<T>(dx + i, c.scale * madd(xhat, -c.mean_gx, centered));
+    if constexpr (HasW) dweight[i] = dw, dbias[i] = db;
   };
   Index i = 0;
   for (const Index head = aligned_head<A>(dx, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
-    const packet<A> xhat = mul(sub(sub(load<A>(x + i), mean), lo), rstd);
-    const packet<A> d = load<A>(dy + i);
-    packet<A> centered = sub(d, mean_g);
-    if constexpr (HasW) {
-      centered = madd(d, load<A>(w + i), neg_mean_g);
-      store(dweight + i, madd(d, xhat, load<A>(dweight + i)));
-      store(dbias + i, add(load<A>(dbias + i), d));
+    packet<A> wi{}, dw{}, db{};
+    if constexpr (HasW) wi = load<A>(w + i), dw = load<A>(dweight + i), db = load<A>(dbias + i);
+    for (int r = 0; r < R; ++r) {
+      const Index at = r * stride + i;
+      const packet<A> xhat = mul(sub(sub(load<A>(x + at), mean[r]), lo[r]), rstd[r]);
+      const packet<A> d = load<A>(dy + at);
+      packet<A> centered = add(d, neg_mean_g[r]);
+      if constexpr (HasW) centered = madd(d, wi, neg_mean_g[r]), dw = madd(d, xhat, dw), db = add(db, d);
+      store(dx + at, mul(scale[r], madd(xhat, neg_mean_gx[r], centered)), stream);
     }
-    store(dx + i, mul(scale, madd(xhat, neg_mean_gx, centered)), stream);
+    if constexpr (HasW) store(dweight + i, dw), store(dbias + i, db);
   }
   for (; i < n; ++i) scalar(i);
 }
 
-// dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i]. With w (LayerNorm, RMSNorm) it also
-// accumulates this run's parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
+// dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i], for R runs (R = 1 or 4) of n values,
+// run r at x + r * stride (dy and dx likewise) with coefficients c[r]. With w (LayerNorm, RMSNorm)
+// it also accumulates the runs' parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
+template <int R = 1, class A, class T, class P>
+void backward_runs_dx(const T* x, const T* dy, const P* w, T* dx, Index n, Index stride, const RunGrad<A>* c,
+                      A* dweight, A* dbias, bool stream = false) {
+  if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream);
+  else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream);
+}
+
 template <class A, class T, class P>
 void backward_run_dx(const T* x, const T* dy, const P* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
                      A* dbias, bool stream = false) {
-  if (w) backward_run_dx_impl<true>(x, dy, w, dx, n, c, dweight, dbias, stream);
-  else backward_run_dx_impl<false>(x, dy, w, dx, n, c, dweight, dbias, stream);
+  backward_runs_dx<1>(x, dy, w, dx, n, n, &c, dweight, dbias, stream);
 }
 
 }  // namespace normkit::core
