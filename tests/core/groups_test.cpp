@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -207,4 +209,46 @@ TEST_CASE("column panels: one pass around the first block's mean, the blocked fo
       REQUIRE(std::abs(got_var - var) <= tol * var);
     }
   }
+}
+
+namespace {
+
+// second_pass_shift's definition in library calls: mean0 rounded to a multiple of T's ulp at rms.
+template <class T>
+float shift_reference(float mean0, float rms) {
+  if (!(rms > 0) || !std::isfinite(rms)) return static_cast<float>(static_cast<T>(mean0));
+  int e = 0;
+  std::frexp(rms, &e);
+  const int ulp_exp = e - std::numeric_limits<T>::digits;
+  return std::ldexp(std::nearbyint(std::ldexp(mean0, -ulp_exp)), ulp_exp);
+}
+
+template <class T>
+void check_shift_bits() {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  std::uniform_real_distribution<float> frac(-1.f, 1.f);
+  const auto from_bits = [](std::uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, sizeof f);
+    return f;
+  };
+  for (int i = 0; i < 200000; ++i) {
+    // rms anywhere in float's range (subnormals, NaN and Inf included); |mean0| <= rms, as the
+    // callers' sums guarantee up to their rounding, and a little beyond it now and then. (Far
+    // beyond, mean0 * 2^-ulp_exp overflows float in the definition and not in double.)
+    const float rms = std::abs(from_bits(bits(rng)));
+    const float mean0 = i % 97 == 0 ? std::numeric_limits<float>::quiet_NaN() : rms * frac(rng) * (i % 16 ? 1.f : 4.f);
+    const float got = core::detail::second_pass_shift<T>(mean0, rms), want = shift_reference<T>(mean0, rms);
+    INFO("mean0 " << mean0 << ", rms " << rms);
+    REQUIRE(std::memcmp(&got, &want, sizeof got) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("second_pass_shift on float's bits is the frexp/ldexp definition, bit for bit", "[core][groups]") {
+  check_shift_bits<float>();
+  check_shift_bits<Eigen::bfloat16>();
+  check_shift_bits<Eigen::half>();
 }
