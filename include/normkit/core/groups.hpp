@@ -304,6 +304,19 @@ bool batch_groups(const GroupShape& s, Index arrays) {
   return kBatchGroups * arrays * s.group_size() * Index(sizeof(T)) <= (Index(1) << 15);
 }
 
+// Forward over groups of several runs (BatchNorm NCHW: a channel is N planes, C planes apart) in a
+// tensor not in cache anyway: the normalize sweep over group g prefetches group g + 1 into L2, so
+// that memory reads the next group while the sweep writes this one rather than after it
+// (BatchNorm fwd 32x64x56x56: -18%). Only while both groups fit in a 1 MiB L2 (Zen 4, Intel server
+// cores): backward's x and dy of two such channels (1.6 MB) did not, and were 4% slower for it.
+// Not for single-run groups (LayerNorm rows): the next row is the next address, which the hardware
+// prefetcher already fetches, and the extra requests made LayerNorm forward at 2048x4096 8% slower.
+template <class T>
+bool prefetch_groups(const GroupShape& s) {
+  const Index bytes = s.group_size() * Index(sizeof(T));
+  return s.outer > 1 && 2 * bytes <= (Index(1) << 20) && bytes * s.groups >= (Index(8) << 20);
+}
+
 // Outputs at least this large are written with non-temporal stores (simd.hpp): they would not stay
 // in cache anyway, and streaming them saves a read of every output line.
 inline constexpr Index kStreamBytes = Index(8) << 20;
@@ -393,7 +406,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 
   if (s.inner > 1) {  // row shape: group g is `outer` contiguous runs of `inner` values
     constexpr Index R = detail::kBatchGroups;
-    const bool batch = detail::batch_groups<T>(s, 1);
+    const bool batch = detail::batch_groups<T>(s, 1), prefetch = detail::prefetch_groups<T>(s);
     detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
       for (Index g = g0, rb = 1; g < g1; g += rb) {
         rb = batch && g1 - g >= R ? R : 1;
@@ -407,8 +420,9 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
         for (Index o = 0; o < s.outer; ++o) {
           const P* w = w_elem ? w_elem + o * s.inner : nullptr;
           const P* b = b_elem ? b_elem + o * s.inner : nullptr;
+          const Index next = prefetch && g + 1 < g1 ? s.inner : 0;  // run (o, g + 1)
           if (rb == R) normalize_runs<R>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream);
-          else normalize_runs<1>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream);
+          else normalize_runs<1>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream, next);
         }
       }
       if (stream) simd::stream_fence();

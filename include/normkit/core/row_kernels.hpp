@@ -94,7 +94,7 @@ struct RunNormalize {
 // and b is loaded once for the R runs (LayerNorm rows in cache were bound by those loads).
 template <int R, bool HasW, bool HasB, class A, class T, class P>
 void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
-                         bool stream) {
+                         bool stream, Index next) {
   using namespace simd;
   constexpr Index W = width<A>;
   packet<A> mean[R], lo[R], scale[R], shift[R];
@@ -110,6 +110,7 @@ void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNorma
   Index i = 0;
   for (const Index head = aligned_head<A>(y, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
+    if (next) prefetch_l2(x + next + i);
     const packet<A> wi = HasW ? load<A>(w + i) : packet<A>{}, bi = HasB ? load<A>(b + i) : packet<A>{};
     for (int r = 0; r < R; ++r) {
       const packet<A> v = mul(sub(sub(load<A>(x + r * stride + i), mean[r]), lo[r]), scale[r]);
@@ -123,14 +124,16 @@ void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNorma
 // y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i] for R runs (R = 1 or 4) of n values, run r
 // at x + r * stride with coefficients c[r]; w may be null (1), and b null (then the scalar shift is
 // added instead: per-element bias and per-group shift are never both present).
-// stream: non-temporal stores for y (simd.hpp).
+// stream: non-temporal stores for y (simd.hpp). next (0: none): the run at x + next is read next by
+// the caller and prefetched into L2 meanwhile, so that memory serves that read while this sweep
+// mostly writes.
 template <int R = 1, class A, class T, class P>
 void normalize_runs(const T* x, T* y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
-                    bool stream = false) {
-  if (w && b) normalize_runs_impl<R, true, true>(x, y, n, stride, c, w, b, stream);
-  else if (w) normalize_runs_impl<R, true, false>(x, y, n, stride, c, w, b, stream);
-  else if (b) normalize_runs_impl<R, false, true>(x, y, n, stride, c, w, b, stream);
-  else normalize_runs_impl<R, false, false>(x, y, n, stride, c, w, b, stream);
+                    bool stream = false, Index next = 0) {
+  if (w && b) normalize_runs_impl<R, true, true>(x, y, n, stride, c, w, b, stream, next);
+  else if (w) normalize_runs_impl<R, true, false>(x, y, n, stride, c, w, b, stream, next);
+  else if (b) normalize_runs_impl<R, false, true>(x, y, n, stride, c, w, b, stream, next);
+  else normalize_runs_impl<R, false, false>(x, y, n, stride, c, w, b, stream, next);
 }
 
 template <class A, class T, class P>
