@@ -214,14 +214,15 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
   return run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
 }
 
-// The moments of rows [0, rows) of a column panel, block by block: two passes per block, merged
-// with Chan's update, a column of a block that leaves the range redone as a contiguous run. The
-// robust form; panel_moments falls back to it for the columns its one pass cannot vouch for.
+// The moments of rows [0, rows) of a column panel, in blocks of `block` rows: two passes per block,
+// merged with Chan's update, a column of a block that leaves the range redone as a contiguous run.
+// The robust form; panel_moments falls back to it for the columns its one pass cannot vouch for.
+// Columns are independent: a column gives the same bits alone as within a panel.
 template <class A, class T>
-void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, Index block, bool centered,
+                           Moments<A>* m) {
   constexpr Index kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, mean0[kPanel] = {}, s1[kPanel], s2[kPanel];
-  const Index block = panel_block_rows<T>(cols);
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index rb = std::min(block, rows - r0);
     const T* xb = x + r0 * stride;
@@ -254,7 +255,10 @@ void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, boo
 // block is read twice, from cache. A column whose shift was poor (n d^2 > m2, d = mean - shift: a
 // trend down the column), whose sums left the range, or that holds NaN/Inf is computed again by
 // panel_moments_blocked; for ordinary data that never happens (the first block's mean is within
-// std / sqrt(block rows) of the column's, unless the column drifts by more than a std).
+// std / sqrt(block rows) of the column's, unless the column drifts by more than a std). A constant
+// column of zeros (a dead channel) is one of them, as in_range cannot tell it from underflowed
+// squares: when few columns fail they are redone one by one, so that one such column does not
+// cost the whole panel two more passes.
 template <class A, class T>
 void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
   constexpr Index kPanel = kMaxPanel<A>;
@@ -275,20 +279,23 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
     cols_sums(x + r0 * stride, std::min(block, rows - r0), cols, stride, shift, b1, b2);
     for (Index c = 0; c < cols; ++c) s1[c] += b1[c], s2[c] += b2[c];
   }
-  bool redo = false;
+  Index redo = 0;
   Moments<A> panel[kPanel];
   for (Index c = 0; c < cols; ++c) {
     Moments<A>& pm = panel[c];
     pm = centered ? moments_from_sums(rows, shift[c], Sums<A>{s1[c], s2[c]}) : Moments<A>{rows, A(0), A(0), s2[c]};
     const A d = s1[c] / static_cast<A>(rows);
     const bool good_shift = !centered || static_cast<A>(rows) * d * d <= pm.m2;  // false for NaN too
-    if (!good_shift || !in_range(pm)) pm.count = 0, redo = true;
+    if (!good_shift || !in_range(pm)) pm = Moments<A>{}, ++redo;
   }
-  if (redo) {
+  if (redo * 8 > cols) {
     Moments<A> robust[kPanel];
-    panel_moments_blocked(x, rows, cols, stride, centered, robust);
+    panel_moments_blocked(x, rows, cols, stride, block, centered, robust);
     for (Index c = 0; c < cols; ++c)
       if (panel[c].count == 0) panel[c] = robust[c];
+  } else if (redo) {
+    for (Index c = 0; c < cols; ++c)
+      if (panel[c].count == 0) panel_moments_blocked(x + c, rows, Index(1), stride, block, centered, &panel[c]);
   }
   for (Index c = 0; c < cols; ++c) m[c] = merge(m[c], panel[c]);
 }
@@ -298,9 +305,13 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
 // the batch's `arrays` inputs (x; x and dy) fit in a typical L1 (32 KiB): its moments or sums are
 // taken first and the sweep should find it there (rows of 4096 floats batched 4 at a time from L2
 // made LayerNorm forward at 16384x4096 10% slower; BatchNorm's NCHW channels go one at a time).
+// Not when a packet of output is less than a cache line and the output streams (bfloat16/half with
+// non-temporal stores): four rows' half-written lines interleaved took LayerNorm bf16 forward at
+// 16384x4096 from 21 to 37 ms.
 inline constexpr Index kBatchGroups = 4;
-template <class T>
-bool batch_groups(const GroupShape& s, Index arrays) {
+template <class A, class T>
+bool batch_groups(const GroupShape& s, Index arrays, bool stream) {
+  if (stream && simd::width<A> * Index(sizeof(T)) < 64) return false;
   return kBatchGroups * arrays * s.group_size() * Index(sizeof(T)) <= (Index(1) << 15);
 }
 
@@ -406,7 +417,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 
   if (s.inner > 1) {  // row shape: group g is `outer` contiguous runs of `inner` values
     constexpr Index R = detail::kBatchGroups;
-    const bool batch = detail::batch_groups<T>(s, 1), prefetch = detail::prefetch_groups<T>(s);
+    const bool batch = detail::batch_groups<A, T>(s, 1, stream), prefetch = detail::prefetch_groups<T>(s);
     detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
       for (Index g = g0, rb = 1; g < g1; g += rb) {
         rb = batch && g1 - g >= R ? R : 1;
@@ -518,7 +529,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
 
   if (s.inner > 1) {  // row shape (training: batches of groups; eval: dx = dy * scale, group by group)
     constexpr Index R = detail::kBatchGroups;
-    const bool batch = batch_stats && detail::batch_groups<T>(s, 2);
+    const bool batch = batch_stats && detail::batch_groups<A, T>(s, 2, stream);
     detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
       A* dw = partials ? dw_part.data() + k * n : nullptr;
       A* db = partials ? db_part.data() + k * n : nullptr;
