@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -76,8 +77,10 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
 
 TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "[core][kernels]", float, double) {
   using T = TestType;
-  const Index rows = 9, stride = 4 * core::simd::width<T> + 5;
-  for (Index cols = 1; cols <= 4 * core::simd::width<T>; ++cols) {
+  // Up to two strips of kStrip packets, a single packet and a scalar tail (col_kernels.hpp).
+  constexpr Index W = core::simd::width<T>, widest = 2 * core::kStrip<T> * W + W + 3;
+  const Index rows = 9, stride = widest + 5;
+  for (Index cols = 1; cols <= widest; ++cols) {
     const auto x = random_vector<T>(rows * stride, 5, 1.0), dy = random_vector<T>(rows * stride, 6),
                wr = random_vector<T>(rows, 7), br = random_vector<T>(rows, 8), shift = random_vector<T>(cols, 9);
     std::vector<T> s1(static_cast<std::size_t>(cols), T(0)), s2 = s1;
@@ -133,6 +136,44 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
       }
       CHECK(dw[r] == Approx(rw).margin(tol<T>(cols) * 8));
       CHECK(db[r] == Approx(rb).margin(tol<T>(cols) * 8));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps", "[core][kernels]", float, double) {
+  // normalize_runs<4> and backward_runs_dx<4> share w, b and the dweight/dbias accumulators among
+  // four runs; each element must still see the runs in order, so the bits equal run-by-run calls.
+  using T = TestType;
+  constexpr Index W = core::simd::width<T>;
+  for (const Index n : {Index(1), W - 1, W, 3 * W + 5, Index(97)}) {
+    for (const Index offset : {Index(0), Index(3)}) {  // an unaligned start for every run
+      INFO("n " << n << ", offset " << offset);
+      const Index stride = n + 2, size = offset + 4 * stride;
+      const auto x = random_vector<T>(size, 5, 1.0), dy = random_vector<T>(size, 6), w = random_vector<T>(n, 7),
+                 b = random_vector<T>(n, 8);
+      core::RunNormalize<T> nc[4];
+      core::RunGrad<T> gc[4];
+      for (int r = 0; r < 4; ++r) {
+        nc[r] = {T(0.9) + T(r) / 8, T(1e-8) * T(r), T(1.1) + T(r), T(0.25) * T(r)};
+        gc[r] = {T(0.9) + T(r) / 8, T(1e-8) * T(r), T(1.3) - T(r) / 16, T(0.7) + T(r), T(0.1) * T(r), T(-0.2) * T(r)};
+      }
+      for (const bool with_w : {false, true}) {
+        const T* wp = with_w ? w.data() : nullptr;
+        std::vector<T> y4(size_t(size), T(0)), y1 = y4, dx4 = y4, dx1 = y4;
+        std::vector<T> dw4(size_t(n), T(0.5)), db4(size_t(n), T(-0.5)), dw1 = dw4, db1 = db4;
+        const T* xs = x.data() + offset;
+        core::normalize_runs<4>(xs, y4.data() + offset, n, stride, nc, wp, with_w ? b.data() : nullptr);
+        core::backward_runs_dx<4>(xs, dy.data() + offset, wp, dx4.data() + offset, n, stride, gc, dw4.data(), db4.data());
+        for (Index r = 0; r < 4; ++r) {
+          const Index at = offset + r * stride;
+          core::normalize_run(x.data() + at, y1.data() + at, n, nc[r], wp, with_w ? b.data() : nullptr);
+          core::backward_run_dx(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, gc[r], dw1.data(), db1.data());
+        }
+        REQUIRE(std::memcmp(y4.data(), y1.data(), y4.size() * sizeof(T)) == 0);
+        REQUIRE(std::memcmp(dx4.data(), dx1.data(), dx4.size() * sizeof(T)) == 0);
+        REQUIRE(std::memcmp(dw4.data(), dw1.data(), dw4.size() * sizeof(T)) == 0);
+        REQUIRE(std::memcmp(db4.data(), db1.data(), db4.size() * sizeof(T)) == 0);
+      }
     }
   }
 }
