@@ -110,7 +110,8 @@ void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNorma
   Index i = 0;
   for (const Index head = aligned_head<A>(y, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
-    if (next) prefetch_l2(x + next + i);
+    if (next)
+      for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i);
     const packet<A> wi = HasW ? load<A>(w + i) : packet<A>{}, bi = HasB ? load<A>(b + i) : packet<A>{};
     for (int r = 0; r < R; ++r) {
       const packet<A> v = mul(sub(sub(load<A>(x + r * stride + i), mean[r]), lo[r]), scale[r]);
@@ -124,9 +125,9 @@ void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNorma
 // y[i] = ((x[i] - mean) - mean_lo) * scale * w[i] + b[i] for R runs (R = 1 or 4) of n values, run r
 // at x + r * stride with coefficients c[r]; w may be null (1), and b null (then the scalar shift is
 // added instead: per-element bias and per-group shift are never both present).
-// stream: non-temporal stores for y (simd.hpp). next (0: none): the run at x + next is read next by
-// the caller and prefetched into L2 meanwhile, so that memory serves that read while this sweep
-// mostly writes.
+// stream: non-temporal stores for y (simd.hpp). next (0: none): the R runs at x + next (same stride)
+// are read next by the caller and are prefetched into L2 meanwhile, so that memory serves that read
+// while this sweep mostly writes.
 template <int R = 1, class A, class T, class P>
 void normalize_runs(const T* x, T* y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
                     bool stream = false, Index next = 0) {
@@ -184,7 +185,7 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
 // stores were the bound). Each element still adds the runs in order: the sums equal R single calls.
 template <int R, bool HasW, class A, class T, class P>
 void backward_runs_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, Index stride, const RunGrad<A>* c,
-                           A* dweight, A* dbias, bool stream) {
+                           A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
   constexpr Index W = width<A>;
   packet<A> mean[R], lo[R], rstd[R], scale[R], neg_mean_g[R], neg_mean_gx[R];
@@ -207,6 +208,8 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, 
   Index i = 0;
   for (const Index head = aligned_head<A>(dx, n, stream); i < head; ++i) scalar(i);
   for (; i + W <= n; i += W) {
+    if (next)
+      for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
     packet<A> wi{}, dw{}, db{};
     if constexpr (HasW) wi = load<A>(w + i), dw = load<A>(dweight + i), db = load<A>(dbias + i);
     for (int r = 0; r < R; ++r) {
@@ -225,11 +228,12 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, 
 // dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i], for R runs (R = 1 or 4) of n values,
 // run r at x + r * stride (dy and dx likewise) with coefficients c[r]. With w (LayerNorm, RMSNorm)
 // it also accumulates the runs' parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
+// next: as for normalize_runs, for x and dy.
 template <int R = 1, class A, class T, class P>
 void backward_runs_dx(const T* x, const T* dy, const P* w, T* dx, Index n, Index stride, const RunGrad<A>* c,
-                      A* dweight, A* dbias, bool stream = false) {
-  if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream);
-  else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream);
+                      A* dweight, A* dbias, bool stream = false, Index next = 0) {
+  if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
+  else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
 }
 
 template <class A, class T, class P>
