@@ -68,7 +68,13 @@ class TrailingNorm {
     // normalized_shape [2^32, 2^32]), and two negatives would multiply to a positive size.
     bool valid = !shape_.empty();
     Index size = 1;
-    for (const Index d : shape_) valid = valid && d > 0 && size <= std::numeric_limits<Index>::max() / d && (size *= d);
+    for (const Index d : shape_) {
+      if (d <= 0 || size > std::numeric_limits<Index>::max() / d) {
+        valid = false;
+        break;
+      }
+      size *= d;
+    }
     if (!valid)
       throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
                                " must have at least one axis and no zero-sized or negative dimension");

@@ -65,7 +65,7 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
     CHECK(bs.s2 == Approx(sgx).margin(tol<T>(n) * 8));
 
     std::vector<T> dx(static_cast<std::size_t>(n)), dw(static_cast<std::size_t>(n), T(1)), db(static_cast<std::size_t>(n), T(2));
-    core::backward_run_dx(x.data(), dy.data(), w.data(), dx.data(), n, gc, dw.data(), db.data());
+    core::backward_runs_dx<1>(x.data(), dy.data(), w.data(), dx.data(), n, n, &gc, dw.data(), db.data());
     for (Index i = 0; i < n; ++i) {
       const double xhat = ((x[i] - 3.0) - 0.01) * 0.7, g = double(dy[i]) * w[i];
       CHECK(dx[i] == Approx(1.3 * ((g - 0.2) + xhat * 0.4)).margin(tol<T>(1) * 16));
@@ -167,7 +167,7 @@ TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps"
         for (Index r = 0; r < 4; ++r) {
           const Index at = offset + r * stride;
           core::normalize_run(x.data() + at, y1.data() + at, n, nc[r], wp, with_w ? b.data() : nullptr);
-          core::backward_run_dx(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, gc[r], dw1.data(), db1.data());
+          core::backward_runs_dx<1>(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, n, &gc[r], dw1.data(), db1.data());
         }
         REQUIRE(std::memcmp(y4.data(), y1.data(), y4.size() * sizeof(T)) == 0);
         REQUIRE(std::memcmp(dx4.data(), dx1.data(), dx4.size() * sizeof(T)) == 0);

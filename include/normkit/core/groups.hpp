@@ -214,6 +214,17 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
   return run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
 }
 
+// Each column's second-pass shift from rows [0, rows) of a panel: their mean, rounded as
+// second_pass_shift rounds it (one pass of sums and squares).
+template <class A, class T>
+void cols_shift(const T* x, Index rows, Index cols, Index stride, A* shift) {
+  constexpr Index kPanel = kMaxPanel<A>;
+  A zero[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {};
+  cols_sums(x, rows, cols, stride, zero, s1, s2);
+  for (Index c = 0; c < cols; ++c)
+    shift[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rows), std::sqrt(s2[c] / static_cast<A>(rows)));
+}
+
 // The moments of rows [0, rows) of a column panel, in blocks of `block` rows: two passes per block,
 // merged with Chan's update, a column of a block that leaves the range redone as a contiguous run.
 // The robust form; panel_moments falls back to it for the columns its one pass cannot vouch for.
@@ -222,20 +233,14 @@ template <class A, class T>
 void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, Index block, bool centered,
                            Moments<A>* m) {
   constexpr Index kPanel = kMaxPanel<A>;
-  A zero[kPanel] = {}, mean0[kPanel] = {}, s1[kPanel], s2[kPanel];
+  A mean0[kPanel] = {}, s1[kPanel], s2[kPanel];  // mean0 stays 0 without centering: one pass
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index rb = std::min(block, rows - r0);
     const T* xb = x + r0 * stride;
+    if (centered) cols_shift(xb, rb, cols, stride, mean0);
     std::fill(s1, s1 + cols, A(0));
     std::fill(s2, s2 + cols, A(0));
-    cols_sums(xb, rb, cols, stride, zero, s1, s2);
-    if (centered) {
-      for (Index c = 0; c < cols; ++c)
-        mean0[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rb), std::sqrt(s2[c] / static_cast<A>(rb)));
-      std::fill(s1, s1 + cols, A(0));
-      std::fill(s2, s2 + cols, A(0));
-      cols_sums(xb, rb, cols, stride, mean0, s1, s2);
-    }
+    cols_sums(xb, rb, cols, stride, mean0, s1, s2);
     for (Index c = 0; c < cols; ++c) {
       Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]}) : Moments<A>{rb, A(0), A(0), s2[c]};
       if (!in_range(b)) {  // rare: redo this column of the block as a contiguous run
@@ -265,14 +270,7 @@ void panel_moments(const T* x, Index rows, Index cols, Index stride, bool center
   if (rows == 0) return;
   A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
   const Index block = panel_block_rows<T>(cols);
-  if (centered) {
-    const Index rb = std::min(block, rows);
-    cols_sums(x, rb, cols, stride, shift, s1, s2);
-    for (Index c = 0; c < cols; ++c) {
-      shift[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rb), std::sqrt(s2[c] / static_cast<A>(rb)));
-      s1[c] = s2[c] = A(0);
-    }
-  }
+  if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift);
   for (Index r0 = 0; r0 < rows; r0 += block) {
     std::fill(b1, b1 + cols, A(0));
     std::fill(b2, b2 + cols, A(0));
@@ -439,13 +437,12 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
             m = merge(m, detail::run_moments<A>(x + run_at(o, g + j), s.inner, p.centered));
           c[j] = coefficients(g + j, m);
         }
+        // The next batch (or group) of this chunk, to prefetch: its runs sit rb runs further on.
+        const Index next = (rb == R ? prefetch_batch : prefetch) && g + 2 * rb <= g1 ? rb * s.inner : 0;
         for (Index o = 0; o < s.outer; ++o) {
           const P* w = w_elem ? w_elem + o * s.inner : nullptr;
           const P* b = b_elem ? b_elem + o * s.inner : nullptr;
-          const Index next = prefetch && g + 1 < g1 ? s.inner : 0;  // run (o, g + 1)
-          if (rb == R)
-            normalize_runs<R>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream,
-                              prefetch_batch && g + 2 * R <= g1 ? R * s.inner : 0);
+          if (rb == R) normalize_runs<R>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream, next);
           else normalize_runs<1>(x + run_at(o, g), y + run_at(o, g), s.inner, s.inner, c, w, b, stream, next);
         }
       }

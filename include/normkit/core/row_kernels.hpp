@@ -236,10 +236,4 @@ void backward_runs_dx(const T* x, const T* dy, const P* w, T* dx, Index n, Index
   else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
 }
 
-template <class A, class T, class P>
-void backward_run_dx(const T* x, const T* dy, const P* w, T* dx, Index n, const RunGrad<A>& c, A* dweight,
-                     A* dbias, bool stream = false) {
-  backward_runs_dx<1>(x, dy, w, dx, n, n, &c, dweight, dbias, stream);
-}
-
 }  // namespace normkit::core
