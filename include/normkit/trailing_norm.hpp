@@ -166,7 +166,7 @@ class TrailingNorm {
     stats.rstd.resize(rows);
     if (centered_) stats.mean.resize(rows), stats.mean_lo.resize(rows);
     const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
-    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats in memory order, scattered below
+    std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats in memory order, scattered below
     A* mean = centered_ ? (mem.empty() ? stats.mean.data() : mem.data()) : nullptr;
     A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
     A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
@@ -207,7 +207,7 @@ class TrailingNorm {
     if (stats.mean_lo.size() != 0) check_size(where, "stats.mean_lo", rows, stats.mean_lo.size());
 
     const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
-    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats gathered into memory order
+    std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats gathered into memory order
     const auto stat = [&](const Eigen::Tensor<A, 1>& t, Index slot) -> const A* {
       if (t.size() == 0) return nullptr;
       if (rows_order.empty()) return t.data();
@@ -223,7 +223,8 @@ class TrailingNorm {
     NormGrads<P> grads;
     if (weight_.size()) grads.weight.resize(features_);
     if (bias_.size()) grads.bias.resize(features_);
-    std::vector<P> dw_mem(params_order.empty() ? 0 : grads.weight.size()), db_mem(params_order.empty() ? 0 : grads.bias.size());
+    std::vector<P> dw_mem(params_order.empty() ? 0 : std::size_t(grads.weight.size())),
+        db_mem(params_order.empty() ? 0 : std::size_t(grads.bias.size()));
     P* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
     P* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
 
