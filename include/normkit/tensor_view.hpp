@@ -101,7 +101,7 @@ template <class X>
 std::array<Index, rank_v<X>> dims_of(const X& x) {
   std::array<Index, rank_v<X>> d{};
   if constexpr (is_tensor_v<X>)  // else: a rejected X (tensor_arg), whose build is failing anyway
-    for (int i = 0; i < rank_v<X>; ++i) d[static_cast<std::size_t>(i)] = x.dimension(i);
+    for (std::size_t i = 0; i < d.size(); ++i) d[i] = x.dimension(i);
   return d;
 }
 
