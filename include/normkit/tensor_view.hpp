@@ -9,6 +9,8 @@
 // In a ColMajor tensor several leading (or normalized) dims flatten in column-major order, while the
 // contract orders stats rows and weight entries row-major; colmajor_to_rowmajor gives that map.
 // Inputs and outputs of another layout than x's go through a converted copy (in_layout, OutputIn).
+// What is not a tensor (a Matrix, an expression) or not writable as an output stops the build here
+// with one static_assert that says what to pass instead (tensor_arg, OutputIn; tests/compile_fail).
 #pragma once
 
 #include <algorithm>
