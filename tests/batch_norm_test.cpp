@@ -715,6 +715,65 @@ TEST_CASE("BatchNorm backward (float) matches the float64 analytic reference", "
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Backward follows the statistics it is given (stats.source), not the functor's mode at the time of
+// the call: autograd's behaviour. Switching mode between forward and backward used to give the
+// wrong gradient silently (off by up to 1.9 where |dx| <= 1.9).
+
+namespace {
+
+template <int R, int L>
+void stats_source_check(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+  INFO(layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
+  const int axis = bnref::normalize_axis(channel_axis, R);
+  const auto dv = bnref::to_vec<R>(dims);
+  const Index C = dims[static_cast<std::size_t>(axis)];
+  BatchNormOptions o;
+  o.channel_axis = channel_axis;
+  BatchNorm<double> bn(C, o);
+  RefBatchNorm ref(C, o.eps, o.momentum, o.affine, o.track_running_stats);
+  set_params(bn, ref, C, seed);
+  set_running(bn, ref, C, seed);
+  const Vec x = bnref::random_input(dv, axis, seed + 1);
+  const Vec dy = bnref::random_vector(x.size(), -1.0, 1.0, seed + 2);
+
+  // Training forward, then eval(), then backward: the batch gradient.
+  RefBatchNorm ref_train = ref;
+  const auto rt = ref_train.forward(dv, axis, x);
+  const auto ft = run_forward<double, R, L>(bn, dims, x);
+  CHECK(ft.stats.source == normkit::StatsSource::Batch);
+  bn.eval();
+  const auto bt = run_backward<double, R, L>(bn, dims, x, dy, ft.stats);
+  const auto gt = ref_train.backward(dv, axis, x, dy, rt.mean, rt.rstd);
+  CHECK(max_rel_diff(bt.dx, gt.dx) <= 1e-11);
+  CHECK(max_rel_diff(bnref::values1(bt.grads.weight), gt.dweight) <= 1e-11);
+  // The test can tell the two gradients apart: the eval formula at these stats is far off.
+  RefBatchNorm ref_as_eval = ref_train;
+  ref_as_eval.training = false;
+  CHECK(max_rel_diff(ref_as_eval.backward(dv, axis, x, dy, rt.mean, rt.rstd).dx, gt.dx) > 1e-3);
+
+  // Eval forward (running statistics), then train(), then backward: dx = dy * weight * rstd.
+  RefBatchNorm ref_eval = ref_train;  // running stats as the library's after one training forward
+  ref_eval.training = false;
+  const auto re = ref_eval.forward(dv, axis, x);
+  const auto fe = run_forward<double, R, L>(bn, dims, x);
+  CHECK(fe.stats.source == normkit::StatsSource::Running);
+  bn.train();
+  const auto be = run_backward<double, R, L>(bn, dims, x, dy, fe.stats);
+  const auto ge = ref_eval.backward(dv, axis, x, dy, re.mean, re.rstd);
+  CHECK(max_rel_diff(be.dx, ge.dx) <= 1e-11);
+  CHECK(max_rel_diff(bnref::values1(be.grads.bias), ge.dbias) <= 1e-11);
+}
+
+}  // namespace
+
+TEST_CASE("BatchNorm backward follows the stats' source, not the current mode", "[batch_norm][backward]") {
+  stats_source_check<4, kRow>({3, 4, 5, 2}, 1, 1300);
+  stats_source_check<4, kCol>({3, 4, 5, 2}, 1, 1310);
+  stats_source_check<4, kRow>({3, 5, 2, 4}, -1, 1320);
+  stats_source_check<2, kRow>({16, 3}, 1, 1330);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Degenerate batches.
 
 TEMPLATE_TEST_CASE("BatchNorm training with one value per channel throws and changes nothing", "[batch_norm]", float,

@@ -218,8 +218,19 @@ inline void check_size(const std::string& where, const std::string& what, Index 
                            "] was expected");
 }
 
+// A parameter (weight, bias, running statistics) must keep the size it was constructed with, or stay
+// empty when absent: a resized one would be read out of bounds, an emptied one silently dropped.
+inline void check_param(const std::string& where, const char* name, Index expected, Index actual) {
+  if (expected == actual) return;
+  throw_shape(where, std::string(name) + "() has dimensions [" + std::to_string(actual) + "] but [" +
+                         std::to_string(expected) + "] was expected (" +
+                         (expected == 0 ? "this functor was built without it; it cannot be added later"
+                                        : "a parameter keeps its size; it cannot be removed or resized") +
+                         ")");
+}
+
 inline void check_eps(const std::string& where, double eps) {
-  if (!(eps >= 0)) throw_invalid(where, "eps must be a number >= 0, got " + std::to_string(eps));
+  if (!(eps >= 0)) throw_invalid(where, "eps must be a number >= 0, got " + number_string(eps));
 }
 
 }  // namespace normkit::detail

@@ -15,9 +15,11 @@
 // pass only where that shift proves poor; runs of one group are merged with Chan's update
 // (moments.hpp). The normalize or dx sweep then follows while the data is still in cache where the
 // group is small enough.
-// Threads take contiguous chunks of groups (row shape), of column packets (wide column shapes), or
-// of rows (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums
-// are merged in chunk order): results never depend on scheduling, only on the chunk count.
+// Work is cut into chunks of groups (row shape), of column packets (wide column shapes), or of rows
+// (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums are merged
+// in chunk order). The chunk count follows from the shape alone (parallel.hpp), so no result
+// depends on the thread count: a row's outputs depend on that row only, and what crosses chunks
+// (parameter gradients, a narrow column's statistics) is merged in a fixed order.
 #pragma once
 
 #include <algorithm>
@@ -345,24 +347,30 @@ bool stream_output(const GroupShape& s) {
   return s.outer * s.groups * s.inner * Index(sizeof(T)) >= kStreamBytes;
 }
 
-// How a shape is cut for the executor: by groups (row shape) or by packets of columns.
+// How a shape is cut into chunks: by groups (row shape) or by packets of columns. `partial` is the
+// size, in values, of a partial result each chunk keeps (backward's per-element parameter
+// gradients): their chunks are capped so that the partials stay within kPartialBytes, a part of L2,
+// since the merge reads them all once more.
 struct Chunking {
   Index units, chunks, unit_width;
 };
-template <class A, class Exec>
-Chunking chunking(const Exec& exec, const GroupShape& s) {
+inline constexpr Index kPartialBytes = Index(1) << 20;
+template <class A>
+Chunking chunking(const GroupShape& s, Index partial = 0) {
   const Index total = s.outer * s.groups * s.inner;
   const Index width = s.inner > 1 ? 1 : simd::width<A>;
   const Index units = (s.groups + width - 1) / width;
-  return {units, chunk_count(exec.threads(), units, total), width};
+  const Index cap = partial ? std::max<Index>(1, kPartialBytes / (partial * Index(2 * sizeof(A)))) : kMaxChunks;
+  return {units, chunk_count(units, total, std::min(cap, kMaxChunks)), width};
 }
 
-// Column shapes with few columns (BatchNorm channels-last) are cut by rows instead: threads that
-// took a share of every row would fight over the same cache lines.
-template <class A, class Exec>
-Index row_chunks(const Exec& exec, const GroupShape& s) {
-  if (s.inner > 1 || s.groups >= exec.threads() * kMaxPanel<A>) return 1;
-  return chunk_count(exec.threads(), s.outer, s.outer * s.groups);
+// Column shapes with few columns (BatchNorm channels-last) are cut by rows instead: chunks that took
+// a share of every row would fight over the same cache lines, and fewer columns than two panels
+// leave too few column chunks to spread. Returns 1 for every other shape.
+template <class A>
+Index row_chunks(const GroupShape& s) {
+  if (s.inner > 1 || s.groups >= 2 * kMaxPanel<A>) return 1;
+  return chunk_count(s.outer, s.outer * s.groups);
 }
 
 // Calls f(chunk, first_group, end_group) for every chunk, on the executor.
@@ -406,7 +414,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
       for (Index g = 0; g < s.groups; ++g) coefficients(g, Moments<A>{});
     return;
   }
-  const detail::Chunking ch = detail::chunking<A>(exec, s);
+  const detail::Chunking ch = detail::chunking<A>(s);
   const bool stream = detail::stream_output<T>(s);
   const auto run_at = [&](Index o, Index g) { return (o * s.groups + g) * s.inner; };
 
@@ -453,7 +461,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 
   // column shape: `outer` rows, group g is column g, processed in panels of columns
   constexpr Index kPanel = detail::kMaxPanel<A>;
-  const Index G = s.groups, row_chunks = detail::row_chunks<A>(exec, s);
+  const Index G = s.groups, row_chunks = detail::row_chunks<A>(s);
   if (row_chunks > 1) {  // few columns: each chunk takes whole rows; moments merged in chunk order
     const auto rows_of = [&](Index k) {
       return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
@@ -530,11 +538,11 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     if (dbias) std::fill(dbias, dbias + params, P(0));
     return;
   }
-  const detail::Chunking ch = detail::chunking<A>(exec, s);
-  const Index row_chunks = detail::row_chunks<A>(exec, s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
-  const bool stream = detail::stream_output<T>(s);
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
   const bool partials = w_elem && (dweight || dbias);
+  const detail::Chunking ch = detail::chunking<A>(s, partials ? n : 0);
+  const Index row_chunks = detail::row_chunks<A>(s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
+  const bool stream = detail::stream_output<T>(s);
   std::vector<A> dw_part(partials ? chunks * n : 0), db_part(partials ? chunks * n : 0);
 
   if (s.inner > 1) {  // row shape (training: batches of groups; eval: dx = dy * scale, group by group)
