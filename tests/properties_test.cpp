@@ -931,31 +931,31 @@ void thread_cases() {
   {
     normkit::LayerNormOptions o;
     o.eps = 1e-5;
-    const Index rows = 100, F = 1000;
+    const Index rows = 200, F = 1000;  // 3 chunks of >= 2^16 values
     normkit::LayerNorm<T> ln(F, o);
     randomize_params(ln, rng);
     const GroupMap m = rows_map(rows, F, true);
     const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
     const std::array<Index, 2> dims{rows, F};
-    thread_check<T, kRow>("LayerNorm (100, 1000)", ln, dims, x, dy);
-    thread_check<T, kCol>("LayerNorm (100, 1000)", ln, dims, x, dy);
+    thread_check<T, kRow>("LayerNorm (200, 1000)", ln, dims, x, dy);
+    thread_check<T, kCol>("LayerNorm (200, 1000)", ln, dims, x, dy);
   }
   {
     normkit::RMSNormOptions o;
     o.bias = true;
     o.eps_placement = EpsPlacement::OutsideSqrt;
-    const Index rows = 97, F = 1031;
+    const Index rows = 197, F = 1031;
     normkit::RMSNorm<T> rn(F, o);
     randomize_params(rn, rng);
     const GroupMap m = rows_map(rows, F, false);
     const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
     const std::array<Index, 2> dims{rows, F};
-    thread_check<T, kRow>("RMSNorm (97, 1031)", rn, dims, x, dy);
-    thread_check<T, kCol>("RMSNorm (97, 1031)", rn, dims, x, dy);
+    thread_check<T, kRow>("RMSNorm (197, 1031)", rn, dims, x, dy);
+    thread_check<T, kCol>("RMSNorm (197, 1031)", rn, dims, x, dy);
   }
-  for (const auto& [dims, last] : {std::pair<std::array<Index, 4>, bool>{{8, 12, 33, 33}, false},
-                                   std::pair<std::array<Index, 4>, bool>{{8, 33, 33, 12}, true},
-                                   std::pair<std::array<Index, 4>, bool>{{2, 8, 8, 801}, true}}) {
+  for (const auto& [dims, last] : {std::pair<std::array<Index, 4>, bool>{{16, 12, 33, 33}, false},
+                                   std::pair<std::array<Index, 4>, bool>{{16, 33, 33, 12}, true},
+                                   std::pair<std::array<Index, 4>, bool>{{4, 8, 8, 801}, true}}) {
     BnCase c;
     c.dims = dims;
     c.channels_last = last;

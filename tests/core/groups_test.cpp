@@ -128,11 +128,11 @@ TEST_CASE("every shape of the driver gives the double answer", "[core][groups]")
 }
 
 TEST_CASE("chunked execution covers every group exactly once", "[core][groups]") {
-  // Large enough that chunk_count() gives several chunks.
+  // Large enough that chunk_count() gives several chunks (>= 2^16 values each).
   for (const auto axis : {core::AffineAxis::Element, core::AffineAxis::Group}) {
-    check_problem(ReverseExecutor{3}, {500, 1, 256}, true, axis);
-    check_problem(ReverseExecutor{3}, {500, 256, 1}, true, axis);
-    check_problem(ReverseExecutor{4}, {64, 8, 200}, true, axis);
+    check_problem(ReverseExecutor{3}, {500, 1, 512}, true, axis);
+    check_problem(ReverseExecutor{3}, {2000, 256, 1}, true, axis);
+    check_problem(ReverseExecutor{4}, {64, 8, 600}, true, axis);
   }
 }
 

@@ -63,7 +63,7 @@ using Eigen::Index;
 using Dims = std::vector<Index>;
 
 constexpr Index kMaxElements = 4096;             // small cases
-constexpr Index kBigElements = Index(1) << 16;   // two of normkit's 32Ki-element chunks
+constexpr Index kBigElements = Index(1) << 17;   // two of normkit's 64Ki-element chunks
 constexpr Index kStreamBytes = Index(8) << 20;   // normkit streams outputs of 8 MiB and more
 constexpr Index kGuard = 16;                     // guard elements on each side of every buffer
 constexpr Index kMaxParams = Index(1) << 22;     // weights of a LayerNorm/RMSNorm

@@ -347,18 +347,19 @@ bool stream_output(const GroupShape& s) {
   return s.outer * s.groups * s.inner * Index(sizeof(T)) >= kStreamBytes;
 }
 
-// How a shape is cut into chunks: by groups (row shape) or by packets of columns. `partial` is the
-// size, in values, of a partial result each chunk keeps (backward's per-element parameter
-// gradients): their chunks are capped so that the partials stay within kPartialBytes, a part of L2,
-// since the merge reads them all once more.
+// How a shape is cut into chunks: by groups (row shape) or by whole column panels, so that a
+// column shape's panels are the same whatever the chunk count. `partial` is the size, in values, of
+// a partial result each chunk keeps (backward's per-element parameter gradients): their chunks are
+// capped so that the partials stay within kPartialBytes, a part of L2, since the merge reads them
+// all once more.
 struct Chunking {
   Index units, chunks, unit_width;
 };
 inline constexpr Index kPartialBytes = Index(1) << 20;
-template <class A>
+template <class A, class T>
 Chunking chunking(const GroupShape& s, Index partial = 0) {
   const Index total = s.outer * s.groups * s.inner;
-  const Index width = s.inner > 1 ? 1 : simd::width<A>;
+  const Index width = s.inner > 1 ? 1 : panel_width<A, T>(s.outer);
   const Index units = (s.groups + width - 1) / width;
   const Index cap = partial ? std::max<Index>(1, kPartialBytes / (partial * Index(2 * sizeof(A)))) : kMaxChunks;
   return {units, chunk_count(units, total, std::min(cap, kMaxChunks)), width};
@@ -414,7 +415,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
       for (Index g = 0; g < s.groups; ++g) coefficients(g, Moments<A>{});
     return;
   }
-  const detail::Chunking ch = detail::chunking<A>(s);
+  const detail::Chunking ch = detail::chunking<A, T>(s);
   const bool stream = detail::stream_output<T>(s);
   const auto run_at = [&](Index o, Index g) { return (o * s.groups + g) * s.inner; };
 
@@ -540,7 +541,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
   }
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
   const bool partials = w_elem && (dweight || dbias);
-  const detail::Chunking ch = detail::chunking<A>(s, partials ? n : 0);
+  const detail::Chunking ch = detail::chunking<A, T>(s, partials ? n : 0);
   const Index row_chunks = detail::row_chunks<A>(s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
   const bool stream = detail::stream_output<T>(s);
   std::vector<A> dw_part(partials ? chunks * n : 0), db_part(partials ? chunks * n : 0);

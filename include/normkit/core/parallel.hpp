@@ -25,9 +25,11 @@ struct SerialExecutor {
   }
 };
 
-// Below this many elements per chunk a thread costs more to wake than it saves (a chunk is then
-// 128 KiB of floats, ~10 us of work at memory speed against ~2-5 us to wake a pool thread).
-inline constexpr Index kMinElementsPerChunk = Index(1) << 15;
+// Elements per chunk, at least. A pool thread takes ~2-5 us to wake, so a chunk should hold tens of
+// microseconds of work; and since the chunk count no longer follows the thread count, each chunk
+// also costs the serial call its setup and its partials' merge: 2^16 values (256 KiB of floats) is
+// a few times the wake-up and leaves the setup per chunk negligible.
+inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
 // At most this many chunks: enough to keep 64 threads busy; more would only add partials to merge.
 inline constexpr Index kMaxChunks = 64;
 
