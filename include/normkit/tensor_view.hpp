@@ -36,7 +36,8 @@ using scalar_t = std::remove_const_t<typename plain_t<X>::Scalar>;
 template <class X>
 std::array<Index, rank_v<X>> dims_of(const X& x) {
   std::array<Index, rank_v<X>> d{};
-  for (int i = 0; i < rank_v<X>; ++i) d[static_cast<std::size_t>(i)] = x.dimension(i);
+  // Through dimensions()[i]: Tensor::dimension takes a std::size_t, TensorMap::dimension an Index.
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = x.dimensions()[i];
   return d;
 }
 
