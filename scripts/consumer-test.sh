@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Check that normkit can be used from another CMake project, every supported way:
-#   1. configure (with Eigen alone: Catch2, Google Benchmark and oneDNN hidden from CMake) + build +
-#      install normkit into a temporary prefix, then build and run tests/consumer against it with
+#   1. configure normkit as if only Eigen were installed (Catch2 and Google Benchmark hidden from
+#      CMake; bench/ then never looks for oneDNN or OpenMP) and install it into a temporary prefix
+#      (nothing to build: header-only), then build and run tests/consumer against it with
 #      find_package (CMAKE_PREFIX_PATH);
 #   2. build and run tests/consumer with add_subdirectory(<this source tree>), then install it:
 #      its library links normkit::normkit PUBLIC and is installed with install(EXPORT), which
