@@ -89,12 +89,12 @@ bool untouched(const TensorLike& t) {
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> sentinel(const std::array<Index, R>& dims) {
+Eigen::Tensor<S, R, L> sentinel(const std::array<Index, static_cast<std::size_t>(R)>& dims) {
   return bnref::filled<S, R, L>(dims, static_cast<S>(kSentinel));
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> random_tensor(const std::array<Index, R>& dims, std::uint64_t seed) {
+Eigen::Tensor<S, R, L> random_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, std::uint64_t seed) {
   const auto dv = bnref::to_vec<R>(dims);
   return bnref::make_tensor<S, R, L>(dims, bnref::random_input(dv, R - 1, seed));
 }
@@ -497,7 +497,7 @@ namespace {
 // Constructs BatchNorm(C, o) and runs one training forward on x of `dims` (the channel at o's
 // channel_axis when that is in range); returns the invalid_argument message. y must stay unwritten.
 template <class T, int R>
-std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C, std::array<Index, R> dims) {
+std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C, std::array<Index, static_cast<std::size_t>(R)> dims) {
   auto x = random_tensor<T, R, kRow>(dims, 20);
   auto y = sentinel<T, R, kRow>(dims);
   const auto msg = invalid_argument_message([&] {
@@ -510,7 +510,7 @@ std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C,
 
 // The same, but the functor outlives the throw: its state must not change.
 template <class T, int R>
-std::string batch_norm_axis_error(Index channel_axis, Index C, std::array<Index, R> dims) {
+std::string batch_norm_axis_error(Index channel_axis, Index C, std::array<Index, static_cast<std::size_t>(R)> dims) {
   normkit::BatchNormOptions o;
   o.channel_axis = channel_axis;
   std::string msg;

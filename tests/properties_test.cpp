@@ -1024,7 +1024,7 @@ Result run_at(Fn& fn, const std::array<Index, N>& dims, const Vec& x, const Vec&
   r.dx.assign(buf[3].data() + off[3], buf[3].data() + off[3] + n);
   r.mean = vec1(s.mean), r.mean_lo = vec1(s.mean_lo), r.rstd = vec1(s.rstd), r.dw = vec1(g.weight), r.db = vec1(g.bias);
   bool ok = true;
-  for (int which : {1, 3})
+  for (const std::size_t which : {1u, 3u})
     for (std::size_t k = 0; k < n + kGuard; ++k)
       if (k < off[which] || k >= off[which] + n) ok = ok && std::memcmp(&buf[which][k], &sentinel, sizeof(T)) == 0;
   *guards_ok = ok;

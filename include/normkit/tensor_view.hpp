@@ -102,8 +102,9 @@ struct writable<Y, std::enable_if_t<is_tensor_v<Y>>>
 template <class X>
 std::array<Index, rank_v<X>> dims_of(const X& x) {
   std::array<Index, rank_v<X>> d{};
+  // Through dimensions()[i]: Tensor::dimension takes a std::size_t, TensorMap::dimension an Index.
   if constexpr (is_tensor_v<X>)  // else: a rejected X (tensor_arg), whose build is failing anyway
-    for (std::size_t i = 0; i < d.size(); ++i) d[i] = x.dimension(i);
+    for (std::size_t i = 0; i < d.size(); ++i) d[i] = x.dimensions()[i];
   return d;
 }
 
