@@ -200,7 +200,7 @@ normkit::StateDict<float> state_with_prefix(const std::map<std::string, Entry>& 
 template <int R>
 Eigen::Tensor<float, R, Eigen::RowMajor> tensor(const Entry& e) {  // PyTorch's contiguous = RowMajor
   if (e.shape.size() != R) throw std::runtime_error("unexpected rank");
-  std::array<Eigen::Index, R> dims;
+  std::array<Eigen::Index, static_cast<std::size_t>(R)> dims;
   for (int i = 0; i < R; ++i) dims[static_cast<std::size_t>(i)] = e.shape[static_cast<std::size_t>(i)];
   Eigen::Tensor<float, R, Eigen::RowMajor> t(dims);
   for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<float>(e.values[static_cast<std::size_t>(i)]);
