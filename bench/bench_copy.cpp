@@ -41,6 +41,16 @@ void copy_loop(const float* __restrict src, float* __restrict dst, Index n) {
     _mm256_storeu_ps(dst + i + 16, c);
     _mm256_storeu_ps(dst + i + 24, d);
   }
+#elif defined(__SSE2__)
+  // An SSE build's ceiling is an SSE copy, not the scalar tail loop below.
+  for (; i + 16 <= n; i += 16) {
+    const __m128 a = _mm_loadu_ps(src + i), b = _mm_loadu_ps(src + i + 4);
+    const __m128 c = _mm_loadu_ps(src + i + 8), d = _mm_loadu_ps(src + i + 12);
+    _mm_storeu_ps(dst + i, a);
+    _mm_storeu_ps(dst + i + 4, b);
+    _mm_storeu_ps(dst + i + 8, c);
+    _mm_storeu_ps(dst + i + 12, d);
+  }
 #endif
   for (; i < n; ++i) {
     dst[i] = src[i];

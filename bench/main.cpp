@@ -314,15 +314,48 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
   return cases;
 }
 
+// The packets every translation unit of this binary was compiled for: what the ISA label
+// (NKBENCH_MARCH, from NORMKIT_BENCH_MARCH) means on this build.
+std::string simd_description() {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  const char* isa = "AVX-512";
+#elif defined(EIGEN_VECTORIZE_AVX2) && defined(EIGEN_VECTORIZE_FMA)
+  const char* isa = "AVX2+FMA";
+#elif defined(EIGEN_VECTORIZE_AVX)
+  const char* isa = "AVX";
+#elif defined(EIGEN_VECTORIZE_SSE4_2)
+  const char* isa = "SSE4.2";
+#elif defined(EIGEN_VECTORIZE_SSE2)
+  const char* isa = "SSE2";
+#elif defined(EIGEN_VECTORIZE_NEON)
+  const char* isa = "NEON";
+#else
+  const char* isa = "no SIMD";
+#endif
+  const int floats = Eigen::internal::packet_traits<float>::size;
+  return std::string(isa) + ", " + std::to_string(floats) + " floats per packet";
+}
+
 }  // namespace
 
 }  // namespace nkbench
+
+#ifndef NKBENCH_MARCH
+#define NKBENCH_MARCH "unknown"  // bench/CMakeLists.txt always defines it
+#endif
 
 int main(int argc, char** argv) {
   using namespace nkbench;
   const std::vector<int> threads = thread_counts();
   g_max_threads = *std::max_element(threads.begin(), threads.end());
 
+  // report.py makes one set of tables per normkit_march.
+  benchmark::AddCustomContext("normkit_march", NKBENCH_MARCH);
+  benchmark::AddCustomContext("normkit_simd", simd_description());
+  // oneDNN dispatches on the CPU at run time; this caps it (scripts/bench-isa.sh sets it per ISA).
+  for (const char* var : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+    if (const char* value = std::getenv(var)) benchmark::AddCustomContext(var, value);
+  }
   benchmark::AddCustomContext("normkit_available", normkit_available() ? "yes" : "no");
   benchmark::AddCustomContext("onednn_available", onednn_available() ? "yes" : "no");
   benchmark::AddCustomContext("bytes_convention",

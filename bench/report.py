@@ -3,6 +3,15 @@
 
 Usage:
   python3 bench/report.py results.json [torch.json ...] [--md report.md] [--png report.png]
+  python3 bench/report.py bench-native.json bench-x86-64-v3.json bench-x86-64-v2.json torch.json ...
+  python3 bench/report.py native=old-results.json avx2=other.json ...
+
+One set of tables per ISA: a normkit_bench JSON names the -march it was built for in its context
+(normkit_march, from NORMKIT_BENCH_MARCH; see scripts/bench-isa.sh); LABEL=path sets or overrides
+it (JSON from binaries older than that field count as "native"). torch_bench.py JSON without a
+label joins every ISA's tables: PyTorch, like oneDNN, picks its kernels at run time from the CPU,
+not from normkit's -march. With more than one ISA, a first table puts each case's normkit GB/s and
+fraction of copy side by side per ISA, and --png writes one plot per ISA (report-<isa>.png).
 
 Python 3 standard library only; the PNG is drawn by gnuplot (pngcairo, else png terminal) through
 subprocess, and skipped with a note when gnuplot is missing.
@@ -53,8 +62,7 @@ def load(paths):
     """-> ({name: bytes_per_second}, [context dicts])"""
     medians, samples, contexts = {}, {}, []
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
+        data = read_json(path)
         contexts.append(data.get("context", {}))
         for e in data.get("benchmarks", []):
             if e.get("error_occurred"):
@@ -71,6 +79,37 @@ def load(paths):
     for name, v in samples.items():
         medians.setdefault(name, statistics.median(v))
     return medians, contexts
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def split_label(arg):
+    """'avx2=results.json' -> ('avx2', 'results.json'); a plain path -> (None, path)."""
+    label, sep, path = arg.partition("=")
+    if sep and label and not os.path.exists(arg):
+        return label, path
+    return None, arg
+
+
+def isa_groups(args):
+    """Input arguments -> [(isa label, [paths])] in order of first appearance. Files from
+    torch_bench.py without a label go into every group."""
+    groups, shared = {}, []
+    for arg in args:
+        label, path = split_label(arg)
+        ctx = read_json(path).get("context", {})
+        if label is None:
+            if ctx.get("executable") == "torch_bench.py":
+                shared.append(path)
+                continue
+            label = ctx.get("normkit_march", "native")
+        groups.setdefault(label, []).append(path)
+    if not groups and shared:
+        groups["native"] = []
+    return [(label, paths + shared) for label, paths in groups.items()]
 
 
 SCALE_SUFFIX = re.compile(r"x(\d+(?:\.\d+)?e-?\d+)$")
@@ -164,11 +203,11 @@ def fmt_ratio(a, b):
     return "%.2fx" % (a / b)
 
 
-def moments_table(moments):
+def moments_table(moments, h="##"):
     """The Moments/... group: GB/s and the ratio to run_one_pass on the unscaled rows."""
     if not moments:
         return []
-    out = ["## Moments (statistics of each row, no output written)\n",
+    out = ["%s Moments (statistics of each row, no output written)\n" % h,
            "Bytes per call = the rows read once. run_one_pass: the shifted one-pass moments alone; "
            "run_moments: the same plus the range check (and, on rows whose squares leave float's range, "
            "max|x| and two more passes on rescaled data); run_max_abs: that extra sweep alone.\n",
@@ -185,7 +224,7 @@ def moments_table(moments):
     return out
 
 
-def scaled_table(cases):
+def scaled_table(cases, h="##"):
     """Cases with scaled inputs (shape suffix x<scale>) against the same case on ordinary data."""
     rows = []
     for k in sorted(cases, key=sort_key):
@@ -202,41 +241,57 @@ def scaled_table(cases):
             rows.append("| " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["## Scaled inputs\n",
+    return ["%s Scaled inputs\n" % h,
             "The same case on inputs multiplied by the scale (whose squares overflow the type): "
             "the statistics take their rescaled path on every row.\n",
             "| case | dtype | shape | scale | thr | impl | ordinary GB/s | scaled GB/s | time scaled / ordinary |",
             "|---|---|---|---|---|---|---:|---:|---:|"] + rows + [""]
 
 
-def markdown(cases, contexts, sources, moments=None):
-    model, cores = machine_line()
-    ctx = contexts[0] if contexts else {}
+def run_lines(contexts, sources):
+    """Where and how one ISA's numbers were made."""
+    ctx = next((c for c in contexts if "normkit_march" in c), contexts[0] if contexts else {})
     out = []
-    out.append("# normkit benchmark report\n")
-    out.append("- Machine: %s, %s logical cores (/proc/cpuinfo of the machine running report.py)" % (model, cores))
+    if "normkit_march" in ctx:
+        cap = ctx.get("ONEDNN_MAX_CPU_ISA") or ctx.get("DNNL_MAX_CPU_ISA")
+        out.append("- Build: normkit_bench -march=%s (%s); oneDNN %s" % (
+            ctx["normkit_march"], ctx.get("normkit_simd", "?"),
+            "capped at %s (ONEDNN_MAX_CPU_ISA)" % cap if cap else "picks its kernels from the CPU at run time"))
     if ctx:
         caches = ", ".join("L%d%s %d KiB" % (c.get("level", 0), {"Data": "d", "Instruction": "i"}.get(c.get("type"), ""),
                                               c.get("size", 0) // 1024) for c in ctx.get("caches", []))
         out.append("- Benchmark run: %s on %s (%s CPUs, %s MHz; caches %s; load average %s)" % (
             ctx.get("date", "?"), ctx.get("host_name", "?"), ctx.get("num_cpus", "?"), ctx.get("mhz_per_cpu", "?"),
             caches or "?", ", ".join("%.2f" % x for x in ctx.get("load_avg", [])) or "?"))
-    out.append("- Report generated: %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     out.append("- Inputs: %s" % ", ".join(sources))
+    return out
+
+
+def markdown_head():
+    model, cores = machine_line()
+    out = []
+    out.append("# normkit benchmark report\n")
+    out.append("- Machine: %s, %s logical cores (/proc/cpuinfo of the machine running report.py)" % (model, cores))
+    out.append("- Report generated: %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
     out.append("- GB/s = bytes per call / median real time, 1 GB = 1e9 B. Bytes per call: forward and eval read x "
                "and write y; backward reads x and dy and writes dx (parameters and statistics not counted). "
                "BatchNorm training forward is charged x once + y, although it must read x twice unless x stays in cache.")
     out.append("- copy = best of loop / non-temporal / memcpy copy (forward) or of loop / non-temporal "
                "`a = b + c` (backward) moving the same bytes with the same threads: the memory-bandwidth ceiling. "
                "Ratios are normkit / baseline: > 1 means normkit is faster; normkit/copy is the fraction of the ceiling.")
-    out.append("")
+    return out
+
+
+def markdown(cases, moments=None, h="##"):
+    """The tables of one ISA; h is the heading level of each table."""
+    out = []
     groups = {}
     for k in sorted(cases, key=sort_key):
         groups.setdefault((k[0], k[1]), []).append(k)
     present = {impl for v in cases.values() for impl in v}
     shown = [b for b in BASELINES if b in present]
     for (op, d), keys in groups.items():
-        out.append("## %s %s\n" % (op, d))
+        out.append("%s %s %s\n" % (h, op, d))
         head = ["shape", "dtype", "thr", "normkit GB/s"] + ["%s GB/s" % b for b in shown] + \
                ["nk/%s" % b for b in shown]
         out.append("| " + " | ".join(head) + " |")
@@ -253,20 +308,40 @@ def markdown(cases, contexts, sources, moments=None):
             row += [fmt_ratio(nk, v.get(b)) for b in shown]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
-    out += scaled_table(cases)
-    out += moments_table(moments or {})
+    out += scaled_table(cases, h)
+    out += moments_table(moments or {}, h)
     # Summary: the slowest normkit cases relative to the copy ceiling.
     rel = [(cases[k]["normkit"] / cases[k]["copy"], k) for k in cases
            if cases[k].get("normkit") and cases[k].get("copy")]
     if rel:
         rel.sort()
-        out.append("## Furthest from the copy ceiling\n")
+        out.append("%s Furthest from the copy ceiling\n" % h)
         out.append("| case | normkit/copy |")
         out.append("|---|---:|")
         for r, k in rel[:10]:
             out.append("| %s | %.2fx |" % ("/".join(k), r))
         out.append("")
-    return "\n".join(out)
+    return out
+
+
+def side_by_side(per_isa):
+    """One row per case: normkit GB/s and fraction of copy for each ISA (same binary's copy)."""
+    labels = [label for label, _ in per_isa]
+    keys = sorted({k for _, cases in per_isa for k in cases if cases[k].get("normkit")}, key=sort_key)
+    out = ["## normkit per ISA\n",
+           "normkit GB/s, and in parentheses the fraction of the copy ceiling measured by the same binary "
+           "(copy kernels built for the same ISA).\n",
+           "| case | dtype | thr | " + " | ".join(labels) + " |",
+           "|---|---|---|" + "---:|" * len(labels)]
+    for k in keys:
+        cells = []
+        for _, cases in per_isa:
+            v = cases.get(k, {})
+            nk, copy = v.get("normkit"), v.get("copy")
+            cells.append("—" if nk is None else fmt_gbs(nk) + (" (%.2f)" % (nk / copy) if copy else ""))
+        out.append("| %s %s %s | %s | %s | %s |" % (k[0], k[1], k[3], k[2], k[4].lstrip("t"), " | ".join(cells)))
+    out.append("")
+    return out
 
 
 def plot(cases, png):
@@ -337,22 +412,44 @@ def plot(cases, png):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", nargs="+", help="normkit_bench JSON, then optionally torch_bench.py JSON")
+    ap.add_argument("json", nargs="+", help="normkit_bench JSON (one per ISA, or LABEL=path), then optionally "
+                    "torch_bench.py JSON")
     ap.add_argument("--md", help="also write the markdown to this file")
     ap.add_argument("--png", help="write a GB/s plot (gnuplot) to this PNG file")
     args = ap.parse_args()
-    results, contexts = load(args.json)
-    cases = organise(results)
-    if not cases:
+    per_isa = []  # (label, cases, moments, contexts, paths)
+    for label, paths in isa_groups(args.json):
+        results, contexts = load(paths)
+        cases = organise(results)
+        if cases:
+            per_isa.append((label, cases, organise_moments(results), contexts, paths))
+    if not per_isa:
         print("report.py: no normalization cases with bytes_per_second found", file=sys.stderr)
         return 1
-    md = markdown(cases, contexts, [os.path.basename(p) for p in args.json], organise_moments(results))
+    out = markdown_head()
+    if len(per_isa) == 1:
+        label, cases, moments, contexts, paths = per_isa[0]
+        out += run_lines(contexts, [os.path.basename(p) for p in paths]) + [""]
+        out += markdown(cases, moments)
+    else:
+        out += [""] + side_by_side([(label, cases) for label, cases, _, _, _ in per_isa])
+        for label, cases, moments, contexts, paths in per_isa:
+            out.append("## ISA: %s\n" % label)
+            out += run_lines(contexts, [os.path.basename(p) for p in paths]) + [""]
+            out += markdown(cases, moments, "###")
+    md = "\n".join(out)
     print(md)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md + "\n")
-    if args.png and plot(cases, args.png):
-        print("\nPlot written to %s" % args.png, file=sys.stderr)
+    if args.png:
+        for label, cases, _, _, _ in per_isa:
+            png = args.png
+            if len(per_isa) > 1:
+                root, ext = os.path.splitext(args.png)
+                png = "%s-%s%s" % (root, re.sub(r"[^A-Za-z0-9_.-]", "_", label), ext or ".png")
+            if plot(cases, png):
+                print("\nPlot written to %s" % png, file=sys.stderr)
     return 0
 
 

@@ -3,13 +3,16 @@
 #   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2
 #                                     (+ clang-N when CXX is clang++-N)
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
+#   scripts/install-deps.sh --cross   also g++-aarch64-linux-gnu and qemu-user (scripts/test-aarch64.sh)
 set -euo pipefail
 
 bench=0
+cross=0
 for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
-    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+    --cross) cross=1 ;;
+    *) echo "usage: $0 [--bench] [--cross]" >&2; exit 2 ;;
   esac
 done
 
@@ -22,6 +25,10 @@ optional=()
 if [[ $bench == 1 ]]; then
   required+=(libbenchmark-dev)
   optional+=(libdnnl-dev gnuplot-nox)   # comparison and plots only: never fail for them
+fi
+if [[ $cross == 1 ]]; then
+  # Eigen and Catch2 are header-only: the host's packages above serve the cross build too.
+  required+=(g++-aarch64-linux-gnu qemu-user)
 fi
 
 installed() { dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'; }

@@ -170,7 +170,8 @@ EIGEN_STRONG_INLINE void store(T* p, const P& v, bool stream) {
   constexpr std::size_t bytes = sizeof(T) * width<A>;
   if (stream && reinterpret_cast<std::uintptr_t>(p) % bytes == 0) {
     if constexpr (std::is_same_v<A, T>) {
-      constexpr bool is_float = std::is_same_v<T, float>;
+      // Unused where no branch below exists (NEON, no SIMD): those targets store ordinarily.
+      [[maybe_unused]] constexpr bool is_float = std::is_same_v<T, float>;
 #if defined(EIGEN_VECTORIZE_AVX512)
       if constexpr (bytes == 64) {
         if constexpr (is_float) _mm512_stream_ps(p, v);
