@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages normkit needs, only those missing.
-#   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2
+#   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2, and Open MPI
+#                                     (libopenmpi-dev openmpi-bin) for SyncBatchNorm's tests under mpirun
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
 set -euo pipefail
 
@@ -12,7 +13,7 @@ for arg in "$@"; do
   esac
 done
 
-required=(cmake g++ make libeigen3-dev catch2)
+required=(cmake g++ make libeigen3-dev catch2 libopenmpi-dev openmpi-bin)
 optional=()
 if [[ $bench == 1 ]]; then
   required+=(libbenchmark-dev)
