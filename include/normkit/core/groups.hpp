@@ -685,9 +685,10 @@ void moments_groups(const Exec& exec, const T* x, const GroupShape& s, bool cent
   if (s.outer * s.groups * s.inner == 0) return;
   const detail::Chunking ch = detail::chunking<A>(exec, s);
   if (s.inner > 1) {  // row shape: group g is `outer` runs of `inner` values
+    // In memory order (o outer) for the prefetchers; each group still merges its runs in order o.
     detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
-      for (Index g = g0; g < g1; ++g)
-        for (Index o = 0; o < s.outer; ++o)
+      for (Index o = 0; o < s.outer; ++o)
+        for (Index g = g0; g < g1; ++g)
           m[g] = merge(m[g], detail::run_moments<A>(x + (o * s.groups + g) * s.inner, s.inner, centered));
     });
     return;
