@@ -3,7 +3,8 @@
 //
 // Needs <mpi.h> (CMake: link normkit::mpi). The interface is BatchNorm's (batch_norm.hpp), built as
 //     normkit::SyncBatchNorm<float> bn(C, MPI_COMM_WORLD);     // every rank, the same C and options
-// and every rank must call forward and backward together (they are collective). In training:
+// and every rank must call forward and backward together, in the same mode (training forwards and
+// backwards of Synced statistics are collective; eval forwards are local). In training:
 //   forward   each rank takes its channels' (count, mean, M2) from its own slice (any N, even 0),
 //             then one small all-gather checks C and sums the counts, and one all-gather of 4C
 //             values per rank shares the moments; every rank merges them in rank order with the
@@ -129,10 +130,10 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
   }
 
  private:
-  int ranks() const {
+  std::size_t ranks() const {
     int n = 0;
     detail::check_mpi(MPI_Comm_size(comm_, &n), "SyncBatchNorm", "MPI_Comm_size");
-    return n;
+    return static_cast<std::size_t>(n);
   }
 
   template <class Exec, class X, class Y>
@@ -152,12 +153,11 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     }, error);
 
     // Collective 1, fixed size: every rank's checks, channel count and number of values per channel.
-    const int P_ = ranks();
+    const std::size_t P_ = ranks();
     std::int64_t mine[3] = {code, static_cast<std::int64_t>(C), static_cast<std::int64_t>(s.group_size())};
-    std::vector<std::int64_t> all(static_cast<std::size_t>(3 * P_));
+    std::vector<std::int64_t> all(3 * P_), codes(P_), channels(P_), counts(P_);
     detail::check_mpi(MPI_Allgather(mine, 3, MPI_INT64_T, all.data(), 3, MPI_INT64_T, comm_), where, "MPI_Allgather");
-    std::vector<std::int64_t> codes(static_cast<std::size_t>(P_)), channels(codes), counts(codes);
-    for (int r = 0; r < P_; ++r) codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
+    for (std::size_t r = 0; r < P_; ++r) codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
     detail::throw_if_any_failed(where, codes, error);
     detail::check_same_channels(where, channels);
     std::int64_t total = 0;
@@ -168,10 +168,11 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     // Collective 2: every rank's per-channel moments, merged in rank order.
     std::vector<Moments<A>> local(static_cast<std::size_t>(C));
     core::moments_groups<A>(exec, x.data(), s, true, local.data());
-    std::vector<A> send(static_cast<std::size_t>(4 * C)), recv(static_cast<std::size_t>(4 * C * P_));
+    std::vector<A> send(static_cast<std::size_t>(4 * C)), recv(send.size() * P_);
     for (Index c = 0; c < C; ++c) {
-      const Moments<A>& m = local[static_cast<std::size_t>(c)];
-      send[4 * c] = m.mean, send[4 * c + 1] = m.mean_lo, send[4 * c + 2] = m.m2, send[4 * c + 3] = static_cast<A>(m.exp2);
+      const Moments<A>& m = local.data()[c];
+      A* out = send.data() + 4 * c;
+      out[0] = m.mean, out[1] = m.mean_lo, out[2] = m.m2, out[3] = static_cast<A>(m.exp2);
     }
     detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(4 * C), detail::mpi_type<A>(), recv.data(),
                                     static_cast<int>(4 * C), detail::mpi_type<A>(), comm_),
@@ -183,8 +184,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     Eigen::Tensor<A, 1> var(C);
     for (Index c = 0; c < C; ++c) {
       Moments<A> m;
-      for (int r = 0; r < P_; ++r) {
-        const A* v = recv.data() + (std::size_t(r) * std::size_t(C) + std::size_t(c)) * 4;
+      for (std::size_t r = 0; r < P_; ++r) {
+        const A* v = recv.data() + send.size() * r + 4 * c;
         m = merge_moments(m, Moments<A>{static_cast<Index>(counts[r]), v[0], v[1], v[2], static_cast<int>(v[3])});
       }
       stats.mean(c) = m.mean, stats.mean_lo(c) = m.mean_lo, var(c) = core::variance(m);
@@ -232,16 +233,16 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
 
     // The one collective: checks, count and the two sums of every rank, added in rank order (in
     // double: exact for float sums and for counts, then rounded once to A).
-    const int P_ = ranks();
-    const std::size_t len = std::size_t(2 * C + 3);
-    std::vector<double> send(len), recv(len * std::size_t(P_));
-    send[0] = static_cast<double>(code), send[1] = static_cast<double>(C), send[2] = static_cast<double>(s.group_size());
-    for (Index c = 0; c < C; ++c) send[3 + c] = sum_dy[c], send[3 + C + c] = sum_dy_xhat[c];
+    const std::size_t P_ = ranks(), len = static_cast<std::size_t>(2 * C + 3);
+    std::vector<double> send(len), recv(len * P_);
+    double* mine = send.data();
+    mine[0] = static_cast<double>(code), mine[1] = static_cast<double>(C), mine[2] = static_cast<double>(s.group_size());
+    for (Index c = 0; c < C; ++c) mine[3 + c] = sum_dy.data()[c], mine[3 + C + c] = sum_dy_xhat.data()[c];
     detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(len), MPI_DOUBLE, recv.data(), static_cast<int>(len),
                                     MPI_DOUBLE, comm_),
                       where, "MPI_Allgather");
-    std::vector<std::int64_t> codes(static_cast<std::size_t>(P_)), channels(codes);
-    for (int r = 0; r < P_; ++r)
+    std::vector<std::int64_t> codes(P_), channels(P_);
+    for (std::size_t r = 0; r < P_; ++r)
       codes[r] = static_cast<std::int64_t>(recv[len * r]), channels[r] = static_cast<std::int64_t>(recv[len * r + 1]);
     detail::throw_if_any_failed(where, codes, error);
     detail::check_same_channels(where, channels);
@@ -249,10 +250,13 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     std::vector<A> total_dy(static_cast<std::size_t>(C)), total_dy_xhat(total_dy);
     for (Index c = 0; c < C; ++c) {
       double g = 0, gx = 0;
-      for (int r = 0; r < P_; ++r) g += recv[len * r + 3 + c], gx += recv[len * r + 3 + C + c];
-      total_dy[c] = static_cast<A>(g), total_dy_xhat[c] = static_cast<A>(gx);
+      for (std::size_t r = 0; r < P_; ++r) {
+        const double* in = recv.data() + len * r;
+        g += in[3 + c], gx += in[3 + C + c];
+      }
+      total_dy.data()[c] = static_cast<A>(g), total_dy_xhat.data()[c] = static_cast<A>(gx);
     }
-    for (int r = 0; r < P_; ++r) total += static_cast<std::int64_t>(recv[len * r + 2]);
+    for (std::size_t r = 0; r < P_; ++r) total += static_cast<std::int64_t>(recv[len * r + 2]);
 
     detail::OutputIn<detail::layout_v<X>, DX> out(dx);
     core::backward_dx_groups<A>(exec, x.data(), dyp, out.data(), s, this->params(), st, total_dy.data(),
@@ -261,7 +265,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     NormGrads<P> grads;
     if (this->options_.affine) {
       grads.weight.resize(C), grads.bias.resize(C);
-      for (Index c = 0; c < C; ++c) grads.weight(c) = static_cast<P>(sum_dy_xhat[c]), grads.bias(c) = static_cast<P>(sum_dy[c]);
+      for (Index c = 0; c < C; ++c)
+        grads.weight(c) = static_cast<P>(sum_dy_xhat.data()[c]), grads.bias(c) = static_cast<P>(sum_dy.data()[c]);
     }
     return grads;
   }

@@ -809,8 +809,10 @@ void backward_sums_groups(const Exec& exec, const T* x, const T* dy, const Group
       for (Index g = c0; g < c1; ++g) g_sum[g] += g_block[g], gx_sum[g] += gx_block[g];
     }
   });
-  for (Index j = 0; j < cc.chunks; ++j)
-    for (Index g = 0; g < G; ++g) sum_dy[g] += part[4 * j * G + g], sum_dy_xhat[g] += part[4 * j * G + G + g];
+  for (Index j = 0; j < cc.chunks; ++j) {
+    const A* chunk = part.data() + 4 * j * G;
+    for (Index g = 0; g < G; ++g) sum_dy[g] += chunk[g], sum_dy_xhat[g] += chunk[G + g];
+  }
 }
 
 // The dx half of backward_groups with batch statistics, from sums over a batch of `count` values per
