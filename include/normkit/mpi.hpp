@@ -136,6 +136,81 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     return static_cast<std::size_t>(n);
   }
 
+  // Collective 1, fixed size: every rank's check result, C and values per channel. Throws on every
+  // rank when any rank's checks failed or C differs; returns every rank's count.
+  std::vector<std::int64_t> share_checks(const std::string& where, std::int64_t code, const std::exception_ptr& error,
+                                         Index count) const {
+    const std::size_t P_ = ranks();
+    std::int64_t mine[3] = {code, static_cast<std::int64_t>(this->channels_), static_cast<std::int64_t>(count)};
+    std::vector<std::int64_t> all(3 * P_), codes(P_), channels(P_), counts(P_);
+    detail::check_mpi(MPI_Allgather(mine, 3, MPI_INT64_T, all.data(), 3, MPI_INT64_T, comm_), where, "MPI_Allgather");
+    for (std::size_t r = 0; r < P_; ++r) codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
+    detail::throw_if_any_failed(where, codes, error);
+    detail::check_same_channels(where, channels);
+    return counts;
+  }
+
+  // Collective 2: every rank's per-channel moments (4C values each), merged in rank order with the
+  // core's Chan update into the statistics of the whole batch: the same bits on every rank.
+  void merge_ranks(const std::string& where, const std::vector<Moments<A>>& local, const std::vector<std::int64_t>& counts,
+                   NormStats<T>& stats, Eigen::Tensor<A, 1>& var) const {
+    const Index C = this->channels_;
+    std::vector<A> send(static_cast<std::size_t>(4 * C)), recv(send.size() * counts.size());
+    for (Index c = 0; c < C; ++c) {
+      const Moments<A>& m = local.data()[c];
+      A* out = send.data() + 4 * c;
+      out[0] = m.mean, out[1] = m.mean_lo, out[2] = m.m2, out[3] = static_cast<A>(m.exp2);
+    }
+    detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(4 * C), detail::mpi_type<A>(), recv.data(),
+                                    static_cast<int>(4 * C), detail::mpi_type<A>(), comm_),
+                      where, "MPI_Allgather");
+    stats.source = StatsSource::Synced;
+    stats.mean.resize(C), stats.mean_lo.resize(C), stats.rstd.resize(C);
+    for (Index c = 0; c < C; ++c) {
+      Moments<A> m;
+      for (std::size_t r = 0; r < counts.size(); ++r) {
+        const A* v = recv.data() + send.size() * r + 4 * c;
+        m = merge_moments(m, Moments<A>{static_cast<Index>(counts[r]), v[0], v[1], v[2], static_cast<int>(v[3])});
+      }
+      stats.mean(c) = m.mean, stats.mean_lo(c) = m.mean_lo, var(c) = core::variance(m);
+      stats.rstd(c) = core::detail::group_rstd(m, this->options_.eps, true);
+    }
+  }
+
+  // Backward's one collective: every rank's check result, C, count and two sums per channel (2C + 3
+  // doubles), the sums added in rank order (in double: exact for float sums and for counts, then
+  // rounded once to A) on every rank. Throws on every rank as share_checks does; returns the count.
+  Index sum_ranks(const std::string& where, std::int64_t code, const std::exception_ptr& error, Index count,
+                  std::vector<A>& sum_dy, std::vector<A>& sum_dy_xhat) const {
+    const Index C = this->channels_;
+    const std::size_t P_ = ranks(), len = static_cast<std::size_t>(2 * C + 3);
+    std::vector<double> send(len), recv(len * P_);
+    double* mine = send.data();
+    mine[0] = static_cast<double>(code), mine[1] = static_cast<double>(C), mine[2] = static_cast<double>(count);
+    for (Index c = 0; c < C; ++c) mine[3 + c] = sum_dy.data()[c], mine[3 + C + c] = sum_dy_xhat.data()[c];
+    detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(len), MPI_DOUBLE, recv.data(), static_cast<int>(len),
+                                    MPI_DOUBLE, comm_),
+                      where, "MPI_Allgather");
+    std::vector<std::int64_t> codes(P_), channels(P_);
+    std::int64_t total = 0;
+    for (std::size_t r = 0; r < P_; ++r) {
+      const double* in = recv.data() + len * r;
+      codes[r] = static_cast<std::int64_t>(in[0]), channels[r] = static_cast<std::int64_t>(in[1]);
+      total += static_cast<std::int64_t>(in[2]);
+    }
+    detail::throw_if_any_failed(where, codes, error);
+    detail::check_same_channels(where, channels);
+    for (Index c = 0; c < C; ++c) {
+      double g = 0, gx = 0;
+      for (std::size_t r = 0; r < P_; ++r) {
+        const double* in = recv.data() + len * r;
+        g += in[3 + c], gx += in[3 + C + c];
+      }
+      sum_dy.data()[c] = static_cast<A>(g), sum_dy_xhat.data()[c] = static_cast<A>(gx);
+    }
+    return static_cast<Index>(total);
+  }
+
   template <class Exec, class X, class Y>
   NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) {
     if (!this->training_) return this->forward_local(exec, x, y);  // eval: nothing to share
@@ -152,45 +227,17 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
       this->check_params(where);
     }, error);
 
-    // Collective 1, fixed size: every rank's checks, channel count and number of values per channel.
-    const std::size_t P_ = ranks();
-    std::int64_t mine[3] = {code, static_cast<std::int64_t>(C), static_cast<std::int64_t>(s.group_size())};
-    std::vector<std::int64_t> all(3 * P_), codes(P_), channels(P_), counts(P_);
-    detail::check_mpi(MPI_Allgather(mine, 3, MPI_INT64_T, all.data(), 3, MPI_INT64_T, comm_), where, "MPI_Allgather");
-    for (std::size_t r = 0; r < P_; ++r) codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
-    detail::throw_if_any_failed(where, codes, error);
-    detail::check_same_channels(where, channels);
+    const std::vector<std::int64_t> counts = share_checks(where, code, error, s.group_size());
     std::int64_t total = 0;
     for (const std::int64_t n : counts) total += n;
     if (total == 1)
       detail::throw_invalid(where, "expected more than 1 value per channel over all ranks when training, got 1");
 
-    // Collective 2: every rank's per-channel moments, merged in rank order.
     std::vector<Moments<A>> local(static_cast<std::size_t>(C));
     core::moments_groups<A>(exec, x.data(), s, true, local.data());
-    std::vector<A> send(static_cast<std::size_t>(4 * C)), recv(send.size() * P_);
-    for (Index c = 0; c < C; ++c) {
-      const Moments<A>& m = local.data()[c];
-      A* out = send.data() + 4 * c;
-      out[0] = m.mean, out[1] = m.mean_lo, out[2] = m.m2, out[3] = static_cast<A>(m.exp2);
-    }
-    detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(4 * C), detail::mpi_type<A>(), recv.data(),
-                                    static_cast<int>(4 * C), detail::mpi_type<A>(), comm_),
-                      where, "MPI_Allgather");
-
     NormStats<T> stats;
-    stats.source = StatsSource::Synced;
-    stats.mean.resize(C), stats.mean_lo.resize(C), stats.rstd.resize(C);
     Eigen::Tensor<A, 1> var(C);
-    for (Index c = 0; c < C; ++c) {
-      Moments<A> m;
-      for (std::size_t r = 0; r < P_; ++r) {
-        const A* v = recv.data() + send.size() * r + 4 * c;
-        m = merge_moments(m, Moments<A>{static_cast<Index>(counts[r]), v[0], v[1], v[2], static_cast<int>(v[3])});
-      }
-      stats.mean(c) = m.mean, stats.mean_lo(c) = m.mean_lo, var(c) = core::variance(m);
-      stats.rstd(c) = core::detail::group_rstd(m, this->options_.eps, true);
-    }
+    merge_ranks(where, local, counts, stats, var);
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, this->params(),
                             core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()}, false);
@@ -231,36 +278,11 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
       core::backward_sums_groups<A>(exec, x.data(), dyp, s, this->params(), st, sum_dy.data(), sum_dy_xhat.data());
     }
 
-    // The one collective: checks, count and the two sums of every rank, added in rank order (in
-    // double: exact for float sums and for counts, then rounded once to A).
-    const std::size_t P_ = ranks(), len = static_cast<std::size_t>(2 * C + 3);
-    std::vector<double> send(len), recv(len * P_);
-    double* mine = send.data();
-    mine[0] = static_cast<double>(code), mine[1] = static_cast<double>(C), mine[2] = static_cast<double>(s.group_size());
-    for (Index c = 0; c < C; ++c) mine[3 + c] = sum_dy.data()[c], mine[3 + C + c] = sum_dy_xhat.data()[c];
-    detail::check_mpi(MPI_Allgather(send.data(), static_cast<int>(len), MPI_DOUBLE, recv.data(), static_cast<int>(len),
-                                    MPI_DOUBLE, comm_),
-                      where, "MPI_Allgather");
-    std::vector<std::int64_t> codes(P_), channels(P_);
-    for (std::size_t r = 0; r < P_; ++r)
-      codes[r] = static_cast<std::int64_t>(recv[len * r]), channels[r] = static_cast<std::int64_t>(recv[len * r + 1]);
-    detail::throw_if_any_failed(where, codes, error);
-    detail::check_same_channels(where, channels);
-    std::int64_t total = 0;
-    std::vector<A> total_dy(static_cast<std::size_t>(C)), total_dy_xhat(total_dy);
-    for (Index c = 0; c < C; ++c) {
-      double g = 0, gx = 0;
-      for (std::size_t r = 0; r < P_; ++r) {
-        const double* in = recv.data() + len * r;
-        g += in[3 + c], gx += in[3 + C + c];
-      }
-      total_dy.data()[c] = static_cast<A>(g), total_dy_xhat.data()[c] = static_cast<A>(gx);
-    }
-    for (std::size_t r = 0; r < P_; ++r) total += static_cast<std::int64_t>(recv[len * r + 2]);
-
+    std::vector<A> total_dy(sum_dy), total_dy_xhat(sum_dy_xhat);
+    const Index total = sum_ranks(where, code, error, s.group_size(), total_dy, total_dy_xhat);
     detail::OutputIn<detail::layout_v<X>, DX> out(dx);
     core::backward_dx_groups<A>(exec, x.data(), dyp, out.data(), s, this->params(), st, total_dy.data(),
-                                total_dy_xhat.data(), static_cast<Index>(total));
+                                total_dy_xhat.data(), total);
     out.commit();
     NormGrads<P> grads;
     if (this->options_.affine) {
