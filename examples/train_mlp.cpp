@@ -1,279 +1,28 @@
 // train_mlp — a small classifier trained by plain SGD, with normkit's LayerNorm or BatchNorm in it.
 //
-//   x (B x 2) -> Linear(2, 64)  -> Norm(64) -> ReLU
-//             -> Linear(64, 64) -> Norm(64) -> ReLU
-//             -> Linear(64, 4)  -> softmax cross-entropy
-//
-// Data: four interleaved spiral arms in the plane, one class per arm, generated from a fixed seed.
-// Everything except the norms is written out below as plain loops over Eigen matrices (row-major,
-// one sample per row), so each piece's math is on the page. The norms are normkit's, forward AND backward: the
-// matrices are handed to them as TensorMaps (no copy), and their weight()/bias() are updated by SGD
-// from the NormGrads that backward returns. BatchNorm trains in training mode (batch statistics)
-// and is evaluated in eval mode (running statistics).
+// The model, data and training loop are in mlp.hpp (shared with train_mlp_mpi, its data-parallel
+// twin): a 2-64-64-4 MLP with a norm after each hidden Linear, trained on four 2-D spiral arms.
+// BatchNorm trains in training mode (batch statistics) and is evaluated in eval mode (running
+// statistics).
 //
 // Usage: train_mlp [--norm=layer|batch]      (no flag: both, one after the other)
 // Exit status 1 if a run's last-epoch loss is not below 0.8 x its first-epoch loss.
-#include <normkit/normkit.hpp>
+#include "mlp.hpp"
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <exception>
-#include <random>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 namespace {
 
-using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;  // rows = samples
-using RowVec = Eigen::RowVectorXf;
-using Index = Eigen::Index;
+using namespace mlp;
 
-constexpr int kClasses = 4;
-constexpr int kHidden = 64;
-constexpr int kEpochs = 20;
-constexpr int kBatch = 40;
-constexpr float kLearningRate = 0.1f;
-
-// ----------------------------------------------------------------------------------------------
-// Random numbers: std::mt19937 is the same everywhere; the uniform/normal maps are written out
-// (the std:: distributions may differ between standard libraries).
-struct Rng {
-  std::mt19937 engine;
-  explicit Rng(std::uint32_t seed) : engine(seed) {}
-  float uniform() { return static_cast<float>(engine() >> 8) * (1.0f / 16777216.0f); }  // [0, 1)
-  float normal() {                                                                      // Box-Muller
-    const float u1 = 1.0f - uniform(), u2 = uniform();
-    return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
-  }
-};
-
-// ----------------------------------------------------------------------------------------------
-// Data: class k is the arm  r = t,  angle = k * 2pi/K + 4t + noise,  t in [0, 1).
-struct Dataset {
-  Mat x;               // n x 2
-  std::vector<int> y;  // n labels in [0, kClasses)
-};
-
-Dataset make_spirals(int per_class, std::uint32_t seed) {
-  Rng rng(seed);
-  Dataset d{Mat(per_class * kClasses, 2), std::vector<int>(static_cast<std::size_t>(per_class * kClasses))};
-  for (int k = 0; k < kClasses; ++k) {
-    for (int i = 0; i < per_class; ++i) {
-      const int n = k * per_class + i;
-      const float t = (static_cast<float>(i) + rng.uniform()) / static_cast<float>(per_class);
-      const float angle = static_cast<float>(k) * 6.2831853f / kClasses + 4.0f * t + 0.2f * rng.normal();
-      d.x(n, 0) = t * std::cos(angle);
-      d.x(n, 1) = t * std::sin(angle);
-      d.y[static_cast<std::size_t>(n)] = k;
-    }
-  }
-  return d;
-}
-
-// ----------------------------------------------------------------------------------------------
-// Linear: y = x W^T + b.   W is out x in, b is 1 x out.
-//   backward: dW = dy^T x,  db = sum over rows of dy,  dx = dy W.
-// The products are written as loops, as in llm.c: at these sizes they cost nothing, and the index
-// arithmetic is the documentation. (Before a BatchNorm the bias b is cancelled by the mean
-// subtraction, so its gradient is ~0; before a LayerNorm it is not. Kept in both for simplicity.)
-struct Linear {
-  Mat W, dW;
-  RowVec b, db;
-
-  Linear(int in, int out, Rng& rng) : W(out, in), dW(out, in), b(RowVec::Zero(out)), db(RowVec::Zero(out)) {
-    const float bound = 1.0f / std::sqrt(static_cast<float>(in));  // PyTorch's default init range
-    for (Index i = 0; i < W.size(); ++i) W.data()[i] = bound * (2.0f * rng.uniform() - 1.0f);
-  }
-  Mat forward(const Mat& x) const {
-    Mat y(x.rows(), W.rows());
-    for (Index r = 0; r < x.rows(); ++r)
-      for (Index o = 0; o < W.rows(); ++o) {
-        float sum = b(o);
-        for (Index i = 0; i < W.cols(); ++i) sum += x(r, i) * W(o, i);
-        y(r, o) = sum;
-      }
-    return y;
-  }
-  Mat backward(const Mat& x, const Mat& dy) {
-    Mat dx = Mat::Zero(x.rows(), x.cols());
-    dW.setZero();
-    db.setZero();
-    for (Index r = 0; r < x.rows(); ++r)
-      for (Index o = 0; o < W.rows(); ++o) {
-        const float g = dy(r, o);
-        db(o) += g;
-        for (Index i = 0; i < W.cols(); ++i) {
-          dW(o, i) += g * x(r, i);
-          dx(r, i) += g * W(o, i);
-        }
-      }
-    return dx;
-  }
-  void sgd(float lr) {
-    W -= lr * dW;
-    b -= lr * db;
-  }
-};
-
-// ReLU: y = max(x, 0);  dx = dy where x > 0, else 0.
-Mat relu(const Mat& x) {
-  Mat y(x.rows(), x.cols());
-  for (Index i = 0; i < x.size(); ++i) y.data()[i] = x.data()[i] > 0.0f ? x.data()[i] : 0.0f;
-  return y;
-}
-Mat relu_backward(const Mat& x, const Mat& dy) {
-  Mat dx(x.rows(), x.cols());
-  for (Index i = 0; i < x.size(); ++i) dx.data()[i] = x.data()[i] > 0.0f ? dy.data()[i] : 0.0f;
-  return dx;
-}
-
-// Softmax cross-entropy, averaged over the batch.
-//   p = softmax(logits row),  loss = -mean log p[label],  dlogits = (p - onehot(label)) / B.
-// Returns the summed loss (not the mean, so that epochs can average over samples); counts hits.
-double softmax_cross_entropy(const Mat& logits, const std::vector<int>& labels, Mat& dlogits, int& correct) {
-  const Index B = logits.rows(), K = logits.cols();
-  dlogits.resize(B, K);
-  double loss_sum = 0.0;
-  for (Index r = 0; r < B; ++r) {
-    const int label = labels[static_cast<std::size_t>(r)];
-    Index argmax = 0;  // the max is subtracted before exp, so exp cannot overflow
-    for (Index k = 1; k < K; ++k)
-      if (logits(r, k) > logits(r, argmax)) argmax = k;
-    float sum = 0.0f;
-    for (Index k = 0; k < K; ++k) sum += (dlogits(r, k) = std::exp(logits(r, k) - logits(r, argmax)));
-    for (Index k = 0; k < K; ++k) dlogits(r, k) /= sum;  // dlogits now holds p
-    loss_sum -= std::log(std::max(dlogits(r, label), 1e-30f));
-    correct += (argmax == label);
-    dlogits(r, label) -= 1.0f;
-    for (Index k = 0; k < K; ++k) dlogits(r, k) /= static_cast<float>(B);
-  }
-  return loss_sum;
-}
-
-// ----------------------------------------------------------------------------------------------
-// A normkit norm over the features of a (B x F) row-major matrix. The matrices are viewed as rank-2
-// RowMajor tensors in place; forward saves NormStats for backward, backward returns NormGrads.
-Eigen::TensorMap<const Eigen::Tensor<float, 2, Eigen::RowMajor>> as_tensor(const Mat& m) {
-  return {m.data(), m.rows(), m.cols()};
-}
-Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> as_tensor(Mat& m) { return {m.data(), m.rows(), m.cols()}; }
-
-template <class Norm>
-struct NormLayer {
-  Norm norm;
-  normkit::NormStats<float> stats;  // saved by forward for backward
-  normkit::NormGrads<float> grads;  // dweight, dbias from backward
-
-  explicit NormLayer(int features) : norm(features) {}
-  Mat forward(const Mat& x) {
-    Mat y(x.rows(), x.cols());
-    stats = norm.forward(as_tensor(x), as_tensor(y));
-    return y;
-  }
-  Mat backward(const Mat& x, const Mat& dy) {
-    Mat dx(x.rows(), x.cols());
-    grads = norm.backward(as_tensor(x), as_tensor(dy), stats, as_tensor(dx));
-    return dx;
-  }
-  void sgd(float lr) {
-    norm.weight() = norm.weight() - grads.weight * lr;
-    norm.bias() = norm.bias() - grads.bias * lr;
-  }
-  void train(bool on) {
-    if constexpr (std::is_same_v<Norm, normkit::BatchNorm<float>>) norm.train(on);  // LayerNorm has no modes
-    (void)on;
-  }
-};
-
-// ----------------------------------------------------------------------------------------------
-// The model. forward keeps every activation that backward needs.
-template <class Norm>
-struct MLP {
-  Linear fc1, fc2, fc3;
-  NormLayer<Norm> norm1, norm2;
-  Mat x, h1, a1, r1, h2, a2, r2;  // input, linear out, norm out, relu out (per hidden layer)
-
-  explicit MLP(Rng& rng)
-      : fc1(2, kHidden, rng), fc2(kHidden, kHidden, rng), fc3(kHidden, kClasses, rng), norm1(kHidden), norm2(kHidden) {}
-
-  Mat forward(const Mat& input) {
-    x = input;
-    h1 = fc1.forward(x);
-    a1 = norm1.forward(h1);
-    r1 = relu(a1);
-    h2 = fc2.forward(r1);
-    a2 = norm2.forward(h2);
-    r2 = relu(a2);
-    return fc3.forward(r2);  // logits
-  }
-  void backward(const Mat& dlogits) {
-    const Mat dr2 = fc3.backward(r2, dlogits);
-    const Mat dh2 = norm2.backward(h2, relu_backward(a2, dr2));
-    const Mat dr1 = fc2.backward(r1, dh2);
-    const Mat dh1 = norm1.backward(h1, relu_backward(a1, dr1));
-    fc1.backward(x, dh1);  // the gradient w.r.t. the input itself is not needed
-  }
-  void sgd(float lr) {
-    fc1.sgd(lr), fc2.sgd(lr), fc3.sgd(lr);
-    norm1.sgd(lr), norm2.sgd(lr);
-  }
-  void train(bool on) { norm1.train(on), norm2.train(on); }
-};
-
-// Loss and accuracy of the whole set in one forward pass (eval mode: BatchNorm uses running stats).
-template <class Norm>
-void evaluate(MLP<Norm>& model, const Dataset& d, double& loss, double& accuracy) {
-  model.train(false);
-  Mat dlogits;
-  int correct = 0;
-  loss = softmax_cross_entropy(model.forward(d.x), d.y, dlogits, correct) / static_cast<double>(d.x.rows());
-  accuracy = static_cast<double>(correct) / static_cast<double>(d.x.rows());
-}
-
-// ----------------------------------------------------------------------------------------------
+// Trains one model and checks that it learned something.
 template <class Norm>
 bool run(const char* name, const Dataset& train, const Dataset& test) {
-  std::printf("\n== MLP 2-%d-%d-%d with %s, SGD lr %.2g, batch %d, %zu train / %zu test points ==\n", kHidden, kHidden,
-              kClasses, name, static_cast<double>(kLearningRate), kBatch, train.y.size(), test.y.size());
-  std::printf("epoch  train loss  train acc  |  eval loss  eval acc\n");
-  Rng rng(3);
-  MLP<Norm> model(rng);
-  std::vector<Index> order(train.y.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<Index>(i);
-
-  double first_loss = 0.0, last_loss = 0.0;
-  for (int epoch = 1; epoch <= kEpochs; ++epoch) {
-    for (std::size_t i = order.size() - 1; i > 0; --i)  // Fisher-Yates shuffle
-      std::swap(order[i], order[rng.engine() % (i + 1)]);
-
-    model.train(true);
-    double loss_sum = 0.0;
-    int correct = 0;
-    Mat xb(kBatch, 2), dlogits;
-    std::vector<int> yb(kBatch);
-    for (std::size_t start = 0; start + kBatch <= order.size(); start += kBatch) {
-      for (int r = 0; r < kBatch; ++r) {
-        xb.row(r) = train.x.row(order[start + static_cast<std::size_t>(r)]);
-        yb[static_cast<std::size_t>(r)] = train.y[static_cast<std::size_t>(order[start + static_cast<std::size_t>(r)])];
-      }
-      const Mat logits = model.forward(xb);
-      loss_sum += softmax_cross_entropy(logits, yb, dlogits, correct);
-      model.backward(dlogits);
-      model.sgd(kLearningRate);
-    }
-    const std::size_t seen = order.size() / kBatch * kBatch;
-    const double train_loss = loss_sum / static_cast<double>(seen);
-    double eval_loss = 0.0, eval_acc = 0.0;
-    evaluate(model, test, eval_loss, eval_acc);
-    std::printf("%5d  %10.4f  %8.1f%%  |  %9.4f  %7.1f%%\n", epoch, train_loss,
-                100.0 * correct / static_cast<double>(seen), eval_loss, 100.0 * eval_acc);
-    if (epoch == 1) first_loss = train_loss;
-    last_loss = train_loss;
-  }
+  const std::vector<double> losses = mlp::train<Norm>(name, train, test, SingleProcess{});
+  const double first_loss = losses.front(), last_loss = losses.back();
   const bool fell = last_loss < 0.8 * first_loss;
   std::printf("%s: train loss %.4f -> %.4f (%s: must end below 0.8 x the first epoch's)\n", name, first_loss,
               last_loss, fell ? "ok" : "FAILED");

@@ -21,6 +21,14 @@ for name in worked_examples train_mlp load_torch_state; do
     ran=$((ran + 1))
   fi
 done
+# The data-parallel example needs mpirun and 2 ranks; as root Open MPI wants explicit consent.
+exe=$dir/examples/train_mlp_mpi
+if [[ -x $exe ]] && command -v mpirun >/dev/null; then
+  echo "== mpirun -n 2 $exe"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 \
+    OMPI_MCA_btl_vader_single_copy_mechanism=none mpirun -n 2 "$exe"
+  ran=$((ran + 1))
+fi
 echo "run-examples: ran $ran example(s)"
 
 bench=$dir/bench/normkit_bench

@@ -30,20 +30,25 @@
 #include "thread_pool.hpp"
 
 namespace normkit {
+namespace detail {
 
-template <class T, class P = T>
-class BatchNorm {
+// Everything of a BatchNorm but its public forward/backward: parameters, modes, state, the checks,
+// the running-statistics update and the local forward/backward. BatchNorm and SyncBatchNorm
+// (mpi.hpp) are this plus their own forward/backward; `name` heads their error messages.
+template <class T, class P>
+class BatchNormBase {
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
   static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
   using Index = Eigen::Index;
 
  public:
-  explicit BatchNorm(Index num_features, BatchNormOptions options = {}) : options_(options), channels_(num_features) {
-    if (num_features < 1) detail::throw_invalid("BatchNorm", "num_features must be >= 1, got " + std::to_string(num_features));
-    detail::check_eps("BatchNorm", options_.eps);
+  BatchNormBase(const char* name, Index num_features, BatchNormOptions options)
+      : name_(name), options_(options), channels_(num_features) {
+    if (num_features < 1) detail::throw_invalid(name_, "num_features must be >= 1, got " + std::to_string(num_features));
+    detail::check_eps(name_, options_.eps);
     if (options_.momentum && !(*options_.momentum >= 0 && *options_.momentum <= 1))
-      detail::throw_invalid("BatchNorm", "momentum must be in [0, 1] or nullopt, got " + detail::number_string(*options_.momentum));
+      detail::throw_invalid(name_, "momentum must be in [0, 1] or nullopt, got " + detail::number_string(*options_.momentum));
     if (options_.affine) {
       weight_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
       bias_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
@@ -77,7 +82,7 @@ class BatchNorm {
   }
   void load_state_dict(const StateDict<P>& state, bool strict = true) {
     std::int64_t* counter = options_.track_running_stats ? &num_batches_tracked_ : nullptr;
-    detail::load_state("BatchNorm::load_state_dict", slots_of(*this), state, counter, strict);
+    detail::load_state(std::string(name_) + "::load_state_dict", slots_of(*this), state, counter, strict);
   }
   void set_weight(const P* data, Index size) { set(0, "set_weight", data, size); }
   void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
@@ -88,37 +93,14 @@ class BatchNorm {
   void set_running_var(const P* data, Index size) { set(3, "set_running_var", data, size); }
   void set_running_var(const std::vector<P>& v) { set_running_var(v.data(), static_cast<Index>(v.size())); }
   void set_num_batches_tracked(std::int64_t count) {
+    const std::string where = std::string(name_) + "::set_num_batches_tracked";
     if (!options_.track_running_stats)
-      detail::throw_invalid("BatchNorm::set_num_batches_tracked", "this BatchNorm does not track running statistics");
-    if (count < 0)
-      detail::throw_invalid("BatchNorm::set_num_batches_tracked", "count must be >= 0, got " + std::to_string(count));
+      detail::throw_invalid(where, "this " + std::string(name_) + " does not track running statistics");
+    if (count < 0) detail::throw_invalid(where, "count must be >= 0, got " + std::to_string(count));
     num_batches_tracked_ = count;
   }
 
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) { return forward_on(core::SerialExecutor{}, x, y); }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
-    return forward_on(detail::PoolExecutor{device}, x, y);
-  }
-  template <class X>
-  auto operator()(const X& x) {
-    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
-  }
-
- private:
+ protected:
   // Batch statistics are used in training, and in any mode without running statistics.
   bool uses_batch_stats() const { return training_ || !options_.track_running_stats; }
 
@@ -128,7 +110,7 @@ class BatchNorm {
     const auto dims = detail::dims_of(x);
     if (rank < 2)
       detail::throw_shape(where, "x has dimensions " + detail::dims_string(dims) + " (rank " + std::to_string(rank) +
-                                     ") but BatchNorm needs rank >= 2 (N, C, ...)");
+                                     ") but " + std::string(name_) + " needs rank >= 2 (N, C, ...)");
     const Index axis = options_.channel_axis < 0 ? options_.channel_axis + rank : options_.channel_axis;
     if (axis < 0 || axis >= rank)
       detail::throw_invalid(where, "channel_axis " + std::to_string(options_.channel_axis) + " is out of range [" +
@@ -154,7 +136,7 @@ class BatchNorm {
                                                      {"running_var", &self.running_var_, tracked}}};
   }
   void set(std::size_t slot, const char* setter, const P* data, Index size) {
-    detail::set_param("BatchNorm::" + std::string(setter), slots_of(*this)[slot], data, size);
+    detail::set_param(std::string(name_) + "::" + setter, slots_of(*this)[slot], data, size);
   }
 
   // Every parameter keeps its constructed size (C, or 0 when absent), whatever the mode uses.
@@ -168,11 +150,11 @@ class BatchNorm {
   }
 
   template <class Exec, class X, class Y>
-  NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) {
+  NormStats<T> forward_local(const Exec& exec, const X& x, Y& y) {
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<Y>, T>,
                   "normkit: x and y must hold T");
     static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
-    const std::string where = "BatchNorm::forward";
+    const std::string where = std::string(name_) + "::forward";
     const core::GroupShape s = shape_of(where, x);
     detail::check_same_dims(where, "y", y, "x", x);
     check_params(where);
@@ -216,13 +198,13 @@ class BatchNorm {
   }
 
   template <class Exec, class X, class DY, class DX>
-  NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+  NormGrads<P> backward_local(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
                       std::is_same_v<detail::scalar_t<DX>, T>,
                   "normkit: x, dy and dx must hold T");
     static_assert(detail::rank_v<X> == detail::rank_v<DY> && detail::rank_v<X> == detail::rank_v<DX>,
                   "normkit: x, dy and dx must have the same rank");
-    const std::string where = "BatchNorm::backward";
+    const std::string where = std::string(name_) + "::backward";
     const core::GroupShape s = shape_of(where, x);
     detail::check_same_dims(where, "dy", dy, "x", x);
     detail::check_same_dims(where, "dx", dx, "x", x);
@@ -240,17 +222,52 @@ class BatchNorm {
                              core::StatsArrays<const A>{stats.mean.data(),
                                                         stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
                                                         stats.rstd.data()},
-                             stats.source == StatsSource::Batch, options_.affine ? grads.weight.data() : nullptr,
+                             stats.source != StatsSource::Running, options_.affine ? grads.weight.data() : nullptr,
                              options_.affine ? grads.bias.data() : nullptr);
     out.commit();
     return grads;
   }
 
+  const char* name_;
   BatchNormOptions options_;
   Index channels_;
   bool training_ = true;
   Eigen::Tensor<P, 1> weight_, bias_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
+};
+
+}  // namespace detail
+
+template <class T, class P = T>
+class BatchNorm : public detail::BatchNormBase<T, P> {
+  using Index = Eigen::Index;
+
+ public:
+  explicit BatchNorm(Index num_features, BatchNormOptions options = {})
+      : detail::BatchNormBase<T, P>("BatchNorm", num_features, options) {}
+
+  template <class X, class Y>
+  NormStats<T> forward(const X& x, Y&& y) { return this->forward_local(core::SerialExecutor{}, x, y); }
+  template <class X, class Y>
+  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
+    return this->forward_local(detail::PoolExecutor{device}, x, y);
+  }
+  template <class X>
+  auto operator()(const X& x) {
+    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
+    forward(x, y);
+    return y;
+  }
+
+  template <class X, class DY, class DX>
+  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+    return this->backward_local(core::SerialExecutor{}, x, dy, stats, dx);
+  }
+  template <class X, class DY, class DX>
+  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+                        DX&& dx) const {
+    return this->backward_local(detail::PoolExecutor{device}, x, dy, stats, dx);
+  }
 };
 
 }  // namespace normkit

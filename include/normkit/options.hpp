@@ -42,6 +42,7 @@ inline constexpr bool is_param_type_v = std::is_same_v<P, T> || std::is_same_v<P
 enum class StatsSource {
   Batch,    // computed from the forward's own input (LayerNorm/RMSNorm always; BatchNorm training)
   Running,  // BatchNorm's running statistics (eval mode with track_running_stats)
+  Synced,   // SyncBatchNorm training (mpi.hpp): the batch of every rank; its backward all-reduces
 };
 
 // What forward saves for backward, one entry per normalized group (a row for LayerNorm/RMSNorm, a

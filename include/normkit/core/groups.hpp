@@ -23,6 +23,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -691,6 +692,190 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     if (dweight) std::fill(dweight, dweight + n, P(0));
     if (dbias) std::fill(dbias, dbias + n, P(0));
   }
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// The two halves of forward_groups and of backward_groups, for statistics that are completed
+// elsewhere (SyncBatchNorm merges them across processes in between; mpi.hpp). Group affine only
+// (per-channel weight and bias); the fused drivers above stay the fast path of every other layer.
+
+// The statistics half of forward_groups: the moments of every group, with forward_groups' own
+// chunking and merge order, so the same bits as it computes; nothing is normalized.
+template <class A, class T, class Exec>
+void moments_groups(const Exec& exec, const T* x, const GroupShape& s, bool centered, Moments<A>* m) {
+  std::fill(m, m + s.groups, Moments<A>{});
+  if (s.outer * s.groups * s.inner == 0) return;
+  const detail::Chunking ch = detail::chunking<A, T>(s);
+  if (s.inner > 1) {  // row shape: group g is `outer` runs of `inner` values
+    // In memory order (o outer) for the prefetchers; each group still merges its runs in order o.
+    detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
+      for (Index o = 0; o < s.outer; ++o)
+        for (Index g = g0; g < g1; ++g)
+          m[g] = merge(m[g], detail::run_moments<A>(x + (o * s.groups + g) * s.inner, s.inner, centered));
+    });
+    return;
+  }
+  constexpr Index kPanel = detail::kMaxPanel<A>;
+  const Index G = s.groups, row_chunks = detail::row_chunks<A>(s);
+  if (row_chunks > 1) {  // few columns: chunks of whole rows, merged in chunk order
+    std::vector<Moments<A>> part(static_cast<std::size_t>(row_chunks * G));
+    exec.run(row_chunks, [&](Index k) {
+      const Index r0 = chunk_begin(s.outer, row_chunks, k), r1 = chunk_begin(s.outer, row_chunks, k + 1);
+      for (Index p0 = 0; p0 < G; p0 += kPanel)
+        detail::panel_moments(x + r0 * G + p0, r1 - r0, std::min(kPanel, G - p0), G, centered, part.data() + k * G + p0);
+    });
+    for (Index c = 0; c < G; ++c)
+      for (Index k = 0; k < row_chunks; ++k) m[c] = merge(m[c], part[static_cast<std::size_t>(k * G + c)]);
+    return;
+  }
+  const Index panel = detail::panel_width<A, T>(s.outer);
+  detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
+    for (Index p0 = g0; p0 < g1; p0 += panel)
+      detail::panel_moments(x + p0, s.outer, std::min(panel, g1 - p0), G, centered, m + p0);
+  });
+}
+
+namespace detail {
+
+// Backward's per-group coefficients from the statistics (xhat = 0 where rstd is inf, as
+// backward_groups has it); mean_g and mean_gx are left 0 for the caller.
+template <class A, class P>
+RunGrad<A> group_grad(const NormParams<P>& p, const StatsArrays<const A>& stats, Index g) {
+  const A rstd = stats.rstd[g], wg = p.weight ? static_cast<A>(p.weight[g]) : A(1);
+  return {stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), std::isinf(rstd) ? A(0) : rstd,
+          rstd * wg, A(0), A(0)};
+}
+
+// Rows [r0, r1) x columns [c0, c1) of a column shape (stride G), as coefficient columns: the sweeps
+// below take every column of a chunk at once (the kernels walk it strip by strip).
+template <class A>
+struct GradColumns {
+  std::vector<A> a;  // mean, mean_lo, rstd, scale, -mean_g, -mean_gx: G values each
+  Index G;
+  ColsGrad<A> at(Index c0) const {
+    const A* p = a.data() + c0;
+    return {p, p + G, p + 2 * G, p + 3 * G, p + 4 * G, p + 5 * G};
+  }
+};
+template <class A>
+GradColumns<A> grad_columns(const std::vector<RunGrad<A>>& c) {
+  const Index G = static_cast<Index>(c.size());
+  GradColumns<A> k{std::vector<A>(static_cast<std::size_t>(6 * G)), G};
+  for (Index g = 0; g < G; ++g) {
+    const RunGrad<A>& cg = c[static_cast<std::size_t>(g)];
+    A* a = k.a.data() + g;
+    a[0] = cg.mean, a[G] = cg.mean_lo, a[2 * G] = cg.rstd, a[3 * G] = cg.scale, a[4 * G] = -cg.mean_g,
+    a[5 * G] = -cg.mean_gx;
+  }
+  return k;
+}
+
+// How a column shape is cut: by rows when it has few columns, else by whole panels of columns, as
+// forward_groups and backward_groups cut it.
+struct ColumnChunks {
+  Chunking columns;
+  Index row_chunks;  // > 1: cut by rows
+};
+template <class A, class T>
+ColumnChunks column_chunks(const GroupShape& s) {
+  return {chunking<A, T>(s), row_chunks<A>(s)};
+}
+inline Index chunk_total(const ColumnChunks& cc) { return cc.row_chunks > 1 ? cc.row_chunks : cc.columns.chunks; }
+// Chunk k's rows [r0, r1) and columns [c0, c1).
+inline std::array<Index, 4> column_chunk(const GroupShape& s, const ColumnChunks& cc, Index k) {
+  if (cc.row_chunks > 1)
+    return {chunk_begin(s.outer, cc.row_chunks, k), chunk_begin(s.outer, cc.row_chunks, k + 1), 0, s.groups};
+  const Chunking& ch = cc.columns;
+  return {0, s.outer, chunk_begin(ch.units, ch.chunks, k) * ch.unit_width,
+          std::min(s.groups, chunk_begin(ch.units, ch.chunks, k + 1) * ch.unit_width)};
+}
+
+}  // namespace detail
+
+// The sums half of backward_groups with batch statistics: per group sum_dy = sum(dy) and
+// sum_dy_xhat = sum(dy * xhat), i.e. dbias and dweight, and what dx needs of the whole batch.
+template <class A, class T, class P, class Exec>
+void backward_sums_groups(const Exec& exec, const T* x, const T* dy, const GroupShape& s, const NormParams<P>& p,
+                          const StatsArrays<const A>& stats, A* sum_dy, A* sum_dy_xhat) {
+  std::fill(sum_dy, sum_dy + s.groups, A(0));
+  std::fill(sum_dy_xhat, sum_dy_xhat + s.groups, A(0));
+  if (s.outer * s.groups * s.inner == 0) return;
+  const P* no_w = nullptr;
+  if (s.inner > 1) {
+    detail::for_chunks(exec, s, detail::chunking<A, T>(s), [&](Index, Index g0, Index g1) {
+      for (Index g = g0; g < g1; ++g) {
+        const RunGrad<A> c = detail::group_grad(p, stats, g);
+        for (Index o = 0; o < s.outer; ++o) {
+          const Index at = (o * s.groups + g) * s.inner;
+          const Sums<A> r = backward_run_sums(x + at, dy + at, no_w, s.inner, c);
+          sum_dy[g] += r.s1, sum_dy_xhat[g] += r.s2;
+        }
+      }
+    });
+    return;
+  }
+  const Index G = s.groups;
+  std::vector<RunGrad<A>> c(static_cast<std::size_t>(G));
+  for (Index g = 0; g < G; ++g) c[static_cast<std::size_t>(g)] = detail::group_grad(p, stats, g);
+  const detail::GradColumns<A> k = detail::grad_columns(c);
+  const detail::ColumnChunks cc = detail::column_chunks<A, T>(s);
+  std::vector<A> part(static_cast<std::size_t>(4 * detail::chunk_total(cc) * G), A(0));  // chunk and block sums
+  exec.run(detail::chunk_total(cc), [&](Index j) {
+    const auto [r0, r1, c0, c1] = detail::column_chunk(s, cc, j);
+    A *g_sum = part.data() + 4 * j * G, *gx_sum = g_sum + G, *g_block = g_sum + 2 * G, *gx_block = g_sum + 3 * G;
+    const Index block = detail::panel_block_rows<T>(c1 - c0);
+    for (Index b0 = r0; b0 < r1; b0 += block) {  // two-level summation down each column
+      std::fill(g_block + c0, g_block + c1, A(0));
+      std::fill(gx_block + c0, gx_block + c1, A(0));
+      backward_cols_sums(x + b0 * G + c0, dy + b0 * G + c0, std::min(block, r1 - b0), c1 - c0, G, k.at(c0), no_w,
+                         g_block + c0, gx_block + c0);
+      for (Index g = c0; g < c1; ++g) g_sum[g] += g_block[g], gx_sum[g] += gx_block[g];
+    }
+  });
+  for (Index j = 0, chunks = detail::chunk_total(cc); j < chunks; ++j) {
+    const A* chunk = part.data() + 4 * j * G;
+    for (Index g = 0; g < G; ++g) sum_dy[g] += chunk[g], sum_dy_xhat[g] += chunk[G + g];
+  }
+}
+
+// The dx half of backward_groups with batch statistics, from sums over a batch of `count` values per
+// group (count may exceed this tensor's: the batch is spread over processes).
+template <class A, class T, class P, class Exec>
+void backward_dx_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<P>& p,
+                        const StatsArrays<const A>& stats, const A* sum_dy, const A* sum_dy_xhat, Index count) {
+  if (s.outer * s.groups * s.inner == 0) return;
+  const P* no_w = nullptr;
+  const bool stream = detail::stream_output<T>(s);
+  std::vector<RunGrad<A>> c(static_cast<std::size_t>(s.groups));
+  for (Index g = 0; g < s.groups; ++g) {
+    RunGrad<A>& cg = c[static_cast<std::size_t>(g)];
+    cg = detail::group_grad(p, stats, g);
+    cg.mean_g = p.centered ? sum_dy[g] / static_cast<A>(count) : A(0);
+    cg.mean_gx = sum_dy_xhat[g] / static_cast<A>(count) * variance_term_factor(stats.rstd[g], p.eps, p.eps_inside_sqrt);
+  }
+  if (s.inner > 1) {
+    detail::for_chunks(exec, s, detail::chunking<A, T>(s), [&](Index, Index g0, Index g1) {
+      for (Index g = g0; g < g1; ++g)
+        for (Index o = 0; o < s.outer; ++o) {
+          const Index at = (o * s.groups + g) * s.inner;
+          backward_runs_dx<1>(x + at, dy + at, no_w, dx + at, s.inner, s.inner, &c[static_cast<std::size_t>(g)],
+                              static_cast<A*>(nullptr), static_cast<A*>(nullptr), stream);
+        }
+      if (stream) simd::stream_fence();
+    });
+    return;
+  }
+  const Index G = s.groups;
+  const detail::GradColumns<A> k = detail::grad_columns(c);
+  const detail::ColumnChunks cc = detail::column_chunks<A, T>(s);
+  exec.run(detail::chunk_total(cc), [&](Index j) {
+    const auto [r0, r1, c0, c1] = detail::column_chunk(s, cc, j);
+    const Index at = r0 * G + c0;
+    backward_cols_dx(x + at, dy + at, dx + at, r1 - r0, c1 - c0, G, k.at(c0), no_w, static_cast<A*>(nullptr),
+                     static_cast<A*>(nullptr), stream);
+    if (stream) simd::stream_fence();
+  });
 }
 
 }  // namespace normkit::core
