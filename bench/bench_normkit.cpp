@@ -69,7 +69,7 @@ void run_rows(benchmark::State& state, const Case c) {
 }
 
 template <class T, int R>
-void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Index, R>& dims, Index channel_axis) {
+void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis) {
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
   Map<T, R> x(buf.x, dims), y(buf.y, dims), dy(buf.dy, dims), dx(buf.dx, dims);
   normkit::BatchNormOptions opt;

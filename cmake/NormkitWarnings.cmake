@@ -2,7 +2,8 @@
 # Never applied to the normkit INTERFACE target: consumers choose their own flags.
 
 # normkit_project_warnings(<target>)
-#   Warnings (as errors unless NORMKIT_WERROR is OFF), plus -march=native when NORMKIT_NATIVE and
+#   Warnings (-Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow, as errors unless
+#   NORMKIT_WERROR is OFF), plus -march=native when NORMKIT_NATIVE and
 #   ASan+UBSan when NORMKIT_SANITIZE. Call it on every target you add under tests/, examples/, bench/.
 function(normkit_project_warnings target)
   get_target_property(type ${target} TYPE)
@@ -15,7 +16,12 @@ function(normkit_project_warnings target)
     return()
   endif()
 
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic $<$<BOOL:${NORMKIT_WERROR}>:-Werror>)
+  # -Wconversion and -Wsign-conversion: the headers mix Eigen's signed Index with size_t and float
+  # with double everywhere, and a consumer compiling them with these flags (their include path is
+  # not SYSTEM under add_subdirectory) must see no warning from normkit. GCC's -Wconversion leaves
+  # out the sign changes, hence both. -Wshadow: the same courtesy for a common consumer flag.
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow
+                                           $<$<BOOL:${NORMKIT_WERROR}>:-Werror>)
   if(NORMKIT_NATIVE)
     target_compile_options(${target} PRIVATE -march=native)
   endif()

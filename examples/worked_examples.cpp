@@ -134,7 +134,7 @@ int main() {
     header("1. RMSNorm  x = [3, -3, 6], weight 2, bias -1, eps 1e-6");
     const double r_doc[] = {4.2426, 0.4142, -2.4142, 1.8284};
     const char* r_names[] = {"RMS", "y[0]", "y[1]", "y[2]"};
-    for (int k = 0; k < 4; ++k) row(r_names[k], r_doc[k], r_in[k], r_out[k]);
+    for (std::size_t k = 0; k < 4; ++k) row(r_names[k], r_doc[k], r_in[k], r_out[k]);
 
     // 2. LayerNorm
     const std::vector<double> l_in = layernorm_example(EpsPlacement::InsideSqrt);
@@ -143,7 +143,7 @@ int main() {
     const double l_doc[] = {10, -10, 16.6667, 16.6667, 4.0825, 4.0825, -1.4495, 1, 3.4495, 3.4495, 1, -1.4495};
     const char* l_names[] = {"mu[0]",   "mu[1]",   "var[0]",  "var[1]",  "sigma[0]", "sigma[1]",
                              "Y[0][0]", "Y[0][1]", "Y[0][2]", "Y[1][0]", "Y[1][1]",  "Y[1][2]"};
-    for (int k = 0; k < 12; ++k) row(l_names[k], l_doc[k], l_in[k], l_out[k]);
+    for (std::size_t k = 0; k < 12; ++k) row(l_names[k], l_doc[k], l_in[k], l_out[k]);
 
     // 3. BatchNorm (training)
     const std::vector<double> b = batchnorm_example();
@@ -151,7 +151,7 @@ int main() {
     const double b_doc[] = {10, -10, 16.6667, 16.6667, -1.4495, 3.4495, 1, 1, 3.4495, -1.4495};
     const char* b_names[] = {"mean[0]",   "mean[1]",   "var[0]",    "var[1]",    "Y^T[0][0]",
                              "Y^T[0][1]", "Y^T[1][0]", "Y^T[1][1]", "Y^T[2][0]", "Y^T[2][1]"};
-    for (int k = 0; k < 10; ++k) row(b_names[k], b_doc[k], b[k], std::nullopt);
+    for (std::size_t k = 0; k < 10; ++k) row(b_names[k], b_doc[k], b[k], std::nullopt);
     // Not in the documents: the running statistics after this one step, by the contract's (PyTorch's)
     // rule from the document's batch statistics: running = 0.9 * initial + 0.1 * batch, with the
     // unbiased variance var * n / (n - 1), n = 3, initial mean 0 and var 1.

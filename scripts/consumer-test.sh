@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Check that normkit can be used from another CMake project, both ways:
-#   1. configure + build + install normkit into a temporary prefix, then build and run
-#      tests/consumer against it with find_package (CMAKE_PREFIX_PATH);
-#   2. build and run tests/consumer with add_subdirectory(<this source tree>).
+# Check that normkit can be used from another CMake project, every supported way:
+#   1. configure normkit as if only Eigen were installed (Catch2 and Google Benchmark hidden from
+#      CMake; bench/ then never looks for oneDNN or OpenMP) and install it into a temporary prefix
+#      (nothing to build: header-only), then build and run tests/consumer against it with
+#      find_package (CMAKE_PREFIX_PATH);
+#   2. build and run tests/consumer with add_subdirectory(<this source tree>), then install it:
+#      its library links normkit::normkit PUBLIC and is installed with install(EXPORT), which
+#      needs normkit in an export set, and the install must carry normkit along;
+#   3. build and run a downstream project against that install alone, find_package(normkit_consumer).
 # NORMKIT_CONSUMER_WORKDIR keeps the work in a given directory instead of a temporary one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,11 +25,16 @@ else
 fi
 prefix=$work/prefix
 
-echo "== install normkit into $prefix"
-cmake -S "$root" -B "$work/normkit" -DCMAKE_INSTALL_PREFIX="$prefix" \
-  -DNORMKIT_BUILD_TESTS=OFF -DNORMKIT_BUILD_EXAMPLES=OFF -DNORMKIT_BUILD_BENCHMARKS=OFF
-cmake --build "$work/normkit" -j2
-cmake --install "$work/normkit"
+echo "== install normkit into $prefix (plain configure, as if only Eigen were installed)"
+# The tests, examples and benchmarks keep their top-level defaults (ON): without their
+# dependencies they must step aside with a STATUS line. Nothing needs building before the
+# install (header-only; the build would only compile the examples).
+# (Without Google Benchmark, bench/ stops before it looks for oneDNN and OpenMP.)
+cmake -S "$root" -B "$work/normkit" -DCMAKE_DISABLE_FIND_PACKAGE_Catch2=ON \
+  -DCMAKE_DISABLE_FIND_PACKAGE_benchmark=ON | tee "$work/normkit-configure.log"
+grep -q "Catch2 2 not found" "$work/normkit-configure.log"
+grep -q "Google Benchmark not found" "$work/normkit-configure.log"
+cmake --install "$work/normkit" --prefix "$prefix"
 test -f "$prefix/include/normkit/normkit.hpp"
 test -f "$prefix/lib/cmake/normkit/normkitConfig.cmake"
 
@@ -34,10 +44,19 @@ cmake -S tests/consumer -B "$work/package" -DNORMKIT_CONSUMER_MODE=package \
 cmake --build "$work/package" -j2
 "$work/package/normkit_consumer"
 
-echo "== consumer, add_subdirectory mode"
+echo "== consumer, add_subdirectory mode, installed with its own install(EXPORT) into $work/consumer-prefix"
 cmake -S tests/consumer -B "$work/subdirectory" -DNORMKIT_CONSUMER_MODE=subdirectory \
   -DNORMKIT_SOURCE_DIR="$root"
 cmake --build "$work/subdirectory" -j2
 "$work/subdirectory/normkit_consumer"
+cmake --install "$work/subdirectory" --prefix "$work/consumer-prefix"
+test -f "$work/consumer-prefix/lib/cmake/normkit_consumer/normkit_consumerTargets.cmake"
+test -f "$work/consumer-prefix/lib/cmake/normkit/normkitConfig.cmake"
 
-echo "consumer-test: both modes passed"
+echo "== downstream of the consumer's install (normkit found there too, not in $prefix)"
+cmake -S tests/consumer -B "$work/downstream" -DNORMKIT_CONSUMER_MODE=downstream \
+  -DCMAKE_PREFIX_PATH="$work/consumer-prefix" -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON
+cmake --build "$work/downstream" -j2
+"$work/downstream/normkit_consumer"
+
+echo "consumer-test: all three modes passed"

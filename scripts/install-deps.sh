@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages normkit needs, only those missing.
 #   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2
+#                                     (+ clang-N when CXX is clang++-N)
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
 #   scripts/install-deps.sh --cross   also g++-aarch64-linux-gnu and qemu-user (scripts/test-aarch64.sh)
 set -euo pipefail
@@ -16,6 +17,10 @@ for arg in "$@"; do
 done
 
 required=(cmake g++ make libeigen3-dev catch2)
+# A clang build (CXX=clang++-14, as a CI stage runs scripts/run-tests.sh) needs that compiler too.
+if [[ ${CXX:-} =~ (^|/)clang\+\+-([0-9]+)$ ]]; then
+  required+=("clang-${BASH_REMATCH[2]}")
+fi
 optional=()
 if [[ $bench == 1 ]]; then
   required+=(libbenchmark-dev)

@@ -91,7 +91,7 @@ struct Bwd {
 // forward through an Eigen::Tensor (x layout LX, y layout LY) or through TensorMaps over std::vectors
 // (a const map for x and a temporary map for y).
 template <class T, int R, int LX, int LY = LX>
-Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, R>& dims, const Vec& x, Kind kind = Kind::Tensor) {
+Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, Kind kind = Kind::Tensor) {
   Fwd<T> r;
   if (kind == Kind::Tensor) {
     auto xt = bnref::make_tensor<T, R, LX>(dims, x);
@@ -109,7 +109,7 @@ Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, R>& dims, const Vec
 }
 
 template <class T, int R, int L>
-Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, R>& dims, const Vec& x, const Vec& dy,
+Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, const Vec& dy,
                     const normkit::NormStats<T>& stats, Kind kind = Kind::Tensor) {
   Bwd<T> r;
   if (kind == Kind::Tensor) {
@@ -130,7 +130,7 @@ Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, R>& dims, co
 }
 
 template <class T, int R, int L>
-Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, R>& dims,
+Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
                        const Vec& x) {
   Fwd<T> r;
   auto xt = bnref::make_tensor<T, R, L>(dims, x);
@@ -141,7 +141,7 @@ Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, con
 }
 
 template <class T, int R, int L>
-Bwd<T> run_backward_dev(const BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, R>& dims,
+Bwd<T> run_backward_dev(const BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
                         const Vec& x, const Vec& dy, const normkit::NormStats<T>& stats) {
   Bwd<T> r;
   auto xt = bnref::make_tensor<T, R, L>(dims, x);
@@ -205,7 +205,7 @@ struct SequenceResult {
 // `train_batches` training forwards then one eval forward, each checked against the reference; the
 // eval forward must leave the running statistics and the counter untouched.
 template <class T, int R, int L>
-SequenceResult run_sequence(const std::array<Index, R>& dims, const BatchNormOptions& opt, std::uint64_t seed,
+SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt, std::uint64_t seed,
                             int train_batches, Kind kind) {
   INFO(type_name<T>() << ' ' << layout_name(L) << (kind == Kind::Map ? " TensorMap" : " Tensor") << " dims "
                       << dims_str(dims) << ' ' << opt_str(opt));
@@ -255,7 +255,7 @@ SequenceResult run_sequence(const std::array<Index, R>& dims, const BatchNormOpt
 // The same sequence through RowMajor/ColMajor Tensors and TensorMaps: each against the reference,
 // and all four against each other.
 template <class T, int R>
-void run_all_layouts(const std::array<Index, R>& dims, const BatchNormOptions& opt, std::uint64_t seed, int batches,
+void run_all_layouts(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt, std::uint64_t seed, int batches,
                      bool maps = true) {
   std::vector<SequenceResult> res;
   res.push_back(run_sequence<T, R, kRow>(dims, opt, seed, batches, Kind::Tensor));
@@ -274,7 +274,7 @@ void run_all_layouts(const std::array<Index, R>& dims, const BatchNormOptions& o
 }
 
 template <class T, int R>
-void option_sweep(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+void option_sweep(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, std::uint64_t seed) {
   for (bool affine : {true, false})
     for (bool track : {true, false}) {
       BatchNormOptions o;
@@ -546,7 +546,7 @@ namespace {
 // L(x, weight, bias) = sum_k y_k * dy_k through the library's forward, on a copy of `bn` (so the
 // running statistics of `bn` are not disturbed).
 template <int R, int L>
-double loss(const BatchNorm<double>& bn, const std::array<Index, R>& dims, const Vec& x, const Vec& dy) {
+double loss(const BatchNorm<double>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, const Vec& dy) {
   BatchNorm<double> probe = bn;
   const auto f = run_forward<double, R, L>(probe, dims, x);
   double s = 0;
@@ -555,7 +555,7 @@ double loss(const BatchNorm<double>& bn, const std::array<Index, R>& dims, const
 }
 
 template <int R, int L>
-void fd_check(const std::array<Index, R>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
+void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
   INFO("double " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                  << (training ? " training" : " eval"));
   const int axis = bnref::normalize_axis(opt.channel_axis, R);
@@ -621,7 +621,7 @@ void fd_check(const std::array<Index, R>& dims, BatchNormOptions opt, bool train
 }
 
 template <int R>
-void fd_suite(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+void fd_suite(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, std::uint64_t seed) {
   for (bool affine : {true, false})
     for (int mode = 0; mode < 3; ++mode) {  // 0 training, 1 eval with running stats, 2 eval untracked
       BatchNormOptions o;
@@ -637,7 +637,7 @@ void fd_suite(const std::array<Index, R>& dims, Index channel_axis, std::uint64_
 // Float backward against the float64 analytic reference (at the float64 statistics of the same,
 // float-rounded, input).
 template <int R, int L>
-void float_backward_check(const std::array<Index, R>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
+void float_backward_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
   using T = float;
   INFO("float " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                 << (training ? " training" : " eval"));
@@ -712,6 +712,65 @@ TEST_CASE("BatchNorm backward (float) matches the float64 analytic reference", "
   float_backward_check<4, kRow>({8, 64, 14, 14}, o, true, 930);
   float_backward_check<4, kCol>({8, 64, 14, 14}, o, true, 930);
   float_backward_check<4, kCol>({8, 64, 14, 14}, o, false, 940);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward follows the statistics it is given (stats.source), not the functor's mode at the time of
+// the call: autograd's behaviour. Switching mode between forward and backward used to give the
+// wrong gradient silently (off by up to 1.9 where |dx| <= 1.9).
+
+namespace {
+
+template <int R, int L>
+void stats_source_check(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+  INFO(layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
+  const int axis = bnref::normalize_axis(channel_axis, R);
+  const auto dv = bnref::to_vec<R>(dims);
+  const Index C = dims[static_cast<std::size_t>(axis)];
+  BatchNormOptions o;
+  o.channel_axis = channel_axis;
+  BatchNorm<double> bn(C, o);
+  RefBatchNorm ref(C, o.eps, o.momentum, o.affine, o.track_running_stats);
+  set_params(bn, ref, C, seed);
+  set_running(bn, ref, C, seed);
+  const Vec x = bnref::random_input(dv, axis, seed + 1);
+  const Vec dy = bnref::random_vector(x.size(), -1.0, 1.0, seed + 2);
+
+  // Training forward, then eval(), then backward: the batch gradient.
+  RefBatchNorm ref_train = ref;
+  const auto rt = ref_train.forward(dv, axis, x);
+  const auto ft = run_forward<double, R, L>(bn, dims, x);
+  CHECK(ft.stats.source == normkit::StatsSource::Batch);
+  bn.eval();
+  const auto bt = run_backward<double, R, L>(bn, dims, x, dy, ft.stats);
+  const auto gt = ref_train.backward(dv, axis, x, dy, rt.mean, rt.rstd);
+  CHECK(max_rel_diff(bt.dx, gt.dx) <= 1e-11);
+  CHECK(max_rel_diff(bnref::values1(bt.grads.weight), gt.dweight) <= 1e-11);
+  // The test can tell the two gradients apart: the eval formula at these stats is far off.
+  RefBatchNorm ref_as_eval = ref_train;
+  ref_as_eval.training = false;
+  CHECK(max_rel_diff(ref_as_eval.backward(dv, axis, x, dy, rt.mean, rt.rstd).dx, gt.dx) > 1e-3);
+
+  // Eval forward (running statistics), then train(), then backward: dx = dy * weight * rstd.
+  RefBatchNorm ref_eval = ref_train;  // running stats as the library's after one training forward
+  ref_eval.training = false;
+  const auto re = ref_eval.forward(dv, axis, x);
+  const auto fe = run_forward<double, R, L>(bn, dims, x);
+  CHECK(fe.stats.source == normkit::StatsSource::Running);
+  bn.train();
+  const auto be = run_backward<double, R, L>(bn, dims, x, dy, fe.stats);
+  const auto ge = ref_eval.backward(dv, axis, x, dy, re.mean, re.rstd);
+  CHECK(max_rel_diff(be.dx, ge.dx) <= 1e-11);
+  CHECK(max_rel_diff(bnref::values1(be.grads.bias), ge.dbias) <= 1e-11);
+}
+
+}  // namespace
+
+TEST_CASE("BatchNorm backward follows the stats' source, not the current mode", "[batch_norm][backward]") {
+  stats_source_check<4, kRow>({3, 4, 5, 2}, 1, 1300);
+  stats_source_check<4, kCol>({3, 4, 5, 2}, 1, 1310);
+  stats_source_check<4, kRow>({3, 5, 2, 4}, -1, 1320);
+  stats_source_check<2, kRow>({16, 3}, 1, 1330);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -832,7 +891,7 @@ void check_close(const Vec& a, const Vec& b) {
 }
 
 template <class T, int R, int L>
-void thread_check(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+void thread_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, std::uint64_t seed) {
   INFO(type_name<T>() << ' ' << layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
   const int axis = bnref::normalize_axis(channel_axis, R);
   const auto dv = bnref::to_vec<R>(dims);
@@ -913,7 +972,7 @@ std::vector<S> raw(const TensorLike& t) {
 }
 
 template <class T, int R, int L>
-void nonfinite_check(const std::array<Index, R>& dims, Index channel_axis, T bad, std::uint64_t seed,
+void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, T bad, std::uint64_t seed,
                      bool track = true) {
   INFO(type_name<T>() << ' ' << layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis
                       << " bad value " << bad << " track " << track);
@@ -950,7 +1009,7 @@ void nonfinite_check(const std::array<Index, R>& dims, Index channel_axis, T bad
   bool others_identical = true;
   for (std::size_t k = 0; k < yc.size(); ++k) {
     if (lay.channel_of(static_cast<Index>(k)) == bad_channel) {
-      nan_count += std::isnan(yd[k]) ? 1 : 0;
+      nan_count += std::isnan(yd[k]) ? 1u : 0u;
     } else {
       ++other;
       others_identical = others_identical && std::memcmp(&yc[k], &yd[k], sizeof(T)) == 0;

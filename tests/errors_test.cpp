@@ -89,12 +89,12 @@ bool untouched(const TensorLike& t) {
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> sentinel(const std::array<Index, R>& dims) {
+Eigen::Tensor<S, R, L> sentinel(const std::array<Index, static_cast<std::size_t>(R)>& dims) {
   return bnref::filled<S, R, L>(dims, static_cast<S>(kSentinel));
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> random_tensor(const std::array<Index, R>& dims, std::uint64_t seed) {
+Eigen::Tensor<S, R, L> random_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, std::uint64_t seed) {
   const auto dv = bnref::to_vec<R>(dims);
   return bnref::make_tensor<S, R, L>(dims, bnref::random_input(dv, R - 1, seed));
 }
@@ -497,7 +497,7 @@ namespace {
 // Constructs BatchNorm(C, o) and runs one training forward on x of `dims` (the channel at o's
 // channel_axis when that is in range); returns the invalid_argument message. y must stay unwritten.
 template <class T, int R>
-std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C, std::array<Index, R> dims) {
+std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C, std::array<Index, static_cast<std::size_t>(R)> dims) {
   auto x = random_tensor<T, R, kRow>(dims, 20);
   auto y = sentinel<T, R, kRow>(dims);
   const auto msg = invalid_argument_message([&] {
@@ -510,7 +510,7 @@ std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C,
 
 // The same, but the functor outlives the throw: its state must not change.
 template <class T, int R>
-std::string batch_norm_axis_error(Index channel_axis, Index C, std::array<Index, R> dims) {
+std::string batch_norm_axis_error(Index channel_axis, Index C, std::array<Index, static_cast<std::size_t>(R)> dims) {
   normkit::BatchNormOptions o;
   o.channel_axis = channel_axis;
   std::string msg;
@@ -600,4 +600,131 @@ TEMPLATE_TEST_CASE("BatchNorm rejects invalid options and accepts the boundary v
     o.channel_axis = 3;  // = -1 on rank 4
     works(o, 3, std::array<Index, 4>{2, 2, 2, 3});
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parameters resized, emptied or added after construction (weight() etc. are mutable references):
+// every forward and backward checks their sizes before anything is written. A wrong size used to be
+// read out of bounds (AddressSanitizer: heap-buffer-overflow), an emptied bias silently dropped.
+
+namespace {
+
+template <class F, class Mutate>
+void row_norm_param_error(const typename Traits<F>::Options& o, const char* param, Mutate&& mutate) {
+  using T = typename Traits<F>::Scalar;
+  INFO(Traits<F>::name << ": " << param << " changed after construction");
+  const auto x = random_tensor<T, 2, kRow>({2, 8}, 30);
+  const auto dy = random_tensor<T, 2, kRow>({2, 8}, 31);
+  F f(8, o);
+  auto y = sentinel<T, 2, kRow>({2, 8});
+  const normkit::NormStats<T> stats = f.forward(x, y);
+  mutate(f);
+  y = sentinel<T, 2, kRow>({2, 8});
+  Eigen::ThreadPool pool(2);
+  Eigen::ThreadPoolDevice dev(&pool, 2);
+  for (const auto& msg : {shape_error_message([&] { (void)f.forward(x, y); }),
+                          shape_error_message([&] { (void)f.forward(dev, x, y); })}) {
+    CHECK_THAT(msg, Contains(Traits<F>::name) && Contains(std::string(param) + "()") && Contains("forward"));
+  }
+  CHECK(untouched(y));
+  auto dx = sentinel<T, 2, kRow>({2, 8});
+  const auto msgb = shape_error_message([&] { (void)f.backward(x, dy, stats, dx); });
+  CHECK_THAT(msgb, Contains(Traits<F>::name) && Contains(std::string(param) + "()") && Contains("backward"));
+  CHECK(untouched(dx));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("LayerNorm / RMSNorm: a resized, emptied or added parameter throws shape_error", "[errors][params]",
+                   normkit::LayerNorm<float>, normkit::RMSNorm<double>) {
+  using F = TestType;
+  using T = typename Traits<F>::Scalar;
+  using O = typename Traits<F>::Options;
+  O with_bias;
+  with_bias.bias = true;
+  O no_bias;
+  no_bias.bias = false;
+  O no_affine;
+  no_affine.elementwise_affine = false;
+  row_norm_param_error<F>(with_bias, "weight", [](F& f) { f.weight() = Eigen::Tensor<T, 1>(4); });
+  row_norm_param_error<F>(with_bias, "weight", [](F& f) { f.weight() = Eigen::Tensor<T, 1>(9); });
+  row_norm_param_error<F>(with_bias, "weight", [](F& f) { f.weight() = Eigen::Tensor<T, 1>(); });
+  row_norm_param_error<F>(with_bias, "bias", [](F& f) { f.bias() = Eigen::Tensor<T, 1>(3); });
+  row_norm_param_error<F>(with_bias, "bias", [](F& f) { f.bias() = Eigen::Tensor<T, 1>(); });  // not "no bias"
+  row_norm_param_error<F>(no_bias, "bias", [](F& f) { f.bias() = Eigen::Tensor<T, 1>(8); });   // cannot be added
+  row_norm_param_error<F>(no_affine, "weight", [](F& f) { f.weight() = Eigen::Tensor<T, 1>(8); });
+  {  // the message says which way it went
+    F f(8, with_bias);
+    f.bias() = Eigen::Tensor<T, 1>();
+    const auto x = random_tensor<T, 2, kRow>({2, 8}, 32);
+    auto y = sentinel<T, 2, kRow>({2, 8});
+    CHECK_THAT(shape_error_message([&] { (void)f.forward(x, y); }), Contains("[0]") && Contains("[8]"));
+  }
+}
+
+TEMPLATE_TEST_CASE("BatchNorm: a resized, emptied or added parameter throws shape_error and changes no state",
+                   "[errors][params]", float, double) {
+  using T = TestType;
+  using BN = normkit::BatchNorm<T>;
+  const auto x = random_tensor<T, 3, kRow>({4, 3, 5}, 40);
+  const auto dy = random_tensor<T, 3, kRow>({4, 3, 5}, 41);
+  const auto check = [&](normkit::BatchNormOptions o, const char* param, auto&& mutate) {
+    for (bool training : {true, false}) {
+      INFO("BatchNorm: " << param << " changed after construction, training = " << training);
+      BN bn(3, o);
+      auto y = sentinel<T, 3, kRow>({4, 3, 5});
+      const normkit::NormStats<T> stats = bn.forward(x, y);
+      bn.train(training);
+      mutate(bn);
+      const auto mean_before = bnref::values1(bn.running_mean());
+      const auto count_before = bn.num_batches_tracked();
+      y = sentinel<T, 3, kRow>({4, 3, 5});
+      CHECK_THAT(shape_error_message([&] { (void)bn.forward(x, y); }),
+                 Contains("BatchNorm::forward") && Contains(std::string(param) + "()"));
+      CHECK(untouched(y));
+      CHECK(bnref::values1(bn.running_mean()) == mean_before);
+      CHECK(bn.num_batches_tracked() == count_before);
+      auto dx = sentinel<T, 3, kRow>({4, 3, 5});
+      CHECK_THAT(shape_error_message([&] { (void)bn.backward(x, dy, stats, dx); }),
+                 Contains("BatchNorm::backward") && Contains(std::string(param) + "()"));
+      CHECK(untouched(dx));
+    }
+  };
+  normkit::BatchNormOptions plain;
+  normkit::BatchNormOptions untracked;
+  untracked.track_running_stats = false;
+  normkit::BatchNormOptions no_affine;
+  no_affine.affine = false;
+  check(plain, "weight", [](BN& bn) { bn.weight() = Eigen::Tensor<T, 1>(2); });
+  check(plain, "bias", [](BN& bn) { bn.bias() = Eigen::Tensor<T, 1>(); });
+  check(plain, "running_mean", [](BN& bn) { bn.running_mean() = Eigen::Tensor<T, 1>(7); });
+  check(plain, "running_var", [](BN& bn) { bn.running_var() = Eigen::Tensor<T, 1>(); });
+  check(untracked, "running_var", [](BN& bn) { bn.running_var() = Eigen::Tensor<T, 1>(3); });
+  check(no_affine, "weight", [](BN& bn) { bn.weight() = Eigen::Tensor<T, 1>(3); });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Messages a person can act on.
+
+TEST_CASE("Option errors print the number as given, and stats from the other functor are named", "[errors][messages]") {
+  CHECK_THAT(invalid_argument_message([] { normkit::RMSNorm<float> f(8, {-1e-9}); }), Contains("-1e-09"));
+  normkit::BatchNormOptions o;
+  o.momentum = -1e-9;
+  CHECK_THAT(invalid_argument_message([&] { normkit::BatchNorm<float> bn(3, o); }), Contains("-1e-09"));
+
+  // A normalized_shape known at run time needs no options argument.
+  const normkit::LayerNorm<float> ln(std::vector<Index>{2, 3});
+  const normkit::RMSNorm<float> rms(std::vector<Index>{2, 3});
+  CHECK(ln.normalized_shape() == std::vector<Index>{2, 3});
+
+  const auto x = random_tensor<float, 3, kRow>({6, 2, 3}, 50);
+  const auto dy = random_tensor<float, 3, kRow>({6, 2, 3}, 51);
+  Eigen::Tensor<float, 3, kRow> y(6, 2, 3);
+  auto dx = sentinel<float, 3, kRow>({6, 2, 3});
+  const auto ln_stats = ln.forward(x, y), rms_stats = rms.forward(x, y);
+  CHECK_THAT(shape_error_message([&] { (void)rms.backward(x, dy, ln_stats, dx); }),
+             Contains("RMSNorm::backward") && Contains("stats.mean") && Contains("LayerNorm"));
+  CHECK_THAT(shape_error_message([&] { (void)ln.backward(x, dy, rms_stats, dx); }),
+             Contains("LayerNorm::backward") && Contains("stats.mean") && Contains("RMSNorm"));
+  CHECK(untouched(dx));
 }

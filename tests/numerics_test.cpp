@@ -383,7 +383,7 @@ void check_empty(const Fn& fn, const std::array<Index, R>& dims, Index F, bool h
   CHECK(stats.mean.size() == 0);
   const auto out = fn(x);
   CHECK(out.size() == 0);
-  for (std::size_t a = 0; a < R; ++a) CHECK(out.dimension(static_cast<Index>(a)) == dims[a]);
+  for (std::size_t a = 0; a < R; ++a) CHECK(out.dimension(a) == dims[a]);
   const auto g = fn.backward(x, dy, stats, dx);
   if (has_w) {
     REQUIRE(g.weight.size() == F);

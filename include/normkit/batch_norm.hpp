@@ -8,7 +8,9 @@
 // Training also updates, when tracking, with m = momentum (or 1/num_batches_tracked when nullopt):
 //     running_mean = (1 - m) running_mean + m mean,   running_var = (1 - m) running_var + m var n/(n-1)
 // backward with batch statistics: dx = weight rstd (dy - mean(dy) - xhat mean(dy xhat));
-// with running statistics: dx = dy weight rstd. dweight = sum dy xhat, dbias = sum dy.
+// with running statistics: dx = dy weight rstd. dweight = sum dy xhat, dbias = sum dy. Which of
+// the two follows stats.source (what the forward used), not the current mode: forward in training,
+// eval(), then backward still gives the batch gradient, as autograd does.
 // channel_axis 1 is PyTorch's (N, C, ...); -1 (or R-1) is channels-last. eps is always inside the sqrt.
 // Types: T (x, y, dy, dx) is float, double, Eigen::bfloat16 or Eigen::half; statistics are
 // accumulated and saved in accum_t<T> (float for the 16-bit types); P (weight, bias, running
@@ -23,6 +25,7 @@
 #include "core/groups.hpp"
 #include "errors.hpp"
 #include "options.hpp"
+#include "state.hpp"
 #include "tensor_view.hpp"
 #include "thread_pool.hpp"
 
@@ -40,7 +43,7 @@ class BatchNorm {
     if (num_features < 1) detail::throw_invalid("BatchNorm", "num_features must be >= 1, got " + std::to_string(num_features));
     detail::check_eps("BatchNorm", options_.eps);
     if (options_.momentum && !(*options_.momentum >= 0 && *options_.momentum <= 1))
-      detail::throw_invalid("BatchNorm", "momentum must be in [0, 1] or nullopt, got " + std::to_string(*options_.momentum));
+      detail::throw_invalid("BatchNorm", "momentum must be in [0, 1] or nullopt, got " + detail::number_string(*options_.momentum));
     if (options_.affine) {
       weight_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
       bias_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
@@ -65,6 +68,32 @@ class BatchNorm {
   Eigen::Tensor<P, 1>& running_var() { return running_var_; }
   const Eigen::Tensor<P, 1>& running_var() const { return running_var_; }
   std::int64_t num_batches_tracked() const { return num_batches_tracked_; }
+
+  // State in PyTorch's names (state.hpp): "weight", "bias" (affine), "running_mean", "running_var"
+  // and num_batches_tracked (tracking).
+  StateDict<P> state_dict() const {
+    const bool tracked = options_.track_running_stats;
+    return detail::state_of<P>(slots_of(*this), tracked ? std::optional<std::int64_t>(num_batches_tracked_) : std::nullopt);
+  }
+  void load_state_dict(const StateDict<P>& state, bool strict = true) {
+    std::int64_t* counter = options_.track_running_stats ? &num_batches_tracked_ : nullptr;
+    detail::load_state("BatchNorm::load_state_dict", slots_of(*this), state, counter, strict);
+  }
+  void set_weight(const P* data, Index size) { set(0, "set_weight", data, size); }
+  void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
+  void set_bias(const P* data, Index size) { set(1, "set_bias", data, size); }
+  void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
+  void set_running_mean(const P* data, Index size) { set(2, "set_running_mean", data, size); }
+  void set_running_mean(const std::vector<P>& v) { set_running_mean(v.data(), static_cast<Index>(v.size())); }
+  void set_running_var(const P* data, Index size) { set(3, "set_running_var", data, size); }
+  void set_running_var(const std::vector<P>& v) { set_running_var(v.data(), static_cast<Index>(v.size())); }
+  void set_num_batches_tracked(std::int64_t count) {
+    if (!options_.track_running_stats)
+      detail::throw_invalid("BatchNorm::set_num_batches_tracked", "this BatchNorm does not track running statistics");
+    if (count < 0)
+      detail::throw_invalid("BatchNorm::set_num_batches_tracked", "count must be >= 0, got " + std::to_string(count));
+    num_batches_tracked_ = count;
+  }
 
   template <class X, class Y>
   NormStats<T> forward(const X& x, Y&& y) { return forward_on(core::SerialExecutor{}, x, y); }
@@ -113,6 +142,26 @@ class BatchNorm {
     return detail::channel_groups(dims.data(), rank, axis, detail::layout_v<X> == Eigen::RowMajor);
   }
 
+  // The parameters with their names and required sizes (0: absent); const or not as `self` is.
+  template <class Self>
+  static auto slots_of(Self& self) {
+    using Tensor = std::conditional_t<std::is_const_v<Self>, const Eigen::Tensor<P, 1>, Eigen::Tensor<P, 1>>;
+    const Index affine = self.options_.affine ? self.channels_ : 0;
+    const Index tracked = self.options_.track_running_stats ? self.channels_ : 0;
+    return std::array<detail::ParamSlot<Tensor>, 4>{{{"weight", &self.weight_, affine},
+                                                     {"bias", &self.bias_, affine},
+                                                     {"running_mean", &self.running_mean_, tracked},
+                                                     {"running_var", &self.running_var_, tracked}}};
+  }
+  void set(std::size_t slot, const char* setter, const P* data, Index size) {
+    detail::set_param("BatchNorm::" + std::string(setter), slots_of(*this)[slot], data, size);
+  }
+
+  // Every parameter keeps its constructed size (C, or 0 when absent), whatever the mode uses.
+  void check_params(const std::string& where) const {
+    for (const auto& slot : slots_of(*this)) detail::check_param(where, slot.name, slot.size, slot.tensor->size());
+  }
+
   core::NormParams<P> params() const {
     return {true, options_.eps, true, core::AffineAxis::Group, weight_.size() ? weight_.data() : nullptr,
             bias_.size() ? bias_.data() : nullptr};
@@ -126,6 +175,7 @@ class BatchNorm {
     const std::string where = "BatchNorm::forward";
     const core::GroupShape s = shape_of(where, x);
     detail::check_same_dims(where, "y", y, "x", x);
+    check_params(where);
     const Index n = s.group_size();
     const bool batch = uses_batch_stats();
     if (batch && n == 1)
@@ -133,6 +183,7 @@ class BatchNorm {
                                        detail::dims_string(detail::dims_of(x)));
 
     NormStats<T> stats;
+    stats.source = batch ? StatsSource::Batch : StatsSource::Running;
     stats.mean.resize(channels_), stats.mean_lo.resize(channels_), stats.rstd.resize(channels_);
     Eigen::Tensor<A, 1> var(channels_);
     if (!batch) {  // eval with running statistics
@@ -175,6 +226,7 @@ class BatchNorm {
     const core::GroupShape s = shape_of(where, x);
     detail::check_same_dims(where, "dy", dy, "x", x);
     detail::check_same_dims(where, "dx", dx, "x", x);
+    check_params(where);
     detail::check_size(where, "stats.mean", channels_, stats.mean.size());
     detail::check_size(where, "stats.rstd", channels_, stats.rstd.size());
     if (stats.mean_lo.size() != 0) detail::check_size(where, "stats.mean_lo", channels_, stats.mean_lo.size());
@@ -188,7 +240,7 @@ class BatchNorm {
                              core::StatsArrays<const A>{stats.mean.data(),
                                                         stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
                                                         stats.rstd.data()},
-                             uses_batch_stats(), options_.affine ? grads.weight.data() : nullptr,
+                             stats.source == StatsSource::Batch, options_.affine ? grads.weight.data() : nullptr,
                              options_.affine ? grads.bias.data() : nullptr);
     out.commit();
     return grads;

@@ -32,6 +32,15 @@ std::string dims_string(const Dims& dims, Eigen::Index count) {
   return s.str();
 }
 
+// A double as a person reads it: %g-style, enough digits to tell -1e-09 from 0 (std::to_string
+// would print "-0.000000").
+inline std::string number_string(double v) {
+  std::ostringstream s;
+  s.precision(6);
+  s << v;
+  return s.str();
+}
+
 [[noreturn]] inline void throw_shape(const std::string& where, const std::string& what) {
   throw shape_error("normkit::" + where + ": " + what);
 }

@@ -25,7 +25,7 @@ class LayerNorm : public detail::TrailingNorm<T, P> {
   LayerNorm(std::initializer_list<Eigen::Index> normalized_shape, LayerNormOptions options = {})
       : LayerNorm(std::vector<Eigen::Index>(normalized_shape), options) {}
   // normkit extension: a normalized_shape known only at run time.
-  LayerNorm(std::vector<Eigen::Index> normalized_shape, LayerNormOptions options)
+  explicit LayerNorm(std::vector<Eigen::Index> normalized_shape, LayerNormOptions options = {})
       : detail::TrailingNorm<T, P>("LayerNorm", std::move(normalized_shape), options.eps, options.elementwise_affine,
                                 options.bias, options.eps_placement, /*centered=*/true),
         options_(options) {}

@@ -3,7 +3,8 @@
 // Each functor has forward(x, y) -> NormStats, operator()(x) -> y, and
 // backward(x, dy, stats, dx) -> NormGrads, plus overloads taking an Eigen::ThreadPoolDevice first.
 // Defines EIGEN_USE_THREADS (when not yet defined) before Eigen's Tensor module so that the
-// thread-pool overloads are always there. See each header for its formula and eps convention.
+// thread-pool overloads are always there. See each header for its formula and eps convention, and
+// docs/api.md for the whole reference. simd_path() names the SIMD instruction set compiled for.
 #pragma once
 
 #ifndef EIGEN_USE_THREADS
@@ -16,3 +17,4 @@
 #include "layer_norm.hpp"
 #include "options.hpp"
 #include "rms_norm.hpp"
+#include "simd_path.hpp"

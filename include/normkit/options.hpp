@@ -36,6 +36,14 @@ using accum_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <class T, class P>
 inline constexpr bool is_param_type_v = std::is_same_v<P, T> || std::is_same_v<P, accum_t<T>>;
 
+// Where a NormStats' statistics came from. Backward follows this, not the functor's current mode, as
+// autograd does: BatchNorm stats from a training forward get the full batch gradient even if eval()
+// was called since, stats from an eval forward (running statistics) get dx = dy * weight * rstd.
+enum class StatsSource {
+  Batch,    // computed from the forward's own input (LayerNorm/RMSNorm always; BatchNorm training)
+  Running,  // BatchNorm's running statistics (eval mode with track_running_stats)
+};
+
 // What forward saves for backward, one entry per normalized group (a row for LayerNorm/RMSNorm, a
 // channel for BatchNorm). Rows are ordered as the leading indices in row-major order, whatever the
 // tensor's layout.
@@ -47,6 +55,7 @@ struct NormStats {
   // x - mean accurate when |mean| >> std, in forward and in backward. May be left empty (= zeros),
   // e.g. for stats that come from elsewhere.
   Eigen::Tensor<accum_t<T>, 1> mean_lo;
+  StatsSource source = StatsSource::Batch;  // normkit extension: set by forward
 };
 
 // Parameter gradients returned by backward, in the parameters' type P; a member is empty (size 0)

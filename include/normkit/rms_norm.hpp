@@ -25,7 +25,7 @@ class RMSNorm : public detail::TrailingNorm<T, P> {
   RMSNorm(std::initializer_list<Eigen::Index> normalized_shape, RMSNormOptions options = {})
       : RMSNorm(std::vector<Eigen::Index>(normalized_shape), options) {}
   // normkit extension: a normalized_shape known only at run time.
-  RMSNorm(std::vector<Eigen::Index> normalized_shape, RMSNormOptions options)
+  explicit RMSNorm(std::vector<Eigen::Index> normalized_shape, RMSNormOptions options = {})
       : detail::TrailingNorm<T, P>("RMSNorm", std::move(normalized_shape), options.eps, options.elementwise_affine,
                                 options.bias, options.eps_placement, /*centered=*/false),
         options_(options) {}

@@ -9,6 +9,8 @@
 // In a ColMajor tensor several leading (or normalized) dims flatten in column-major order, while the
 // contract orders stats rows and weight entries row-major; colmajor_to_rowmajor gives that map.
 // Inputs and outputs of another layout than x's go through a converted copy (in_layout, OutputIn).
+// What is not a tensor (a Matrix, an expression) or not writable as an output stops the build here
+// with one static_assert that says what to pass instead (tensor_arg, OutputIn; tests/compile_fail).
 #pragma once
 
 #include <algorithm>
@@ -26,17 +28,83 @@ using Eigen::Index;
 
 template <class X>
 using plain_t = std::remove_cv_t<std::remove_reference_t<X>>;
+
+// What the functors accept as x, y, dy, dx: a dense Eigen::Tensor, an Eigen::TensorMap of one (const
+// or not), or an Eigen::TensorFixedSize. An Eigen::Matrix or a tensor expression (x * 2.f,
+// x.chip(0, 0)) has no storage of that shape, and used to fail deep inside this file with errors
+// such as "'Layout' is not a member". tensor_arg<X>, which every functor reaches first through
+// scalar_t/rank_v/layout_v, stops the build with one sentence saying what to pass instead; for
+// such an X it still answers with stand-ins, so that the sentence is the first error and few follow.
 template <class X>
-inline constexpr int rank_v = plain_t<X>::NumDimensions;
+struct is_tensor : std::false_type {};
+template <class S, int R, int O, class I>
+struct is_tensor<Eigen::Tensor<S, R, O, I>> : std::true_type {};
+template <class S, class D, int O, class I>
+struct is_tensor<Eigen::TensorFixedSize<S, D, O, I>> : std::true_type {};
+template <class Plain, int O, template <class> class MakePointer>
+struct is_tensor<Eigen::TensorMap<Plain, O, MakePointer>> : is_tensor<std::remove_const_t<Plain>> {};
 template <class X>
-inline constexpr int layout_v = static_cast<int>(plain_t<X>::Layout);
+inline constexpr bool is_tensor_v = is_tensor<plain_t<X>>::value;
+
 template <class X>
-using scalar_t = std::remove_const_t<typename plain_t<X>::Scalar>;
+inline constexpr bool is_tensor_expression_v =
+    !is_tensor_v<X> && std::is_base_of_v<Eigen::TensorBase<plain_t<X>, Eigen::ReadOnlyAccessors>, plain_t<X>>;
+
+// The stand-ins for a rejected X: its own Scalar and NumDimensions where it has them (a Matrix and
+// every tensor expression do), so that the functors' "must hold T" and "same rank" checks stay quiet.
+template <class X, class = void>
+struct scalar_or_void { using type = void; };
+template <class X>
+struct scalar_or_void<X, std::void_t<typename X::Scalar>> { using type = typename X::Scalar; };
+template <class X, class = void>
+struct rank_or_one : std::integral_constant<int, 1> {};
+template <class X>
+struct rank_or_one<X, std::void_t<decltype(X::NumDimensions)>> : std::integral_constant<int, int(X::NumDimensions)> {};
+
+template <class X, bool = is_tensor_v<X>>
+struct tensor_arg {
+  using scalar = std::remove_const_t<typename X::Scalar>;
+  static constexpr int rank = X::NumDimensions;
+  static constexpr int layout = static_cast<int>(X::Layout);
+};
+template <class X>
+struct tensor_arg<X, false> {
+  // Exactly one of the two fires.
+  static_assert(!is_tensor_expression_v<X>,
+                "normkit: x, y, dy and dx must be an Eigen::Tensor or an Eigen::TensorMap, not a tensor expression "
+                "such as x * 2.f or x.chip(0, 0): evaluate the expression into an Eigen::Tensor first, e.g. "
+                "Eigen::Tensor<float, 2> x2 = x * 2.f;");
+  static_assert(is_tensor_expression_v<X>,
+                "normkit: x, y, dy and dx must be an Eigen::Tensor or an Eigen::TensorMap, not an Eigen::Matrix, "
+                "Array or other type: wrap a Matrix m without copying, e.g. "
+                "Eigen::TensorMap<Eigen::Tensor<float, 2>>(m.data(), m.rows(), m.cols()) "
+                "(Eigen::Tensor<float, 2, Eigen::RowMajor> for a RowMajor Matrix)");
+  using scalar = std::remove_const_t<typename scalar_or_void<X>::type>;
+  static constexpr int rank = rank_or_one<X>::value;
+  static constexpr int layout = Eigen::ColMajor;
+};
+
+template <class X>
+inline constexpr int rank_v = tensor_arg<plain_t<X>>::rank;
+template <class X>
+inline constexpr int layout_v = tensor_arg<plain_t<X>>::layout;
+template <class X>
+using scalar_t = typename tensor_arg<plain_t<X>>::scalar;
+
+// Whether an output can be written through: not a const Tensor&, nor a TensorMap<const Tensor<...>>.
+// A rejected X counts as writable: tensor_arg has already said what is wrong with it.
+template <class Y, class = void>
+struct writable : std::true_type {};
+template <class Y>
+struct writable<Y, std::enable_if_t<is_tensor_v<Y>>>
+    : std::bool_constant<!std::is_const_v<std::remove_pointer_t<decltype(std::declval<Y&>().data())>>> {};
 
 template <class X>
 std::array<Index, rank_v<X>> dims_of(const X& x) {
   std::array<Index, rank_v<X>> d{};
-  for (int i = 0; i < rank_v<X>; ++i) d[static_cast<std::size_t>(i)] = x.dimension(i);
+  // Through dimensions()[i]: Tensor::dimension takes a std::size_t, TensorMap::dimension an Index.
+  if constexpr (is_tensor_v<X>)  // else: a rejected X (tensor_arg), whose build is failing anyway
+    for (std::size_t i = 0; i < d.size(); ++i) d[i] = x.dimensions()[i];
   return d;
 }
 
@@ -112,6 +180,11 @@ const scalar_t<X>* in_layout(const X& x, Eigen::Tensor<scalar_t<X>, rank_v<X>, L
 template <int L, class Y>
 class OutputIn {
  public:
+  static_assert(writable<std::remove_reference_t<Y>>::value,
+                "normkit: the output (y of forward, dx of backward) must be writable: pass an Eigen::Tensor, or an "
+                "Eigen::TensorMap<Eigen::Tensor<...>> over non-const data, not a const Tensor& or an "
+                "Eigen::TensorMap<const Eigen::Tensor<...>>");
+
   explicit OutputIn(Y& y) : y_(y) {
     if constexpr (layout_v<Y> != L) copy_.resize(y.dimensions());
   }
@@ -146,8 +219,19 @@ inline void check_size(const std::string& where, const std::string& what, Index 
                            "] was expected");
 }
 
+// A parameter (weight, bias, running statistics) must keep the size it was constructed with, or stay
+// empty when absent: a resized one would be read out of bounds, an emptied one silently dropped.
+inline void check_param(const std::string& where, const char* name, Index expected, Index actual) {
+  if (expected == actual) return;
+  throw_shape(where, std::string(name) + "() has dimensions [" + std::to_string(actual) + "] but [" +
+                         std::to_string(expected) + "] was expected (" +
+                         (expected == 0 ? "this functor was built without it; it cannot be added later"
+                                        : "a parameter keeps its size; it cannot be removed or resized") +
+                         ")");
+}
+
 inline void check_eps(const std::string& where, double eps) {
-  if (!(eps >= 0)) throw_invalid(where, "eps must be a number >= 0, got " + std::to_string(eps));
+  if (!(eps >= 0)) throw_invalid(where, "eps must be a number >= 0, got " + number_string(eps));
 }
 
 }  // namespace normkit::detail

@@ -1,9 +1,11 @@
 // normkit/thread_pool.hpp — runs the core's chunks on an Eigen::ThreadPoolDevice.
 //
-// Chunk 0 runs on the calling thread, the others on the pool; the call returns when all are done.
-// How many chunks a call is cut into is the core's decision (core/parallel.hpp): small inputs run
-// on the calling thread alone.
+// The core decides how many chunks a call is cut into from the shape alone (core/parallel.hpp); here
+// each of min(threads, chunks) workers takes a contiguous run of them, the first on the calling
+// thread, and the call returns when all are done. Which worker runs a chunk never changes a result.
 #pragma once
+
+#include <algorithm>
 
 #include "options.hpp"
 
@@ -16,13 +18,17 @@ struct PoolExecutor {
 
   template <class F>
   void run(Eigen::Index chunks, F&& f) const {
-    if (chunks <= 1) {
-      if (chunks == 1) f(Eigen::Index(0));
+    const Eigen::Index workers = std::min<Eigen::Index>(threads(), chunks);
+    const auto work = [&f, chunks, workers](Eigen::Index t) {
+      for (Eigen::Index k = chunks * t / workers, end = chunks * (t + 1) / workers; k < end; ++k) f(k);
+    };
+    if (workers <= 1) {
+      work(0);
       return;
     }
-    Eigen::Barrier barrier(static_cast<unsigned>(chunks - 1));
-    for (Eigen::Index k = 1; k < chunks; ++k) device.enqueue_with_barrier(&barrier, [&f, k] { f(k); });
-    f(Eigen::Index(0));
+    Eigen::Barrier barrier(static_cast<unsigned>(workers - 1));
+    for (Eigen::Index t = 1; t < workers; ++t) device.enqueue_with_barrier(&barrier, [&work, t] { work(t); });
+    work(0);
     barrier.Wait();
   }
 };

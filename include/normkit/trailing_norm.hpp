@@ -16,6 +16,7 @@
 #include "core/groups.hpp"
 #include "errors.hpp"
 #include "options.hpp"
+#include "state.hpp"
 #include "tensor_view.hpp"
 #include "thread_pool.hpp"
 
@@ -33,6 +34,16 @@ class TrailingNorm {
   Eigen::Tensor<P, 1>& bias() { return bias_; }
   const Eigen::Tensor<P, 1>& bias() const { return bias_; }
   const std::vector<Index>& normalized_shape() const { return shape_; }
+
+  // State in PyTorch's names (state.hpp): "weight", "bias" when present.
+  StateDict<P> state_dict() const { return state_of<P>(slots_of(*this), std::nullopt); }
+  void load_state_dict(const StateDict<P>& state, bool strict = true) {
+    load_state(name_ + "::load_state_dict", slots_of(*this), state, nullptr, strict);
+  }
+  void set_weight(const P* data, Index size) { set_param(name_ + "::set_weight", slots_of(*this)[0], data, size); }
+  void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
+  void set_bias(const P* data, Index size) { set_param(name_ + "::set_bias", slots_of(*this)[1], data, size); }
+  void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
 
   template <class X, class Y>
   NormStats<T> forward(const X& x, Y&& y) const { return forward_on(core::SerialExecutor{}, x, y); }
@@ -79,6 +90,8 @@ class TrailingNorm {
       throw_invalid(name_, "normalized_shape " + dims_string(shape_, Index(shape_.size())) +
                                " must have at least one axis and no zero-sized or negative dimension");
     features_ = size;
+    weight_size_ = affine ? features_ : 0;
+    bias_size_ = affine && bias ? features_ : 0;
     if (affine) weight_ = Eigen::Tensor<P, 1>(features_).setConstant(P(1));
     if (affine && bias) bias_ = Eigen::Tensor<P, 1>(features_).setConstant(P(0));
   }
@@ -98,6 +111,18 @@ class TrailingNorm {
                                dims_string(dims.data() + (rank - k), k) + " must equal normalized_shape " +
                                dims_string(shape_, k));
     return trailing_groups(dims.data(), rank, k, layout_v<X> == Eigen::RowMajor);
+  }
+
+  // weight_ and bias_ with their names and required sizes; const or not as `self` is.
+  template <class Self>
+  static auto slots_of(Self& self) {
+    using Tensor = std::conditional_t<std::is_const_v<Self>, const Eigen::Tensor<P, 1>, Eigen::Tensor<P, 1>>;
+    return std::array<ParamSlot<Tensor>, 2>{
+        {{"weight", &self.weight_, self.weight_size_}, {"bias", &self.bias_, self.bias_size_}}};
+  }
+
+  void check_params(const std::string& where) const {
+    for (const auto& slot : slots_of(*this)) check_param(where, slot.name, slot.size, slot.tensor->size());
   }
 
   // Memory order differs from the contract's row-major order only for ColMajor tensors with more
@@ -134,13 +159,14 @@ class TrailingNorm {
     const std::string where = name_ + "::forward";
     const core::GroupShape s = shape_of(where, x);
     check_same_dims(where, "y", y, "x", x);
+    check_params(where);
 
     const Index rows = s.groups;
     NormStats<T> stats;
     stats.rstd.resize(rows);
     if (centered_) stats.mean.resize(rows), stats.mean_lo.resize(rows);
     const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
-    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats in memory order, scattered below
+    std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats in memory order, scattered below
     A* mean = centered_ ? (mem.empty() ? stats.mean.data() : mem.data()) : nullptr;
     A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
     A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
@@ -168,13 +194,20 @@ class TrailingNorm {
     const core::GroupShape s = shape_of(where, x);
     check_same_dims(where, "dy", dy, "x", x);
     check_same_dims(where, "dx", dx, "x", x);
+    check_params(where);
     const Index rows = s.groups;
     check_size(where, "stats.rstd", rows, stats.rstd.size());
+    if (!centered_ && stats.mean.size() != 0)
+      throw_shape(where, "stats.mean has dimensions [" + std::to_string(stats.mean.size()) + "] but " + name_ +
+                             " has no mean (expected [0]): were these stats made by a LayerNorm?");
+    if (centered_ && stats.mean.size() == 0 && rows != 0)
+      throw_shape(where, "stats.mean has dimensions [0] but [" + std::to_string(rows) + "] was expected: " + name_ +
+                             " needs the row means (were these stats made by an RMSNorm?)");
     check_size(where, "stats.mean", centered_ ? rows : 0, stats.mean.size());
     if (stats.mean_lo.size() != 0) check_size(where, "stats.mean_lo", rows, stats.mean_lo.size());
 
     const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
-    std::vector<A> mem(rows_order.empty() ? 0 : 3 * rows);  // stats gathered into memory order
+    std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats gathered into memory order
     const auto stat = [&](const Eigen::Tensor<A, 1>& t, Index slot) -> const A* {
       if (t.size() == 0) return nullptr;
       if (rows_order.empty()) return t.data();
@@ -190,7 +223,8 @@ class TrailingNorm {
     NormGrads<P> grads;
     if (weight_.size()) grads.weight.resize(features_);
     if (bias_.size()) grads.bias.resize(features_);
-    std::vector<P> dw_mem(params_order.empty() ? 0 : grads.weight.size()), db_mem(params_order.empty() ? 0 : grads.bias.size());
+    std::vector<P> dw_mem(params_order.empty() ? 0 : std::size_t(grads.weight.size())),
+        db_mem(params_order.empty() ? 0 : std::size_t(grads.bias.size()));
     P* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
     P* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
 
@@ -208,6 +242,7 @@ class TrailingNorm {
   std::string name_;
   std::vector<Index> shape_;
   Index features_ = 0;
+  Index weight_size_ = 0, bias_size_ = 0;  // what weight_ and bias_ must keep: features_ or 0 (absent)
   double eps_;
   bool eps_inside_, centered_;
   Eigen::Tensor<P, 1> weight_, bias_;

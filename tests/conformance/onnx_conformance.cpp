@@ -199,8 +199,8 @@ std::vector<double> to_double(const Vec& v) {
 }
 
 template <int R>
-Eigen::array<Index, R> as_dims(const std::vector<Index>& d) {
-  Eigen::array<Index, R> a;
+Eigen::array<Index, static_cast<std::size_t>(R)> as_dims(const std::vector<Index>& d) {
+  Eigen::array<Index, static_cast<std::size_t>(R)> a;
   for (int i = 0; i < R; ++i) a[static_cast<std::size_t>(i)] = d[static_cast<std::size_t>(i)];
   return a;
 }
@@ -209,10 +209,10 @@ Eigen::array<Index, R> as_dims(const std::vector<Index>& d) {
 // flat is the element's position in row-major storage. Layout conversions below are written with it
 // rather than with swap_layout().shuffle(), whose AVX-512 code trips GCC 12's -Wmaybe-uninitialized.
 template <int R, class F>
-void for_each_index(const Eigen::array<Index, R>& d, F f) {
+void for_each_index(const Eigen::array<Index, static_cast<std::size_t>(R)>& d, F f) {
   Index total = 1;
   for (Index n : d) total *= n;
-  Eigen::array<Index, R> index{};
+  Eigen::array<Index, static_cast<std::size_t>(R)> index{};
   for (Index flat = 0; flat < total; ++flat) {
     f(flat, index);
     for (int a = R - 1; a >= 0; --a) {
@@ -226,16 +226,16 @@ void for_each_index(const Eigen::array<Index, R>& d, F f) {
 template <class T>
 auto dims_array(const T& t) {
   constexpr int R = Eigen::internal::traits<T>::NumDimensions;
-  Eigen::array<Index, R> d;
-  for (int i = 0; i < R; ++i) d[static_cast<std::size_t>(i)] = t.dimension(i);
+  Eigen::array<Index, static_cast<std::size_t>(R)> d;
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = t.dimensions()[i];  // dimension() takes size_t or Index
   return d;
 }
 
 // The same logical tensor (same dims, same value at every index) stored ColMajor.
 template <int R>
-ColT<R> to_col_major(const std::vector<float>& row_major, const Eigen::array<Index, R>& d) {
+ColT<R> to_col_major(const std::vector<float>& row_major, const Eigen::array<Index, static_cast<std::size_t>(R)>& d) {
   ColT<R> c(d);
-  for_each_index<R>(d, [&](Index flat, const Eigen::array<Index, R>& i) {
+  for_each_index<R>(d, [&](Index flat, const Eigen::array<Index, static_cast<std::size_t>(R)>& i) {
     c(i) = row_major[static_cast<std::size_t>(flat)];
   });
   return c;
@@ -246,7 +246,7 @@ template <class T>
 std::vector<double> row_major_values(const T& t) {
   constexpr int R = Eigen::internal::traits<T>::NumDimensions;
   std::vector<double> out(static_cast<std::size_t>(t.size()));
-  for_each_index<R>(dims_array(t), [&](Index flat, const Eigen::array<Index, R>& i) {
+  for_each_index<R>(dims_array(t), [&](Index flat, const Eigen::array<Index, static_cast<std::size_t>(R)>& i) {
     out[static_cast<std::size_t>(flat)] = t(i);
   });
   return out;
@@ -254,12 +254,12 @@ std::vector<double> row_major_values(const T& t) {
 
 // Axis permutation of row-major data: result axis k is source axis perm[k].
 template <int R, class V>
-std::vector<V> permute(const std::vector<V>& src, const Eigen::array<Index, R>& d, const Eigen::array<Index, R>& perm,
-                       Eigen::array<Index, R>& permuted_dims) {
+std::vector<V> permute(const std::vector<V>& src, const Eigen::array<Index, static_cast<std::size_t>(R)>& d, const Eigen::array<Index, static_cast<std::size_t>(R)>& perm,
+                       Eigen::array<Index, static_cast<std::size_t>(R)>& permuted_dims) {
   for (int k = 0; k < R; ++k)
     permuted_dims[static_cast<std::size_t>(k)] = d[static_cast<std::size_t>(perm[static_cast<std::size_t>(k)])];
   std::vector<V> out(src.size());
-  for_each_index<R>(d, [&](Index flat, const Eigen::array<Index, R>& i) {
+  for_each_index<R>(d, [&](Index flat, const Eigen::array<Index, static_cast<std::size_t>(R)>& i) {
     Index to = 0;  // row-major position of the permuted index
     for (int k = 0; k < R; ++k) {
       const std::size_t kk = static_cast<std::size_t>(k);
@@ -415,7 +415,7 @@ void check_batchnorm(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatc
   const auto d = as_dims<R>(X.dims);
   const Eigen::TensorMap<const RowT<R>> x(X.values.data(), d);
   // Channels-last: (N, C, D1, ...) -> (N, D1, ..., C), and back.
-  Eigen::array<Index, R> to_last, from_last, d_last, d_back;
+  Eigen::array<Index, static_cast<std::size_t>(R)> to_last, from_last, d_last, d_back;
   to_last[0] = 0;
   for (int i = 1; i < R - 1; ++i) to_last[static_cast<std::size_t>(i)] = i + 1;
   to_last[R - 1] = 1;
@@ -505,7 +505,7 @@ TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchN
   CHECK(static_cast<long>(cases.size()) == declared);
 
   std::size_t expected = 0;  // LN + RMS + BN cases in the file
-  for (const OnnxCase& c : cases) expected += is_contract_op(c.op) ? 1 : 0;
+  for (const OnnxCase& c : cases) expected += is_contract_op(c.op) ? 1u : 0u;
 
   Eigen::ThreadPool pool(2);
   Eigen::ThreadPoolDevice device(&pool, 2);

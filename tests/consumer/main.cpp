@@ -1,48 +1,11 @@
-// Consumer smoke test: worked example 2 of the contract (LayerNorm, weight 2, bias 1, eps 1e-5),
-// once on the calling thread and once on an Eigen thread pool. Exits non-zero on a mismatch.
-#include <normkit/normkit.hpp>
-
-#include <cmath>
-#include <cstdio>
-
-namespace {
-
-bool matches(const Eigen::Tensor<float, 2>& y, const char* what) {
-  const float expected[2][3] = {{-1.4495f, 1.0f, 3.4495f}, {3.4495f, 1.0f, -1.4495f}};
-  bool ok = true;
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 3; ++j)
-      if (!(std::fabs(y(i, j) - expected[i][j]) <= 5e-4f)) {
-        std::fprintf(stderr, "normkit_consumer: %s y(%d, %d) = %.6f, expected %.4f\n", what, i, j,
-                     static_cast<double>(y(i, j)), static_cast<double>(expected[i][j]));
-        ok = false;
-      }
-  return ok;
-}
-
-}  // namespace
+// Consumer smoke test: builds a LayerNorm with normkit's API directly (the library's header brings
+// normkit's include path and C++17 with it) and checks it through the consumer library.
+// Exits non-zero on a mismatch.
+#include "normkit_consumer/check.hpp"
 
 int main() {
   normkit::LayerNorm<float> ln(3);
   ln.weight().setConstant(2.0f);
   ln.bias().setConstant(1.0f);
-
-  Eigen::Tensor<float, 2> x(2, 3);
-  x.setValues({{5, 10, 15}, {-5, -10, -15}});
-
-  Eigen::Tensor<float, 2> y(2, 3);
-  const auto stats = ln.forward(x, y);
-
-  Eigen::ThreadPool pool(2);
-  Eigen::ThreadPoolDevice device(&pool, 2);
-  Eigen::Tensor<float, 2> y_threaded(2, 3);
-  const auto stats_threaded = ln.forward(device, x, y_threaded);
-
-  const bool ok = matches(y, "forward") && matches(y_threaded, "threaded forward") &&
-                  stats.rstd.size() == 2 && stats_threaded.rstd.size() == 2;
-  if (!ok) return 1;
-  std::printf("normkit_consumer: LayerNorm forward OK, y = [[%.4f, %.4f, %.4f], [%.4f, %.4f, %.4f]]\n",
-              static_cast<double>(y(0, 0)), static_cast<double>(y(0, 1)), static_cast<double>(y(0, 2)),
-              static_cast<double>(y(1, 0)), static_cast<double>(y(1, 1)), static_cast<double>(y(1, 2)));
-  return 0;
+  return normkit_consumer::check_worked_example(ln) ? 0 : 1;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "normkit/core/groups.hpp"
+#include "support/index_vector.hpp"
 
 namespace core = normkit::core;
 using core::Index;
@@ -35,23 +36,23 @@ struct Problem {
 
 // The double reference for group g, element e: xhat, and dx for the given dy.
 struct Reference {
-  std::vector<double> mean, rstd, y, dx, dweight, dbias;
+  IndexVector<double> mean, rstd, y, dx, dweight, dbias;
 };
 
-Reference reference(const Problem& p, const std::vector<float>& x, const std::vector<float>& dy, const std::vector<float>& w,
-                    const std::vector<float>& b, bool centered, core::AffineAxis axis, double eps) {
+Reference reference(const Problem& p, const IndexVector<float>& x, const IndexVector<float>& dy, const IndexVector<float>& w,
+                    const IndexVector<float>& b, bool centered, core::AffineAxis axis, double eps) {
   const Index n = p.n(), total = n * p.groups;
-  Reference r{std::vector<double>(p.groups), std::vector<double>(p.groups), std::vector<double>(total),
-              std::vector<double>(total), std::vector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0),
-              std::vector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0)};
+  Reference r{IndexVector<double>(p.groups), IndexVector<double>(p.groups), IndexVector<double>(total),
+              IndexVector<double>(total), IndexVector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0),
+              IndexVector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0)};
   for (Index g = 0; g < p.groups; ++g) {
     double mean = 0, var = 0;
     if (centered) {
       for (Index e = 0; e < n; ++e) mean += x[p.at(g, e)];
-      mean /= n;
+      mean /= double(n);
     }
     for (Index e = 0; e < n; ++e) var += (x[p.at(g, e)] - mean) * (x[p.at(g, e)] - mean);
-    var /= n;
+    var /= double(n);
     const double rstd = 1 / std::sqrt(var + eps);
     r.mean[g] = mean, r.rstd[g] = rstd;
     const auto weight = [&](Index e) { return axis == core::AffineAxis::Element ? double(w[e]) : double(w[g]); };
@@ -60,7 +61,7 @@ Reference reference(const Problem& p, const std::vector<float>& x, const std::ve
     for (Index e = 0; e < n; ++e) {
       const double xhat = (x[p.at(g, e)] - mean) * rstd, g_ = dy[p.at(g, e)] * weight(e);
       r.y[p.at(g, e)] = xhat * weight(e) + bias(e);
-      mg += g_ / n, mgx += g_ * xhat / n;
+      mg += g_ / double(n), mgx += g_ * xhat / double(n);
       const Index slot = axis == core::AffineAxis::Element ? e : g;
       r.dweight[slot] += dy[p.at(g, e)] * xhat;
       r.dbias[slot] += dy[p.at(g, e)];
@@ -78,9 +79,9 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
   const Index n = p.n(), total = n * p.groups, params = axis == core::AffineAxis::Element ? n : p.groups;
   std::mt19937 rng(static_cast<unsigned>(total + p.inner));
   std::normal_distribution<float> d(0.f, 1.f);
-  std::vector<float> x(total), dy(total), w(params), b(params);
+  IndexVector<float> x(total), dy(total), w(params), b(params);
   for (Index g = 0; g < p.groups; ++g)
-    for (Index e = 0; e < n; ++e) x[p.at(g, e)] = 5.f * g + d(rng);  // each group has its own offset
+    for (Index e = 0; e < n; ++e) x[p.at(g, e)] = 5.f * float(g) + d(rng);  // each group has its own offset
   for (float& v : dy) v = d(rng);
   for (float& v : w) v = 1.f + 0.5f * d(rng);
   for (float& v : b) v = d(rng);
@@ -89,7 +90,7 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
 
   const core::GroupShape shape{p.outer, p.groups, p.inner};
   const core::NormParams<float> params_{centered, eps, true, axis, w.data(), b.data()};
-  std::vector<float> y(total), mean(p.groups), mean_lo(p.groups), rstd(p.groups), dx(total), dw(params), db(params);
+  IndexVector<float> y(total), mean(p.groups), mean_lo(p.groups), rstd(p.groups), dx(total), dw(params), db(params);
   core::forward_groups<float>(exec, x.data(), y.data(), shape, params_,
                               core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()}, true);
   for (Index g = 0; g < p.groups; ++g) {
@@ -128,11 +129,11 @@ TEST_CASE("every shape of the driver gives the double answer", "[core][groups]")
 }
 
 TEST_CASE("chunked execution covers every group exactly once", "[core][groups]") {
-  // Large enough that chunk_count() gives several chunks.
+  // Large enough that chunk_count() gives several chunks (>= 2^16 values each).
   for (const auto axis : {core::AffineAxis::Element, core::AffineAxis::Group}) {
-    check_problem(ReverseExecutor{3}, {500, 1, 256}, true, axis);
-    check_problem(ReverseExecutor{3}, {500, 256, 1}, true, axis);
-    check_problem(ReverseExecutor{4}, {64, 8, 200}, true, axis);
+    check_problem(ReverseExecutor{3}, {500, 1, 512}, true, axis);
+    check_problem(ReverseExecutor{3}, {2000, 256, 1}, true, axis);
+    check_problem(ReverseExecutor{4}, {64, 8, 600}, true, axis);
   }
 }
 
@@ -144,12 +145,12 @@ TEST_CASE("long columns are summed in blocks, staying accurate", "[core][groups]
 namespace {
 
 // Long-double mean and population variance of column c of a rows x cols panel.
-void column_reference(const std::vector<float>& x, Index rows, Index cols, Index c, long double& mean, long double& var) {
+void column_reference(const IndexVector<float>& x, Index rows, Index cols, Index c, long double& mean, long double& var) {
   long double s = 0, q = 0;
-  for (Index r = 0; r < rows; ++r) s += x[std::size_t(r * cols + c)];
+  for (Index r = 0; r < rows; ++r) s += x[r * cols + c];
   mean = s / rows;
   for (Index r = 0; r < rows; ++r) {
-    const long double d = x[std::size_t(r * cols + c)] - mean;
+    const long double d = x[r * cols + c] - mean;
     q += d * d;
   }
   var = q / rows;
@@ -163,7 +164,7 @@ TEST_CASE("column panels: one pass around the first block's mean, the blocked fo
   const Index rows = 150000, cols = 12;
   std::mt19937 rng(7);
   std::normal_distribution<float> z(0.f, 1.f);
-  std::vector<float> x(std::size_t(rows * cols));
+  IndexVector<float> x(rows * cols);
   const Index first_block = core::detail::panel_block_rows<float>(cols);
   REQUIRE(first_block < rows / 100);
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -266,9 +267,9 @@ TEST_CASE("column panels: one dead column is redone alone, the others keep their
   const Index rows = 3000, cols = 64;
   std::mt19937 rng(5);
   std::normal_distribution<float> z(0.f, 1.f);
-  std::vector<float> x(std::size_t(rows * cols));
+  IndexVector<float> x(rows * cols);
   for (Index r = 0; r < rows; ++r)
-    for (Index c = 0; c < cols; ++c) x[std::size_t(r * cols + c)] = c == 5 ? 0.f : float(c) + z(rng);
+    for (Index c = 0; c < cols; ++c) x[r * cols + c] = c == 5 ? 0.f : float(c) + z(rng);
   core::Moments<float> m[core::detail::kMaxPanel<float>] = {};
   core::detail::panel_moments(x.data(), rows, cols, cols, true, m);
   REQUIRE(m[5].count == rows);

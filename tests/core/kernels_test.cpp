@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "normkit/core/groups.hpp"
+#include "support/index_vector.hpp"
 
 namespace core = normkit::core;
 using core::Index;
@@ -15,10 +16,10 @@ using core::Index;
 namespace {
 
 template <class T>
-std::vector<T> random_vector(Index n, unsigned seed, double offset = 0) {
+IndexVector<T> random_vector(Index n, unsigned seed, double offset = 0) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> d(0, 1);
-  std::vector<T> v(static_cast<std::size_t>(n));
+  IndexVector<T> v(n);
   for (T& e : v) e = static_cast<T>(offset + d(rng));
   return v;
 }
@@ -42,7 +43,7 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
     CHECK(s.s2 == Approx(s2).margin(tol<T>(n) * 16));
 
     const core::RunNormalize<T> c{T(3), T(0.01), T(0.7), T(-0.2)};
-    std::vector<T> y(static_cast<std::size_t>(n));
+    IndexVector<T> y(n);
     core::normalize_run(x.data(), y.data(), n, c, w.data(), b.data());
     for (Index i = 0; i < n; ++i) {  // a per-element bias replaces the scalar shift
       const double ref = ((x[i] - 3.0) - 0.01) * 0.7 * w[i] + b[i];
@@ -64,7 +65,7 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
     CHECK(bs.s1 == Approx(sg).margin(tol<T>(n) * 8));
     CHECK(bs.s2 == Approx(sgx).margin(tol<T>(n) * 8));
 
-    std::vector<T> dx(static_cast<std::size_t>(n)), dw(static_cast<std::size_t>(n), T(1)), db(static_cast<std::size_t>(n), T(2));
+    IndexVector<T> dx(n), dw(n, T(1)), db(n, T(2));
     core::backward_runs_dx<1>(x.data(), dy.data(), w.data(), dx.data(), n, n, &gc, dw.data(), db.data());
     for (Index i = 0; i < n; ++i) {
       const double xhat = ((x[i] - 3.0) - 0.01) * 0.7, g = double(dy[i]) * w[i];
@@ -83,7 +84,7 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
   for (Index cols = 1; cols <= widest; ++cols) {
     const auto x = random_vector<T>(rows * stride, 5, 1.0), dy = random_vector<T>(rows * stride, 6),
                wr = random_vector<T>(rows, 7), br = random_vector<T>(rows, 8), shift = random_vector<T>(cols, 9);
-    std::vector<T> s1(static_cast<std::size_t>(cols), T(0)), s2 = s1;
+    IndexVector<T> s1(cols, T(0)), s2 = s1;
     core::cols_sums(x.data(), rows, cols, stride, shift.data(), s1.data(), s2.data());
     for (Index c = 0; c < cols; ++c) {
       double r1 = 0, r2 = 0;
@@ -96,11 +97,11 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
     }
 
     // Per-column coefficients: reuse random vectors shifted to sensible ranges.
-    std::vector<T> mean(static_cast<std::size_t>(cols)), lo = mean, rstd = mean, scale = mean, sh = mean, mg = mean, mgx = mean;
+    IndexVector<T> mean(cols), lo = mean, rstd = mean, scale = mean, sh = mean, mg = mean, mgx = mean;
     for (Index c = 0; c < cols; ++c)
-      mean[c] = T(1 + 0.1 * c), lo[c] = T(1e-3), rstd[c] = T(0.5 + 0.01 * c), scale[c] = T(1.5 - 0.01 * c),
-      sh[c] = T(0.1 * c), mg[c] = T(0.05), mgx[c] = T(-0.02 * c);
-    std::vector<T> y(x.size(), T(-7));
+      mean[c] = T(1 + 0.1 * double(c)), lo[c] = T(1e-3), rstd[c] = T(0.5 + 0.01 * double(c)),
+      scale[c] = T(1.5 - 0.01 * double(c)), sh[c] = T(0.1 * double(c)), mg[c] = T(0.05), mgx[c] = T(-0.02 * double(c));
+    IndexVector<T> y(x.size(), T(-7));
     core::normalize_cols(x.data(), y.data(), rows, cols, stride, core::ColsNormalize<T>{mean.data(), lo.data(), scale.data(), sh.data()},
                          wr.data(), br.data());
     for (Index r = 0; r < rows; ++r) {
@@ -111,12 +112,12 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
       for (Index c = cols; c < stride; ++c) CHECK(y[r * stride + c] == T(-7));  // outside the panel: untouched
     }
 
-    std::vector<T> neg_mg(mg.size()), neg_mgx(mgx.size());  // ColsGrad takes the mean terms negated
-    for (std::size_t c = 0; c < mg.size(); ++c) neg_mg[c] = -mg[c], neg_mgx[c] = -mgx[c];
+    IndexVector<T> neg_mg(mg.size()), neg_mgx(mgx.size());  // ColsGrad takes the mean terms negated
+    for (Index c = 0; c < mg.size(); ++c) neg_mg[c] = -mg[c], neg_mgx[c] = -mgx[c];
     const core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), neg_mg.data(), neg_mgx.data()};
-    std::vector<T> sg(static_cast<std::size_t>(cols), T(0)), sgx = sg;
+    IndexVector<T> sg(cols, T(0)), sgx = sg;
     core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, wr.data(), sg.data(), sgx.data());
-    std::vector<T> dx(x.size()), dw(static_cast<std::size_t>(rows), T(0)), db = dw;
+    IndexVector<T> dx(x.size()), dw(rows, T(0)), db = dw;
     core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, k, wr.data(), dw.data(), db.data());
     for (Index c = 0; c < cols; ++c) {
       double rg = 0, rgx = 0;
@@ -159,8 +160,8 @@ TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps"
       }
       for (const bool with_w : {false, true}) {
         const T* wp = with_w ? w.data() : nullptr;
-        std::vector<T> y4(size_t(size), T(0)), y1 = y4, dx4 = y4, dx1 = y4;
-        std::vector<T> dw4(size_t(n), T(0.5)), db4(size_t(n), T(-0.5)), dw1 = dw4, db1 = db4;
+        IndexVector<T> y4(size, T(0)), y1 = y4, dx4 = y4, dx1 = y4;
+        IndexVector<T> dw4(n, T(0.5)), db4(n, T(-0.5)), dw1 = dw4, db1 = db4;
         const T* xs = x.data() + offset;
         core::normalize_runs<4>(xs, y4.data() + offset, n, stride, nc, wp, with_w ? b.data() : nullptr);
         core::backward_runs_dx<4>(xs, dy.data() + offset, wp, dx4.data() + offset, n, stride, gc, dw4.data(), db4.data());
@@ -169,10 +170,10 @@ TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps"
           core::normalize_run(x.data() + at, y1.data() + at, n, nc[r], wp, with_w ? b.data() : nullptr);
           core::backward_runs_dx<1>(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, n, &gc[r], dw1.data(), db1.data());
         }
-        REQUIRE(std::memcmp(y4.data(), y1.data(), y4.size() * sizeof(T)) == 0);
-        REQUIRE(std::memcmp(dx4.data(), dx1.data(), dx4.size() * sizeof(T)) == 0);
-        REQUIRE(std::memcmp(dw4.data(), dw1.data(), dw4.size() * sizeof(T)) == 0);
-        REQUIRE(std::memcmp(db4.data(), db1.data(), db4.size() * sizeof(T)) == 0);
+        REQUIRE(std::memcmp(y4.data(), y1.data(), sizeof(T) * static_cast<std::size_t>(y4.size())) == 0);
+        REQUIRE(std::memcmp(dx4.data(), dx1.data(), sizeof(T) * static_cast<std::size_t>(dx4.size())) == 0);
+        REQUIRE(std::memcmp(dw4.data(), dw1.data(), sizeof(T) * static_cast<std::size_t>(dw4.size())) == 0);
+        REQUIRE(std::memcmp(db4.data(), db1.data(), sizeof(T) * static_cast<std::size_t>(db4.size())) == 0);
       }
     }
   }

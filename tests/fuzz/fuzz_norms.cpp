@@ -63,7 +63,7 @@ using Eigen::Index;
 using Dims = std::vector<Index>;
 
 constexpr Index kMaxElements = 4096;             // small cases
-constexpr Index kBigElements = Index(1) << 16;   // two of normkit's 32Ki-element chunks
+constexpr Index kBigElements = Index(1) << 17;   // two of normkit's 64Ki-element chunks
 constexpr Index kStreamBytes = Index(8) << 20;   // normkit streams outputs of 8 MiB and more
 constexpr Index kGuard = 16;                     // guard elements on each side of every buffer
 constexpr Index kMaxParams = Index(1) << 22;     // weights of a LayerNorm/RMSNorm
@@ -317,6 +317,9 @@ std::string dims_text(const Dims& d) {
   return s.str();
 }
 
+constexpr const char* kParamNames[4] = {"weight", "bias", "running_mean", "running_var"};
+inline bool resizes_param(const Case& c) { return (c.h.params >> 6 & 3) == 3; }
+
 std::string describe(const Case& c) {
   std::ostringstream s;
   s.precision(17);
@@ -342,7 +345,10 @@ std::string describe(const Case& c) {
       << (r.seed_lo | r.seed_hi << 8);
     return t.str();
   };
-  s << "\n  params fill " << (c.h.params & 3) << '/' << (c.h.params >> 2 & 3) << '/' << (c.h.params >> 4 & 3)
+  s << "\n  params fill " << (c.h.params & 3) << '/' << (c.h.params >> 2 & 3) << '/' << (c.h.params >> 4 & 3);
+  if (resizes_param(c))
+    s << ", then " << kParamNames[c.h.momentum >> 4 & 3] << "() resized (" << (c.h.momentum >> 6) % 3 << ")";
+  s << "\n "
     << ", stats mode " << c.h.stats % 16 << " aux " << int(c.h.stats_aux) << ", operator() " << c.call_op
     << "\n  x values: " << recipe(c.h.x) << "; dy values: " << recipe(c.h.dy) << "; tail " << c.tail_size << " bytes";
   return s.str();
@@ -604,6 +610,24 @@ HARNESS_LOOP void fill_values(T* v, Index n, const Recipe& r, const std::vector<
   }
 }
 
+// Parameters resized after construction (weight() and the rest are mutable references): params bits
+// 6-7 == 3 picks one by momentum bits 4-5 (weight, bias, running_mean, running_var) and a new size by
+// bits 6-7 % 3: empty, one less (1 when absent), one more. Every forward and backward must then throw
+// shape_error before touching anything (a wrong size used to be read out of bounds).
+// Returns whether the size really changed.
+template <class T>
+bool resize_param(const Case& c, Eigen::Tensor<T, 1>* params[4]) {
+  if (!resizes_param(c)) return false;
+  Eigen::Tensor<T, 1>* p = params[c.h.momentum >> 4 & 3];
+  if (!p) return false;
+  const Index old = p->size(), how = (c.h.momentum >> 6) % 3;
+  const Index size = how == 0 ? 0 : how == 1 ? std::max<Index>(old - 1, 1) : old + 1;
+  Eigen::Tensor<T, 1> resized(size);
+  resized.setConstant(T(1));
+  *p = resized;
+  return size != old;
+}
+
 // weight / bias / running statistics: 0 leaves the defaults, 1 ordinary, 2 with specials, 3 wide exponents.
 template <class T>
 void fill_param(Eigen::Tensor<T, 1>& p, int mode, std::uint64_t seed) {
@@ -860,6 +884,8 @@ class Runner {
     if (fn->weight().size() != want_w || fn->bias().size() != want_b) fail(c_, "constructor: weight/bias of the wrong size");
     fill_param(fn->weight(), c_.h.params & 3, 11);
     fill_param(fn->bias(), c_.h.params >> 2 & 3, 12);
+    Eigen::Tensor<T, 1>* resizable[4] = {&fn->weight(), &fn->bias(), nullptr, nullptr};
+    const bool resized = resize_param(c_, resizable);
     const std::vector<T> w0 = copy_of(fn->weight()), b0 = copy_of(fn->bias());
     const auto params_unchanged = [&](const char* call) {
       if (!same(fn->weight(), w0) || !same(fn->bias(), b0)) fail(c_, std::string(call) + " changed weight or bias");
@@ -874,7 +900,7 @@ class Runner {
       return c_.pool ? fn->forward(pool_device(), x_map(x), std::move(ym)) : fn->forward(x_map(x), std::move(ym));
     };
     Problems fp;
-    fp.shape = !x_ok || c_.y_dims != c_.dims;
+    fp.shape = !x_ok || c_.y_dims != c_.dims || resized;
     Buffer<T> y(product(c_.y_dims), c_.offset);
     Stats stats;
     msg.clear();
@@ -926,7 +952,7 @@ class Runner {
     bool pristine = false;
     const Stats bs = stats_for_backward(stats, pristine);
     Problems bp;
-    bp.shape = !x_ok || c_.dy_dims != c_.dims || c_.dx_dims != c_.dims || bs.rstd.size() != rows ||
+    bp.shape = resized || !x_ok || c_.dy_dims != c_.dims || c_.dx_dims != c_.dims || bs.rstd.size() != rows ||
                (centered && bs.mean.size() != rows) || (bs.mean_lo.size() != 0 && bs.mean_lo.size() != rows);
     bp.ambiguous = !centered && bs.mean.size() != 0;  // RMSNorm given a mean: the contract does not say
     Buffer<T> dx(product(c_.dx_dims), c_.offset);
@@ -980,13 +1006,15 @@ class Runner {
     fill_param(bn->bias(), c_.h.params >> 2 & 3, 22);
     fill_param(bn->running_mean(), c_.h.params >> 4 & 3, 23);
     fill_param(bn->running_var(), c_.h.params >> 4 & 3, 24);
+    std::vector<bool> channel_ok(static_cast<std::size_t>(C));
+    for (Index ch = 0; ch < C; ++ch)
+      channel_ok[std::size_t(ch)] = (!c_.affine || (moderate(bn->weight()(ch)) && moderate(bn->bias()(ch))));
+    Eigen::Tensor<T, 1>* resizable[4] = {&bn->weight(), &bn->bias(), &bn->running_mean(), &bn->running_var()};
+    const bool resized = resize_param(c_, resizable);
     const std::vector<T> w0 = copy_of(bn->weight()), b0 = copy_of(bn->bias());
     const auto params_unchanged = [&](const char* call) {
       if (!same(bn->weight(), w0) || !same(bn->bias(), b0)) fail(c_, std::string(call) + " changed weight or bias");
     };
-    std::vector<bool> channel_ok(static_cast<std::size_t>(C));
-    for (Index ch = 0; ch < C; ++ch)
-      channel_ok[std::size_t(ch)] = (!c_.affine || (moderate(bn->weight()(ch)) && moderate(bn->bias()(ch))));
 
     const bool axis_ok = axis_valid(c_);
     const bool shape_ok = c_.rank >= 2 && axis_ok && c_.dims[std::size_t(axis_of(c_))] == C;
@@ -998,7 +1026,7 @@ class Runner {
     }
     const auto problems = [&](const Dims& out_dims, bool batch) {
       Problems p;
-      p.shape = c_.rank < 2 || (axis_ok && c_.dims[std::size_t(axis_of(c_))] != C) || out_dims != c_.dims;
+      p.shape = c_.rank < 2 || (axis_ok && c_.dims[std::size_t(axis_of(c_))] != C) || out_dims != c_.dims || resized;
       p.option = !axis_ok || (batch && per_channel == 1);
       return p;
     };
@@ -1066,7 +1094,7 @@ class Runner {
     bool pristine = false;
     const Stats bs = stats_for_backward(stats, pristine);
     Problems bp;
-    bp.shape = c_.rank < 2 || (axis_ok && c_.dims[std::size_t(axis_of(c_))] != C) || c_.dy_dims != c_.dims ||
+    bp.shape = resized || c_.rank < 2 || (axis_ok && c_.dims[std::size_t(axis_of(c_))] != C) || c_.dy_dims != c_.dims ||
                c_.dx_dims != c_.dims || bs.mean.size() != C || bs.rstd.size() != C ||
                (bs.mean_lo.size() != 0 && bs.mean_lo.size() != C);
     bp.option = !axis_ok;

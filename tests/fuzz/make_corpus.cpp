@@ -132,6 +132,17 @@ int main(int argc, char** argv) {
       h.momentum = b.momentum, h.channel_axis = b.axis, h.steps = b.steps, h.options = b.options, h.params = b.params;
       add(std::string("bn-") + b.name, h);
     }
+    // A parameter resized after construction (params bits 6-7 = 3): momentum bits 4-5 pick it,
+    // bits 6-7 the new size (0 empty, 1 one less, 2 one more). Must throw shape_error, read nothing.
+    const struct { const char* name; int functor; std::uint8_t momentum; } resized[] = {
+        {"ln-weight-shorter", 0, 0x40}, {"rms-bias-added", 1, 0x50}, {"ln-bias-emptied", 0, 0x10},
+        {"bn-running-var-longer", 2, 0xB0}, {"bn-weight-emptied", 2, 0x00}};
+    for (const auto& r : resized) {
+      Header h = r.functor == 2 ? make(2, false, {6, 3, 4, 2}) : make(r.functor, false, {3, 2, 8});
+      h.params = 0xC0;
+      h.momentum = r.momentum;
+      add(std::string("resized-") + r.name, h);
+    }
     Header h = make(2, false, {1, 3, 1});  // one value per channel: training throws
     add("bn-one-value-per-channel", h);
     h = make(2, true, {5});  // rank 1

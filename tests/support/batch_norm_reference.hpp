@@ -106,7 +106,7 @@ std::vector<double> rounded(std::vector<double> v) {
 // ---------------------------------------------------------------------------------------------
 // Tensors <-> logical row-major vectors.
 template <int R>
-bool next_index(std::array<Index, R>& idx, const std::array<Index, R>& dims) {
+bool next_index(std::array<Index, static_cast<std::size_t>(R)>& idx, const std::array<Index, static_cast<std::size_t>(R)>& dims) {
   for (int i = R - 1; i >= 0; --i) {
     if (++idx[static_cast<std::size_t>(i)] < dims[static_cast<std::size_t>(i)]) return true;
     idx[static_cast<std::size_t>(i)] = 0;
@@ -117,7 +117,7 @@ bool next_index(std::array<Index, R>& idx, const std::array<Index, R>& dims) {
 template <class TensorLike>
 std::array<Index, TensorLike::NumIndices> dims_of(const TensorLike& t) {
   std::array<Index, TensorLike::NumIndices> d{};
-  for (int i = 0; i < TensorLike::NumIndices; ++i) d[static_cast<std::size_t>(i)] = t.dimension(i);
+  for (std::size_t i = 0; i < d.size(); ++i) d[i] = t.dimensions()[i];  // dimension() takes size_t or Index
   return d;
 }
 
@@ -127,7 +127,7 @@ void fill(TensorLike&& t, const std::vector<double>& v) {
   using S = typename TL::Scalar;
   constexpr int R = TL::NumIndices;
   const auto dims = dims_of(t);
-  std::array<Index, R> idx{};
+  std::array<Index, static_cast<std::size_t>(R)> idx{};
   if (t.size() == 0) return;
   if (static_cast<Index>(v.size()) != t.size()) throw std::logic_error("bnref::fill: size mismatch");
   std::size_t k = 0;
@@ -143,7 +143,7 @@ std::vector<double> values(const TensorLike& t) {
   if (t.size() == 0) return v;
   v.reserve(static_cast<std::size_t>(t.size()));
   const auto dims = dims_of(t);
-  std::array<Index, R> idx{};
+  std::array<Index, static_cast<std::size_t>(R)> idx{};
   do {
     v.push_back(static_cast<double>(t(idx)));
   } while (next_index<R>(idx, dims));
@@ -165,21 +165,21 @@ Eigen::Tensor<S, 1> tensor1(const std::vector<double>& v) {
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> make_tensor(const std::array<Index, R>& dims, const std::vector<double>& v) {
+Eigen::Tensor<S, R, L> make_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, const std::vector<double>& v) {
   Eigen::Tensor<S, R, L> t(dims);
   fill(t, v);
   return t;
 }
 
 template <class S, int R, int L>
-Eigen::Tensor<S, R, L> filled(const std::array<Index, R>& dims, S value) {
+Eigen::Tensor<S, R, L> filled(const std::array<Index, static_cast<std::size_t>(R)>& dims, S value) {
   Eigen::Tensor<S, R, L> t(dims);
   t.setConstant(value);
   return t;
 }
 
 template <int R>
-std::vector<Index> to_vec(const std::array<Index, R>& d) {
+std::vector<Index> to_vec(const std::array<Index, static_cast<std::size_t>(R)>& d) {
   return std::vector<Index>(d.begin(), d.end());
 }
 

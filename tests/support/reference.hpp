@@ -84,7 +84,7 @@ Vec random_input(std::size_t n, std::uint32_t seed, double offset = 0.0, double 
 template <class Dims>
 std::vector<Index> dims_vec(const Dims& d, int rank) {
   std::vector<Index> out(static_cast<std::size_t>(rank));
-  for (int i = 0; i < rank; ++i) out[static_cast<std::size_t>(i)] = static_cast<Index>(d[i]);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<Index>(d[i]);
   return out;
 }
 
@@ -148,14 +148,14 @@ void from_rowmajor(const Vec& v, TT&& t) {
 }
 
 template <class T, int R, int Layout = Eigen::RowMajor>
-Eigen::Tensor<T, R, Layout> make_tensor(const std::array<Index, R>& dims, const Vec& rowmajor) {
+Eigen::Tensor<T, R, Layout> make_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& rowmajor) {
   Eigen::Tensor<T, R, Layout> t(dims);
   from_rowmajor(rowmajor, t);
   return t;
 }
 
 template <class T, int R, int Layout = Eigen::RowMajor>
-Eigen::Tensor<T, R, Layout> filled_tensor(const std::array<Index, R>& dims, T value) {
+Eigen::Tensor<T, R, Layout> filled_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, T value) {
   Eigen::Tensor<T, R, Layout> t(dims);
   t.setConstant(value);
   return t;

@@ -8,6 +8,7 @@
 // coefficients now per column (arrays) and the per-element weight/bias now per row.
 #pragma once
 
+#include <cstddef>
 #include <type_traits>
 
 #include "moments.hpp"
@@ -41,7 +42,8 @@ void cols_sums(const T* x, Index rows, Index cols, Index stride, const A* shift,
   constexpr Index W = width<A>;
   for_strips<A>(cols, [&](Index c, auto strip) {
     constexpr Index S = decltype(strip)::value;
-    packet<A> sh[S], a1[S], a2[S];
+    constexpr std::size_t N = S;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
+    packet<A> sh[N], a1[N], a2[N];
     for (Index k = 0; k < S; ++k)
       sh[k] = load<A>(shift + c + k * W), a1[k] = load<A>(s1 + c + k * W), a2[k] = load<A>(s2 + c + k * W);
     for (Index r = 0; r < rows; ++r)
@@ -82,7 +84,8 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
   constexpr Index W = width<A>;
   for_strips<A>(cols, [&](Index c, auto strip) {
     constexpr Index S = decltype(strip)::value;
-    packet<A> mean[S], mean_lo[S], scale[S], shift[S];
+    constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
+    packet<A> mean[N], mean_lo[N], scale[N], shift[N];
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * W;
       mean[j] = load<A>(k.mean + at), mean_lo[j] = load<A>(k.mean_lo + at);
@@ -113,7 +116,8 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
   constexpr Index W = width<A>;
   for_strips<A>(cols, [&](Index c, auto strip) {
     constexpr Index S = decltype(strip)::value;
-    packet<A> mean[S], mean_lo[S], rstd[S], sg[S], sgx[S];
+    constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
+    packet<A> mean[N], mean_lo[N], rstd[N], sg[N], sgx[N];
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * W;
       mean[j] = load<A>(k.mean + at), mean_lo[j] = load<A>(k.mean_lo + at), rstd[j] = load<A>(k.rstd + at);
@@ -150,7 +154,8 @@ void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, In
   constexpr Index W = width<A>;
   for_strips<A>(cols, [&](Index c, auto strip) {
     constexpr Index S = decltype(strip)::value;
-    packet<A> mean[S], mean_lo[S], rstd[S], scale[S], neg_mean_g[S], neg_mean_gx[S];
+    constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
+    packet<A> mean[N], mean_lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * W;
       mean[j] = load<A>(k.mean + at), mean_lo[j] = load<A>(k.mean_lo + at), rstd[j] = load<A>(k.rstd + at);

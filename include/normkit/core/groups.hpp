@@ -15,13 +15,16 @@
 // pass only where that shift proves poor; runs of one group are merged with Chan's update
 // (moments.hpp). The normalize or dx sweep then follows while the data is still in cache where the
 // group is small enough.
-// Threads take contiguous chunks of groups (row shape), of column packets (wide column shapes), or
-// of rows (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums
-// are merged in chunk order): results never depend on scheduling, only on the chunk count.
+// Work is cut into chunks of groups (row shape), of column packets (wide column shapes), or of rows
+// (narrow column shapes such as channels-last BatchNorm, whose per-chunk moments or sums are merged
+// in chunk order). The chunk count follows from the shape alone (parallel.hpp), so no result
+// depends on the thread count: a row's outputs depend on that row only, and what crosses chunks
+// (parameter gradients, a narrow column's statistics) is merged in a fixed order.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -67,6 +70,8 @@ struct StatsArrays {
 namespace detail {
 
 // Column panels: at most kMaxPanel columns (1 KiB of each row), so per-column state fits on the stack.
+// The stack arrays take their bound from a std::size_t copy (constexpr std::size_t kPanel): GCC's
+// -Wsign-conversion flags a signed bound that depends on a template parameter.
 template <class A>
 inline constexpr Index kMaxPanel = 16 * simd::width<A>;
 
@@ -218,7 +223,7 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
 // second_pass_shift rounds it (one pass of sums and squares).
 template <class A, class T>
 void cols_shift(const T* x, Index rows, Index cols, Index stride, A* shift) {
-  constexpr Index kPanel = kMaxPanel<A>;
+  constexpr std::size_t kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {};
   cols_sums(x, rows, cols, stride, zero, s1, s2);
   for (Index c = 0; c < cols; ++c)
@@ -232,7 +237,7 @@ void cols_shift(const T* x, Index rows, Index cols, Index stride, A* shift) {
 template <class A, class T>
 void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, Index block, bool centered,
                            Moments<A>* m) {
-  constexpr Index kPanel = kMaxPanel<A>;
+  constexpr std::size_t kPanel = kMaxPanel<A>;
   A mean0[kPanel] = {}, s1[kPanel], s2[kPanel];  // mean0 stays 0 without centering: one pass
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index rb = std::min(block, rows - r0);
@@ -266,7 +271,7 @@ void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, Ind
 // cost the whole panel two more passes.
 template <class A, class T>
 void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
-  constexpr Index kPanel = kMaxPanel<A>;
+  constexpr std::size_t kPanel = kMaxPanel<A>;
   if (rows == 0) return;
   A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
   const Index block = panel_block_rows<T>(cols);
@@ -345,24 +350,31 @@ bool stream_output(const GroupShape& s) {
   return s.outer * s.groups * s.inner * Index(sizeof(T)) >= kStreamBytes;
 }
 
-// How a shape is cut for the executor: by groups (row shape) or by packets of columns.
+// How a shape is cut into chunks: by groups (row shape) or by whole column panels, so that a
+// column shape's panels are the same whatever the chunk count. `partial` is the size, in values, of
+// a partial result each chunk keeps (backward's per-element parameter gradients): their chunks are
+// capped so that the partials stay within kPartialBytes, a part of L2, since the merge reads them
+// all once more.
 struct Chunking {
   Index units, chunks, unit_width;
 };
-template <class A, class Exec>
-Chunking chunking(const Exec& exec, const GroupShape& s) {
+inline constexpr Index kPartialBytes = Index(1) << 20;
+template <class A, class T>
+Chunking chunking(const GroupShape& s, Index partial = 0) {
   const Index total = s.outer * s.groups * s.inner;
-  const Index width = s.inner > 1 ? 1 : simd::width<A>;
+  const Index width = s.inner > 1 ? 1 : panel_width<A, T>(s.outer);
   const Index units = (s.groups + width - 1) / width;
-  return {units, chunk_count(exec.threads(), units, total), width};
+  const Index cap = partial ? std::max<Index>(1, kPartialBytes / (partial * Index(2 * sizeof(A)))) : kMaxChunks;
+  return {units, chunk_count(units, total, std::min(cap, kMaxChunks)), width};
 }
 
-// Column shapes with few columns (BatchNorm channels-last) are cut by rows instead: threads that
-// took a share of every row would fight over the same cache lines.
-template <class A, class Exec>
-Index row_chunks(const Exec& exec, const GroupShape& s) {
-  if (s.inner > 1 || s.groups >= exec.threads() * kMaxPanel<A>) return 1;
-  return chunk_count(exec.threads(), s.outer, s.outer * s.groups);
+// Column shapes with few columns (BatchNorm channels-last) are cut by rows instead: chunks that took
+// a share of every row would fight over the same cache lines, and fewer columns than two panels
+// leave too few column chunks to spread. Returns 1 for every other shape.
+template <class A>
+Index row_chunks(const GroupShape& s) {
+  if (s.inner > 1 || s.groups >= 2 * kMaxPanel<A>) return 1;
+  return chunk_count(s.outer, s.outer * s.groups);
 }
 
 // Calls f(chunk, first_group, end_group) for every chunk, on the executor.
@@ -406,7 +418,7 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
       for (Index g = 0; g < s.groups; ++g) coefficients(g, Moments<A>{});
     return;
   }
-  const detail::Chunking ch = detail::chunking<A>(exec, s);
+  const detail::Chunking ch = detail::chunking<A, T>(s);
   const bool stream = detail::stream_output<T>(s);
   const auto run_at = [&](Index o, Index g) { return (o * s.groups + g) * s.inner; };
 
@@ -452,20 +464,24 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
   }
 
   // column shape: `outer` rows, group g is column g, processed in panels of columns
-  constexpr Index kPanel = detail::kMaxPanel<A>;
-  const Index G = s.groups, row_chunks = detail::row_chunks<A>(exec, s);
+  const Index G = s.groups, row_chunks = detail::row_chunks<A>(s);
   if (row_chunks > 1) {  // few columns: each chunk takes whole rows; moments merged in chunk order
     const auto rows_of = [&](Index k) {
       return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
     };
-    std::vector<Moments<A>> part(compute_stats ? row_chunks * G : 0);
+    // Scratch is owned by vectors and indexed through their data pointers, with Index like the rest.
+    std::vector<Moments<A>> part_buf(compute_stats ? static_cast<std::size_t>(row_chunks * G) : 0);
+    Moments<A>* const part = part_buf.data();
     if (compute_stats)
       exec.run(row_chunks, [&](Index k) {
         const auto [r0, r1] = rows_of(k);
-        for (Index p0 = 0; p0 < G; p0 += kPanel)
-          detail::panel_moments(x + r0 * G + p0, r1 - r0, std::min(kPanel, G - p0), G, p.centered, part.data() + k * G + p0);
+        constexpr Index kPanelCols = detail::kMaxPanel<A>;
+        for (Index p0 = 0; p0 < G; p0 += kPanelCols)
+          detail::panel_moments(x + r0 * G + p0, r1 - r0, std::min(kPanelCols, G - p0), G, p.centered,
+                                part + k * G + p0);
       });
-    std::vector<A> coef(4 * G);  // mean, mean_lo, scale, shift of every column
+    std::vector<A> coef_buf(static_cast<std::size_t>(4 * G));
+    A* const coef = coef_buf.data();  // mean, mean_lo, scale, shift of every column
     for (Index c = 0; c < G; ++c) {
       Moments<A> m;
       for (Index k = 0; compute_stats && k < row_chunks; ++k) m = merge(m, part[k * G + c]);
@@ -475,13 +491,14 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
     exec.run(row_chunks, [&](Index k) {
       const auto [r0, r1] = rows_of(k);
       normalize_cols(x + r0 * G, y + r0 * G, r1 - r0, G, G,
-                     ColsNormalize<A>{coef.data(), coef.data() + G, coef.data() + 2 * G, coef.data() + 3 * G},
+                     ColsNormalize<A>{coef, coef + G, coef + 2 * G, coef + 3 * G},
                      w_elem ? w_elem + r0 : nullptr, b_elem ? b_elem + r0 : nullptr, stream);
       if (stream) simd::stream_fence();
     });
     return;
   }
   const Index panel = detail::panel_width<A, T>(s.outer);
+  constexpr std::size_t kPanel = detail::kMaxPanel<A>;  // array bounds are size_t (see kMaxPanel)
   detail::for_chunks(exec, s, ch, [&](Index, Index g0, Index g1) {
     for (Index p0 = g0; p0 < g1; p0 += panel) {
       const Index pc = std::min(panel, g1 - p0);
@@ -530,12 +547,13 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     if (dbias) std::fill(dbias, dbias + params, P(0));
     return;
   }
-  const detail::Chunking ch = detail::chunking<A>(exec, s);
-  const Index row_chunks = detail::row_chunks<A>(exec, s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
-  const bool stream = detail::stream_output<T>(s);
   // Element-affine parameter gradients: one partial row per chunk, summed in chunk order at the end.
   const bool partials = w_elem && (dweight || dbias);
-  std::vector<A> dw_part(partials ? chunks * n : 0), db_part(partials ? chunks * n : 0);
+  const detail::Chunking ch = detail::chunking<A, T>(s, partials ? n : 0);
+  const Index row_chunks = detail::row_chunks<A>(s), chunks = row_chunks > 1 ? row_chunks : ch.chunks;
+  const bool stream = detail::stream_output<T>(s);
+  const std::size_t part_size = partials ? static_cast<std::size_t>(chunks * n) : 0;
+  std::vector<A> dw_part(part_size), db_part(part_size);
 
   if (s.inner > 1) {  // row shape (training: batches of groups; eval: dx = dy * scale, group by group)
     constexpr Index R = detail::kBatchGroups;
@@ -578,19 +596,23 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
     const auto rows_of = [&](Index k) {
       return std::pair<Index, Index>{chunk_begin(s.outer, row_chunks, k), chunk_begin(s.outer, row_chunks, k + 1)};
     };
-    std::vector<RunGrad<A>> c(static_cast<std::size_t>(G));
-    std::vector<A> cols(7 * G, A(0));  // mean, mean_lo, rstd, scale, -mean_g, -mean_gx, zeros
+    // Scratch is owned by vectors and indexed through their data pointers, with Index like the rest.
+    std::vector<RunGrad<A>> c_buf(static_cast<std::size_t>(G));
+    std::vector<A> cols_buf(static_cast<std::size_t>(7 * G), A(0));
+    RunGrad<A>* const c = c_buf.data();
+    A* const cols = cols_buf.data();  // mean, mean_lo, rstd, scale, -mean_g, -mean_gx, zeros
     for (Index g = 0; g < G; ++g) {
       c[g] = coefficients(g);
       cols[g] = c[g].mean, cols[G + g] = c[g].mean_lo, cols[2 * G + g] = c[g].rstd, cols[3 * G + g] = c[g].scale;
     }
-    const A* col = cols.data();
+    const A* col = cols;
     const ColsGrad<A> kc{col, col + G, col + 2 * G, col + 3 * G, col + 4 * G, col + 5 * G};
     // Per chunk: its sums and a block's sums (two-level summation down each column).
-    std::vector<A> part(4 * row_chunks * G);
+    std::vector<A> part_buf(static_cast<std::size_t>(4 * row_chunks * G));
+    A* const part = part_buf.data();
     exec.run(row_chunks, [&](Index k) {
       const auto [r0, r1] = rows_of(k);
-      A *sum_g = part.data() + 4 * k * G, *sum_gx = sum_g + G, *block_g = sum_g + 2 * G, *block_gx = sum_g + 3 * G;
+      A *sum_g = part + 4 * k * G, *sum_gx = sum_g + G, *block_g = sum_g + 2 * G, *block_gx = sum_g + 3 * G;
       std::fill(sum_g, sum_g + 2 * G, A(0));
       const Index block = detail::panel_block_rows<T>(G);
       for (Index b0 = r0; b0 < r1; b0 += block) {
@@ -619,7 +641,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
       if (stream) simd::stream_fence();
     });
   } else {  // column shape
-    constexpr Index kPanel = detail::kMaxPanel<A>;
+    constexpr std::size_t kPanel = detail::kMaxPanel<A>;  // array bounds are size_t (see kMaxPanel)
     const Index panel = detail::panel_width<A, T>(s.outer);
     detail::for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
       A* dw = partials ? dw_part.data() + k * n : nullptr;
@@ -658,9 +680,10 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
   }
 
   if (partials) {
+    const A *dw = dw_part.data(), *db = db_part.data();
     for (Index e = 0; e < n; ++e) {
       A sw = 0, sb = 0;
-      for (Index k = 0; k < chunks; ++k) sw += dw_part[k * n + e], sb += db_part[k * n + e];
+      for (Index k = 0; k < chunks; ++k) sw += dw[k * n + e], sb += db[k * n + e];
       if (dweight) dweight[e] = static_cast<P>(sw);
       if (dbias) dbias[e] = static_cast<P>(sb);
     }

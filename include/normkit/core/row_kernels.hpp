@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 
 #include "moments.hpp"
 #include "simd.hpp"
@@ -97,7 +98,8 @@ void normalize_runs_impl(const T* x, T* y, Index n, Index stride, const RunNorma
                          bool stream, Index next) {
   using namespace simd;
   constexpr Index W = width<A>;
-  packet<A> mean[R], lo[R], scale[R], shift[R];
+  constexpr std::size_t N = R;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
+  packet<A> mean[N], lo[N], scale[N], shift[N];
   for (int r = 0; r < R; ++r)
     mean[r] = set1<A>(c[r].mean), lo[r] = set1<A>(c[r].mean_lo), scale[r] = set1<A>(c[r].scale), shift[r] = set1<A>(c[r].shift);
   const auto scalar = [&](Index i) {
@@ -188,7 +190,8 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, T* dx, Index n, 
                            A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
   constexpr Index W = width<A>;
-  packet<A> mean[R], lo[R], rstd[R], scale[R], neg_mean_g[R], neg_mean_gx[R];
+  constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
+  packet<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
   for (int r = 0; r < R; ++r) {
     mean[r] = set1<A>(c[r].mean), lo[r] = set1<A>(c[r].mean_lo), rstd[r] = set1<A>(c[r].rstd);
     scale[r] = set1<A>(c[r].scale), neg_mean_g[r] = set1<A>(-c[r].mean_g), neg_mean_gx[r] = set1<A>(-c[r].mean_gx);

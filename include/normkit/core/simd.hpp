@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -267,11 +268,11 @@ EIGEN_STRONG_INLINE auto sum(const P& a) {
 template <class P>
 auto max_lane(const P& a) {
   using A = typename Eigen::internal::unpacket_traits<P>::type;
-  constexpr int n = Eigen::internal::unpacket_traits<P>::size;
+  constexpr std::size_t n = Eigen::internal::unpacket_traits<P>::size;
   A lanes[n];
   Eigen::internal::pstoreu<A>(lanes, a);
   A m = lanes[0];
-  for (int i = 1; i < n; ++i) m = lanes[i] > m ? lanes[i] : m;
+  for (std::size_t i = 1; i < n; ++i) m = lanes[i] > m ? lanes[i] : m;
   return m;
 }
 
