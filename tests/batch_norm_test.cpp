@@ -722,7 +722,7 @@ TEST_CASE("BatchNorm backward (float) matches the float64 analytic reference", "
 namespace {
 
 template <int R, int L>
-void stats_source_check(const std::array<Index, R>& dims, Index channel_axis, std::uint64_t seed) {
+void stats_source_check(const std::array<Index, std::size_t(R)>& dims, Index channel_axis, std::uint64_t seed) {
   INFO(layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
   const int axis = bnref::normalize_axis(channel_axis, R);
   const auto dv = bnref::to_vec<R>(dims);

@@ -18,7 +18,7 @@ using Catch::Matchers::Contains;
 using Eigen::Index;
 
 template <class T, int R>
-Eigen::Tensor<T, R, Eigen::RowMajor> ramp(const std::array<Index, R>& dims, double scale, double offset) {
+Eigen::Tensor<T, R, Eigen::RowMajor> ramp(const std::array<Index, std::size_t(R)>& dims, double scale, double offset) {
   Eigen::Tensor<T, R, Eigen::RowMajor> t(dims);
   for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(offset + scale * std::sin(0.7 * double(i) + offset));
   return t;
