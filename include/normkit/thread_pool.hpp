@@ -18,7 +18,8 @@ struct PoolExecutor {
 
   template <class F>
   void run(Eigen::Index chunks, F&& f) const {
-    const Eigen::Index workers = std::min<Eigen::Index>(threads(), chunks);
+    if (chunks <= 0) return;
+    const Eigen::Index workers = std::max<Eigen::Index>(1, std::min<Eigen::Index>(threads(), chunks));
     const auto work = [&f, chunks, workers](Eigen::Index t) {
       for (Eigen::Index k = chunks * t / workers, end = chunks * (t + 1) / workers; k < end; ++k) f(k);
     };
