@@ -937,7 +937,7 @@ class Runner {
 
     if (c_.call_op) {
       Problems op;
-      op.shape = !x_ok;
+      op.shape = !x_ok || resized;
       msg.clear();
       o = attempt([&] {
         const auto out = (*fn)(x_map(x_.data()));
