@@ -7,6 +7,8 @@
 //                        order), to rounding in the column shapes (their blocks of rows differ:
 //                        2e-6 relative to the channel's sum of |terms| for sums, 1e-5 for dx).
 // BatchNorm shapes only (Group affine): NCHW-like runs ([N][C][HW]) and channels-last columns.
+#include "support/reverse_executor.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -23,15 +25,7 @@ namespace {
 
 std::size_t sz(Index n) { return static_cast<std::size_t>(n); }
 
-// Runs chunks in reverse order: a chunking bug (overlap, gap, shared state) shows up as a mismatch.
-struct ReverseExecutor {
-  Index n;
-  Index threads() const { return n; }
-  template <class F>
-  void run(Index chunks, F&& f) const {
-    for (Index k = chunks; k-- > 0;) f(k);
-  }
-};
+using normkit_test::ReverseExecutor;
 
 std::vector<float> random(std::size_t n, unsigned seed, float mean) {
   std::mt19937 rng(seed);

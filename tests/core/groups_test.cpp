@@ -1,6 +1,8 @@
 // Tests for core/groups.hpp: one logical problem (G groups of n values) laid out in each of the
 // driver's shapes — runs ([1][G][n]), several runs per group ([o][G][n/o]) and columns ([n][G][1]) —
 // must give the double-precision answer, forward and backward, serially and in chunks.
+#include "support/reverse_executor.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -18,15 +20,7 @@ using core::Index;
 
 namespace {
 
-// Runs chunks in reverse order: a chunking bug (overlap, gap, shared state) shows up as a mismatch.
-struct ReverseExecutor {
-  Index n;
-  Index threads() const { return n; }
-  template <class F>
-  void run(Index chunks, F&& f) const {
-    for (Index k = chunks; k-- > 0;) f(k);
-  }
-};
+using normkit_test::ReverseExecutor;
 
 struct Problem {
   Index groups, outer, inner;
