@@ -36,7 +36,7 @@ void run_rows(benchmark::State& state, Variant v, double scale) {
   auto call = [&] {
     namespace nd = normkit::core::detail;
     for (Index r = 0; r < kRows; ++r) {
-      const float* row = x + r * kCols;
+      const normkit::core::LoadX<float> row{x + r * kCols};
       if (v == Variant::MaxAbs) {
         float top = normkit::core::run_max_abs<float>(row, kCols);
         benchmark::DoNotOptimize(top);

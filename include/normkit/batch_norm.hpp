@@ -145,8 +145,12 @@ class BatchNormBase {
   }
 
   core::NormParams<P> params() const {
-    return {true, options_.eps, true, core::AffineAxis::Group, weight_.size() ? weight_.data() : nullptr,
-            bias_.size() ? bias_.data() : nullptr};
+    core::NormParams<P> p;
+    p.eps = options_.eps;
+    p.affine_axis = core::AffineAxis::Group;
+    p.weight = weight_.size() ? weight_.data() : nullptr;
+    p.bias = bias_.size() ? bias_.data() : nullptr;
+    return p;
   }
 
   template <class Exec, class X, class Y>
@@ -178,7 +182,7 @@ class BatchNormBase {
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(),
                             core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(), var.data()},
-                            batch);
+                            batch ? core::StatsMode::Compute : core::StatsMode::Given);
     out.commit();
     if (training_ && options_.track_running_stats && n > 0) update_running_stats(stats, var, n);
     return stats;
@@ -222,7 +226,8 @@ class BatchNormBase {
                              core::StatsArrays<const A>{stats.mean.data(),
                                                         stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
                                                         stats.rstd.data()},
-                             stats.source != StatsSource::Running, options_.affine ? grads.weight.data() : nullptr,
+                             stats.source == StatsSource::Running ? core::StatsOrigin::Constant : core::StatsOrigin::Batch,
+                             options_.affine ? grads.weight.data() : nullptr,
                              options_.affine ? grads.bias.data() : nullptr);
     out.commit();
     return grads;

@@ -234,13 +234,14 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
       detail::throw_invalid(where, "expected more than 1 value per channel over all ranks when training, got 1");
 
     std::vector<Moments<A>> local(static_cast<std::size_t>(C));
-    core::moments_groups<A>(exec, x.data(), s, true, local.data());
+    core::moments_groups<A>(exec, x.data(), s, this->params(), local.data());
     NormStats<T> stats;
     Eigen::Tensor<A, 1> var(C);
     merge_ranks(where, local, counts, stats, var);
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, this->params(),
-                            core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()}, false);
+                            core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()},
+                            core::StatsMode::Given);
     out.commit();
     if (this->options_.track_running_stats && total > 0) this->update_running_stats(stats, var, static_cast<Index>(total));
     return stats;

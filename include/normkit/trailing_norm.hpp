@@ -149,7 +149,13 @@ class TrailingNorm {
   }
 
   core::NormParams<P> params(const P* w, const P* b) const {
-    return {centered_, eps_, eps_inside_, core::AffineAxis::Element, w, b};
+    core::NormParams<P> p;
+    p.centered = centered_;
+    p.eps = eps_;
+    p.eps_inside_sqrt = eps_inside_;
+    p.weight = w;
+    p.bias = b;
+    return p;
   }
 
   template <class Exec, class X, class Y>
@@ -176,7 +182,7 @@ class TrailingNorm {
 
     OutputIn<layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(w, b), core::StatsArrays<A>{mean, mean_lo, rstd},
-                            true);
+                            core::StatsMode::Compute);
     out.commit();
     if (!mem.empty()) {
       scatter(stats.rstd.data(), rstd, rows_order);
@@ -232,7 +238,7 @@ class TrailingNorm {
     const T* dyp = in_layout<layout_v<X>>(dy, dy_copy);
     OutputIn<layout_v<X>, DX> out(dx);
     core::backward_groups<A>(exec, x.data(), dyp, out.data(), s, params(w, nullptr),
-                             core::StatsArrays<const A>{mean, mean_lo, rstd}, true, dw, db);
+                             core::StatsArrays<const A>{mean, mean_lo, rstd}, core::StatsOrigin::Batch, dw, db);
     out.commit();
     if (!dw_mem.empty()) scatter(grads.weight.data(), dw, params_order);
     if (!db_mem.empty()) scatter(grads.bias.data(), db, params_order);

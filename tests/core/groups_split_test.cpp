@@ -1,7 +1,7 @@
 // Tests for the split halves of core/groups.hpp that SyncBatchNorm uses between its collectives:
 //   moments_groups       gives the same bits as forward_groups' own statistics (same chunking and
 //                        merge order), serially and in chunks;
-//   forward_groups with the statistics given (compute_stats = false) then gives forward_groups' y;
+//   forward_groups with the statistics given (StatsMode::Given) then gives forward_groups' y;
 //   backward_sums_groups and backward_dx_groups with count = the tensor's own equal the fused
 //                        backward_groups: bit for bit in the row shape (same sums in the same
 //                        order), to rounding in the column shapes (their blocks of rows differ:
@@ -46,15 +46,17 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
   const std::vector<float> x = random(sz(total), 1, 3.0f), dy = random(sz(total), 2, 0.1f);
   std::vector<float> w(sz(G)), b(sz(G));
   for (Index g = 0; g < G; ++g) w[sz(g)] = 0.5f + 0.01f * float(g), b[sz(g)] = 0.1f * float(g % 7);
-  const core::NormParams<float> p{true, 1e-5, true, core::AffineAxis::Group, w.data(), b.data()};
+  core::NormParams<float> p;
+  p.affine_axis = core::AffineAxis::Group, p.weight = w.data(), p.bias = b.data();
   INFO("outer " << s.outer << ", groups " << G << ", inner " << s.inner << ", threads " << exec.threads());
 
   // Fused forward: its statistics and y.
   std::vector<float> mean(sz(G)), lo(mean), rstd(mean), var(mean), y(sz(total));
-  core::forward_groups<float>(exec, x.data(), y.data(), s, p, core::StatsArrays<float>{mean.data(), lo.data(), rstd.data(), var.data()}, true);
+  core::forward_groups<float>(exec, x.data(), y.data(), s, p, core::StatsArrays<float>{mean.data(), lo.data(), rstd.data(), var.data()},
+                              core::StatsMode::Compute);
   // The statistics half, finished as forward_groups finishes them.
   std::vector<core::Moments<float>> m(sz(G));
-  core::moments_groups<float>(exec, x.data(), s, true, m.data());
+  core::moments_groups<float>(exec, x.data(), s, p, m.data());
   std::vector<float> mean2(mean.size()), lo2(mean.size()), rstd2(mean.size()), y2(y.size());
   for (Index g = 0; g < G; ++g) {
     const core::Moments<float>& mg = m[sz(g)];
@@ -65,13 +67,15 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
   CHECK(same_bits(mean, mean2));
   CHECK(same_bits(lo, lo2));
   CHECK(same_bits(rstd, rstd2));
-  core::forward_groups<float>(exec, x.data(), y2.data(), s, p, core::StatsArrays<float>{mean2.data(), lo2.data(), rstd2.data()}, false);
+  core::forward_groups<float>(exec, x.data(), y2.data(), s, p, core::StatsArrays<float>{mean2.data(), lo2.data(), rstd2.data()},
+                              core::StatsMode::Given);
   CHECK(same_bits(y, y2));
 
   // Backward: fused, and sums then dx.
   const core::StatsArrays<const float> st{mean.data(), lo.data(), rstd.data()};
   std::vector<float> dx(y.size()), dw(sz(G)), db(dw), dx2(y.size()), sum_dy(dw), sum_dy_xhat(dw);
-  core::backward_groups<float>(exec, x.data(), dy.data(), dx.data(), s, p, st, true, dw.data(), db.data());
+  core::backward_groups<float>(exec, x.data(), dy.data(), dx.data(), s, p, st, core::StatsOrigin::Batch, dw.data(),
+                               db.data());
   core::backward_sums_groups<float>(exec, x.data(), dy.data(), s, p, st, sum_dy.data(), sum_dy_xhat.data());
   core::backward_dx_groups<float>(exec, x.data(), dy.data(), dx2.data(), s, p, st, sum_dy.data(), sum_dy_xhat.data(),
                                   s.outer * s.inner);

@@ -83,10 +83,11 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
   const Reference ref = reference(p, x, dy, w, b, centered, axis, eps);
 
   const core::GroupShape shape{p.outer, p.groups, p.inner};
-  const core::NormParams<float> params_{centered, eps, true, axis, w.data(), b.data()};
+  core::NormParams<float> params_;
+  params_.centered = centered, params_.eps = eps, params_.affine_axis = axis, params_.weight = w.data(), params_.bias = b.data();
   IndexVector<float> y(total), mean(p.groups), mean_lo(p.groups), rstd(p.groups), dx(total), dw(params), db(params);
   core::forward_groups<float>(exec, x.data(), y.data(), shape, params_,
-                              core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()}, true);
+                              core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()}, core::StatsMode::Compute);
   for (Index g = 0; g < p.groups; ++g) {
     CHECK(double(mean[g]) + mean_lo[g] == Approx(ref.mean[g]).margin(1e-5 * (1 + std::abs(ref.mean[g]))));
     CHECK(rstd[g] == Approx(ref.rstd[g]).epsilon(1e-5));
@@ -94,7 +95,7 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
   for (Index i = 0; i < total; ++i) REQUIRE(y[i] == Approx(ref.y[i]).margin(2e-5 * (1 + std::abs(ref.y[i]))));
 
   core::backward_groups<float>(exec, x.data(), dy.data(), dx.data(), shape, params_,
-                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()}, true, dw.data(),
+                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()}, core::StatsOrigin::Batch, dw.data(),
                                db.data());
   for (Index i = 0; i < total; ++i) REQUIRE(dx[i] == Approx(ref.dx[i]).margin(1e-4 * (1 + std::abs(ref.dx[i]))));
   for (Index k = 0; k < params; ++k) {

@@ -1,4 +1,4 @@
-// normkit/core/parallel.hpp — how the drivers split work into chunks.
+// normkit/core/parallel.hpp — executors, and how many chunks a call is cut into.
 //
 // An executor has threads() and run(chunks, f), which calls f(k) for every chunk k and returns when
 // all are done. The serial one is here; the Eigen::ThreadPoolDevice one lives in the functor layer
@@ -13,6 +13,8 @@
 
 #include <Eigen/Core>
 
+#include "tuning.hpp"
+
 namespace normkit::core {
 
 using Eigen::Index;
@@ -25,19 +27,11 @@ struct SerialExecutor {
   }
 };
 
-// Elements per chunk, at least. A pool thread takes ~2-5 us to wake, so a chunk should hold tens of
-// microseconds of work; and since the chunk count no longer follows the thread count, each chunk
-// also costs the serial call its setup and its partials' merge: 2^16 values (256 KiB of floats) is
-// a few times the wake-up and leaves the setup per chunk negligible.
-inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
-// At most this many chunks: enough to keep 64 threads busy; more would only add partials to merge.
-inline constexpr Index kMaxChunks = 64;
-
 // How many chunks to cut `units` (groups, column packets, rows) holding `elements` values into: a
-// function of the shape only (see above). max_chunks lowers the cap where each chunk carries a
-// partial result of its own.
-inline Index chunk_count(Index units, Index elements, Index max_chunks = kMaxChunks) {
-  const Index c = std::min({max_chunks, units, elements / kMinElementsPerChunk});
+// function of the shape only. max_chunks lowers the cap where each chunk carries a partial result
+// of its own.
+inline Index chunk_count(Index units, Index elements, Index max_chunks = tuning::kMaxChunks) {
+  const Index c = std::min({max_chunks, units, elements / tuning::kMinElementsPerChunk});
   return c < 1 ? 1 : c;
 }
 

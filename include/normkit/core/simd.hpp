@@ -130,9 +130,9 @@ EIGEN_STRONG_INLINE packet<A> load(const T* p) {
 }
 
 // Stores a packet of A as width<A> values of T; stream: non-temporal (p must then be aligned).
-template <class T, class P>
-EIGEN_STRONG_INLINE void store_converted(T* p, const P& v, bool stream) {
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
+template <class T, class V>
+EIGEN_STRONG_INLINE void store_converted(T* p, const V& v, bool stream) {
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
   if constexpr (vector_convert<A, T>) {
     if constexpr (std::is_same_v<T, Eigen::bfloat16>) bits16::store(p, bits16::to_bf16(v), stream);
     else bits16::store(p, bits16::to_half(v), stream);
@@ -143,9 +143,9 @@ EIGEN_STRONG_INLINE void store_converted(T* p, const P& v, bool stream) {
   }
 }
 
-template <class T, class P>
-EIGEN_STRONG_INLINE void store(T* p, const P& v) {
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
+template <class T, class V>
+EIGEN_STRONG_INLINE void store(T* p, const V& v) {
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
   if constexpr (std::is_same_v<A, T>) Eigen::internal::pstoreu<T>(p, v);
   else store_converted(p, v, false);
 }
@@ -164,9 +164,9 @@ EIGEN_STRONG_INLINE Index aligned_head(const T* p, Index n, bool stream) {
   return head < n ? head : n;
 }
 
-template <class T, class P>
-EIGEN_STRONG_INLINE void store(T* p, const P& v, bool stream) {
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
+template <class T, class V>
+EIGEN_STRONG_INLINE void store(T* p, const V& v, bool stream) {
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
   constexpr std::size_t bytes = sizeof(T) * width<A>;
   if (stream && reinterpret_cast<std::uintptr_t>(p) % bytes == 0) {
     if constexpr (std::is_same_v<A, T>) {
@@ -209,16 +209,18 @@ inline void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst)
 template <class A>
 EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A>>(v); }
 
-template <class P> EIGEN_STRONG_INLINE P add(const P& a, const P& b) { return Eigen::internal::padd(a, b); }
-template <class P> EIGEN_STRONG_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
-template <class P> EIGEN_STRONG_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
-template <class P> EIGEN_STRONG_INLINE P abs(const P& a) { return Eigen::internal::pabs(a); }
-template <class P>
-EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
+// The arithmetic below takes V = packet<A> or V = A itself (Eigen's generic padd & co. are the
+// scalar operators), so that a kernel writes its formula once for the vector body and the tail.
+template <class V> EIGEN_STRONG_INLINE V add(const V& a, const V& b) { return Eigen::internal::padd(a, b); }
+template <class V> EIGEN_STRONG_INLINE V sub(const V& a, const V& b) { return Eigen::internal::psub(a, b); }
+template <class V> EIGEN_STRONG_INLINE V mul(const V& a, const V& b) { return Eigen::internal::pmul(a, b); }
+template <class V> EIGEN_STRONG_INLINE V abs(const V& a) { return Eigen::internal::pabs(a); }
+template <class V>
+EIGEN_STRONG_INLINE V max(const V& a, const V& b) {
 #if defined(EIGEN_VECTORIZE_AVX512)  // Eigen's pmax here carries an _mm512_undefined operand (GCC bug 105593)
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
-  if constexpr (sizeof(P) == 64 && std::is_same_v<A, float>) return _mm512_maskz_max_ps(0xFFFF, a, b);
-  if constexpr (sizeof(P) == 64 && std::is_same_v<A, double>) return _mm512_maskz_max_pd(0xFF, a, b);
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
+  if constexpr (sizeof(V) == 64 && std::is_same_v<A, float>) return _mm512_maskz_max_ps(0xFFFF, a, b);
+  if constexpr (sizeof(V) == 64 && std::is_same_v<A, double>) return _mm512_maskz_max_pd(0xFF, a, b);
 #endif
   return Eigen::internal::pmax(a, b);
 }
@@ -227,9 +229,9 @@ EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
 // vector body and in a scalar edge (where the edges fall depends on the pointer's alignment for
 // streaming stores; results must not). Kernels write every a * b + c they mean to fuse through
 // madd, in both paths, rather than leave it to the compiler's contraction.
-template <class P>
-EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) {
-  if constexpr (std::is_floating_point_v<P>) {
+template <class V>
+EIGEN_STRONG_INLINE V madd(const V& a, const V& b, const V& c) {
+  if constexpr (std::is_floating_point_v<V>) {
 #if defined(EIGEN_VECTORIZE_FMA)
     return std::fma(a, b, c);
 #else
@@ -243,32 +245,36 @@ EIGEN_STRONG_INLINE P madd(const P& a, const P& b, const P& c) {
 // _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users. With GCC and
 // Clang the packet is a vector type whose lanes can be read directly, which keeps the sum in
 // registers; elsewhere it goes through memory.
-template <int Lo, int N, class P>
-EIGEN_STRONG_INLINE auto sum_lanes(const P& a) {
+template <int Lo, int N, class V>
+EIGEN_STRONG_INLINE auto sum_lanes(const V& a) {
   if constexpr (N == 1) return a[Lo];
   else return sum_lanes<Lo, N / 2>(a) + sum_lanes<Lo + N / 2, N / 2>(a);
 }
 
-template <class P>
-EIGEN_STRONG_INLINE auto sum(const P& a) {
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
-  constexpr int n = Eigen::internal::unpacket_traits<P>::size;
+template <class V>
+EIGEN_STRONG_INLINE auto sum(const V& a) {
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
+  constexpr int n = Eigen::internal::unpacket_traits<V>::size;
+  if constexpr (std::is_floating_point_v<V>) {
+    return a;  // one lane (a formula's scalar tail)
+  } else {
 #if defined(__GNUC__)
-  return static_cast<A>(sum_lanes<0, n>(a));
+    return static_cast<A>(sum_lanes<0, n>(a));
 #else
-  A lanes[n];
-  Eigen::internal::pstoreu<A>(lanes, a);
-  for (int step = 1; step < n; step *= 2)
-    for (int i = 0; i + step < n; i += 2 * step) lanes[i] += lanes[i + step];
-  return lanes[0];
+    A lanes[n];
+    Eigen::internal::pstoreu<A>(lanes, a);
+    for (int step = 1; step < n; step *= 2)
+      for (int i = 0; i + step < n; i += 2 * step) lanes[i] += lanes[i + step];
+    return lanes[0];
 #endif
+  }
 }
 
 // Largest lane; for rare paths (through memory).
-template <class P>
-auto max_lane(const P& a) {
-  using A = typename Eigen::internal::unpacket_traits<P>::type;
-  constexpr std::size_t n = Eigen::internal::unpacket_traits<P>::size;
+template <class V>
+auto max_lane(const V& a) {
+  using A = typename Eigen::internal::unpacket_traits<V>::type;
+  constexpr std::size_t n = Eigen::internal::unpacket_traits<V>::size;
   A lanes[n];
   Eigen::internal::pstoreu<A>(lanes, a);
   A m = lanes[0];
@@ -276,8 +282,60 @@ auto max_lane(const P& a) {
   return m;
 }
 
-// Scalar edges use the same helpers so a kernel reads the same for its body and its tail.
 template <class A, class T> EIGEN_STRONG_INLINE A load_scalar(const T* p) { return static_cast<A>(*p); }
 template <class T, class A> EIGEN_STRONG_INLINE void store_scalar(T* p, A v) { *p = static_cast<T>(v); }
+
+// Lanes of either shape, for formulas written once: V is packet<A> (the vector body) or A (heads
+// and tails, one value at a time). lane_t<V> is A in both cases.
+template <class V>
+using lane_t = typename Eigen::internal::unpacket_traits<V>::type;
+template <class V>
+inline constexpr bool is_scalar = std::is_floating_point_v<V>;
+
+template <class V, class T>
+EIGEN_STRONG_INLINE V loadv(const T* p) {
+  if constexpr (is_scalar<V>) return load_scalar<V>(p);
+  else return load<lane_t<V>>(p);
+}
+template <class V>
+EIGEN_STRONG_INLINE V splat(lane_t<V> a) {
+  if constexpr (is_scalar<V>) return a;
+  else return set1<lane_t<V>>(a);
+}
+template <class T, class V>
+EIGEN_STRONG_INLINE void storev(T* p, const V& v, bool stream = false) {
+  if constexpr (is_scalar<V>) store_scalar<T>(p, v);
+  else store(p, v, stream);
+}
+// v as it is, hidden from the optimizer: the operation that produced v is not fused with the next
+// one. g++ contracts a * b + c into one FMA by default (-ffp-contract=fast, even with -std=c++17);
+// where a result must equal the two-step form (store, then add), the product is passed through here.
+template <class V>
+EIGEN_STRONG_INLINE V rounded(V v) {
+#if defined(__GNUC__) && defined(__AVX512F__)
+  __asm__("" : "+v"(v));
+#elif defined(__GNUC__) && defined(__SSE2__)
+  __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#else
+  volatile V through = v;  // elsewhere: through memory
+  v = through;
+#endif
+  return v;
+}
+
+// v rounded to T's precision (once, to nearest even) and widened back: what storing v as T and
+// loading it again gives.
+template <class T, class V>
+EIGEN_STRONG_INLINE V round_to(const V& v) {
+  if constexpr (std::is_same_v<T, lane_t<V>>) {
+    return v;
+  } else {
+    T lanes[Eigen::internal::unpacket_traits<V>::size];
+    storev(lanes, v);
+    return loadv<V>(lanes);
+  }
+}
 
 }  // namespace normkit::core::simd

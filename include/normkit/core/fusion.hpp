@@ -1,0 +1,115 @@
+// normkit/core/fusion.hpp — what the kernels read and how they write: the fusion points.
+//
+// A kernel reads its input through a load prologue and writes its output through a store epilogue,
+// both chosen at compile time, so that a fused layer adds arithmetic on the way in or out without a
+// kernel or a driver of its own:
+//   LoadX         x[i]                                         (every layer)
+//   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm); the statistics
+//                 passes recompute it, the final sweep also stores it (keep), so every element of x
+//                 and r is read before h is written there: h may share storage with x or with r.
+//   StoreY        y[i] = v
+//   StoreAdd      y[i] = v + e[i], added in A and rounded once (backward of a residual branch:
+//                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
+//                 for T = A the result is the two-step y = v; y += e. y may share storage with e.
+// Offsets are in elements from the run's (or panel's) start; at(k) moves the origin by k.
+#pragma once
+
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "simd.hpp"
+
+namespace normkit::core {
+
+using Eigen::Index;
+
+// Overloads taking a prologue or epilogue stand beside ones taking plain pointers: this keeps a
+// pointer (const or not) from matching the former.
+template <class F>
+using if_fusion = std::enable_if_t<std::is_class_v<F>, int>;
+
+template <class T>
+struct LoadX {
+  using value_type = T;
+  const T* x;
+  template <class V>
+  EIGEN_STRONG_INLINE V load(Index i) const {
+    return simd::loadv<V>(x + i);
+  }
+  template <class V>
+  EIGEN_STRONG_INLINE void keep(Index, const V&, bool) const {}
+  EIGEN_STRONG_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
+  LoadX at(Index k) const { return {x + k}; }
+};
+
+template <class A, class T>
+struct LoadResidual {
+  using value_type = T;
+  const T* x;
+  const T* r;
+  A alpha;
+  T* h;  // null: the sum is not stored
+  template <class V>
+  EIGEN_STRONG_INLINE V load(Index i) const {
+    const V sum = simd::madd(simd::loadv<V>(r + i), simd::splat<V>(alpha), simd::loadv<V>(x + i));
+    return simd::round_to<T>(sum);
+  }
+  template <class V>
+  EIGEN_STRONG_INLINE void keep(Index i, const V& v, bool stream) const {
+    if (h) simd::storev(h + i, v, stream);
+  }
+  EIGEN_STRONG_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i), simd::prefetch_l2(r + i); }
+  LoadResidual at(Index k) const { return {x + k, r + k, alpha, h ? h + k : nullptr}; }
+};
+
+template <class T>
+struct StoreY {
+  T* y;
+  template <class V>
+  EIGEN_STRONG_INLINE void store(Index i, const V& v, bool stream) const {
+    simd::storev(y + i, v, stream);
+  }
+  const T* base() const { return y; }
+  StoreY at(Index k) const { return {y + k}; }
+};
+
+template <class T>
+struct StoreAdd {
+  T* y;
+  const T* e;
+  template <class V>
+  EIGEN_STRONG_INLINE void store(Index i, const V& v, bool stream) const {
+    simd::storev(y + i, simd::add(simd::rounded(v), simd::loadv<V>(e + i)), stream);
+  }
+  const T* base() const { return y; }
+  StoreAdd at(Index k) const { return {y + k, e + k}; }
+};
+
+// A constant held both as a packet and as a scalar, for formulas written once over V (simd.hpp):
+// the packet is broadcast once, outside the loops.
+template <class A>
+struct Splat {
+  A s;
+  simd::packet<A> p;
+  explicit Splat(A v = A(0)) : s(v), p(simd::set1<A>(v)) {}
+};
+template <class V, class A>
+EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
+  if constexpr (simd::is_scalar<V>) return c.s;
+  else return c.p;
+}
+
+// Calls f(i, V{}) over [0, n): scalars for the head (the first `head` values, which align the
+// output for streaming stores), packets of A for the body, scalars for the tail. f writes its
+// formula once, over V.
+template <class A, class F>
+EIGEN_STRONG_INLINE void for_lanes(Index n, Index head, F&& f) {
+  constexpr Index W = simd::width<A>;
+  Index i = 0;
+  for (; i < head; ++i) f(i, A{});
+  for (; i + W <= n; i += W) f(i, simd::packet<A>{});
+  for (; i < n; ++i) f(i, A{});
+}
+
+}  // namespace normkit::core

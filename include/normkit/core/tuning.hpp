@@ -1,0 +1,71 @@
+// normkit/core/tuning.hpp — every tuning constant of the core, with the mechanism behind its value.
+//
+// The values are sizes of the memory hierarchy of the x86 and Arm server cores normkit targets
+// (32-48 KiB L1d, 1-2 MiB L2 per core, 16 or 32 vector registers), and of the work a thread wake-up
+// costs. None changes a result's bits except where said (chunking: the order partials are merged
+// in is fixed by the shape, never by the thread count). What each choice measured on one machine
+// is in docs/benchmarks.md, not here.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "simd.hpp"
+
+namespace normkit::core::tuning {
+
+using Eigen::Index;
+
+// --- Chunks (iterate.hpp) ---------------------------------------------------------------------
+// Elements per chunk, at least. A pool thread takes a few microseconds to wake, so a chunk should
+// hold tens of microseconds of work; and since the chunk count follows the shape, not the threads,
+// each chunk also costs the serial call its setup and its partials' merge: 2^16 values (256 KiB of
+// floats) is a few wake-ups' worth and leaves the per-chunk setup negligible.
+inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
+// At most this many chunks: enough to keep 64 threads busy; more would only add partials to merge.
+inline constexpr Index kMaxChunks = 64;
+// Per-chunk partial results (backward's per-element parameter gradients) stay within a part of L2,
+// since the merge reads them all once more: fewer chunks when the partials are long.
+inline constexpr Index kPartialBytes = Index(1) << 20;
+
+// --- Column panels (iterate.hpp, stats.hpp, col_kernels.hpp) -------------------------------------
+// At most 16 packets of columns per panel, so that per-column state (shifts, sums, coefficients:
+// a handful of arrays of this many values) fits on the stack and in L1.
+inline constexpr Index kMaxPanelPackets = 16;
+// A panel is swept two or three times (statistics, then normalize or dx): while it fits in half of
+// a 1 MiB L2 the later sweeps read it from there.
+inline constexpr Index kPanelBudgetBytes = Index(1) << 19;
+// A block of panel rows is swept twice in a row (its shift, then its sums) and should stay in
+// L1/L2 meanwhile: 64 KiB.
+inline constexpr Index kPanelBlockBytes = Index(1) << 16;
+// Column kernels walk strips of this many packets down the rows with their per-column sums and
+// coefficients in registers (six per packet of columns at most): 4 with 32 registers (AVX-512),
+// 2 with 16.
+inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
+
+// --- Rows (iterate.hpp) --------------------------------------------------------------------------
+// Consecutive groups of a row shape go through the sweep this many at a time, so that each packet
+// of per-element parameters is loaded (and of their gradients loaded and stored) once per batch.
+inline constexpr Index kBatchGroups = 4;
+// ... while the batch's inputs fit in a 32 KiB L1d: the sweep must find them where the statistics
+// pass left them, or it trades the parameter loads for misses.
+inline constexpr Index kBatchBytes = Index(1) << 15;
+// Inputs this large (4 MiB) no longer sit in L2 between the statistics pass and the sweep: the
+// sweep over one batch then prefetches the next batch into L2 (the hardware prefetcher does not,
+// as the sweep only touches lines already in L1).
+inline constexpr Index kBeyondL2Bytes = Index(4) << 20;
+// A group of several runs (an NCHW channel) has the next group prefetched into L2 during its sweep
+// when the tensor is far out of cache (8 MiB) and this group and the next fit in a 1 MiB L2 with
+// all of their inputs. Single-run groups (rows) are left to the hardware prefetcher: the next row
+// is the next address.
+inline constexpr Index kPrefetchTensorBytes = Index(8) << 20;
+inline constexpr Index kL2Bytes = Index(1) << 20;
+
+// --- Stores (row_kernels.hpp, col_kernels.hpp) ---------------------------------------------------
+// Outputs of at least 8 MiB are written with non-temporal stores: they would not stay in cache, and
+// streaming saves the read-for-ownership of every line.
+inline constexpr Index kStreamBytes = Index(8) << 20;
+// Batched sweeps are not used with streaming stores of packets narrower than a 64-byte line
+// (16-bit data): several rows' half-written lines interleave in the write-combining buffers.
+inline constexpr Index kCacheLineBytes = 64;
+
+}  // namespace normkit::core::tuning

@@ -1,0 +1,235 @@
+// Tests for the core's fusion points (core/fusion.hpp) and the per-channel-in-group affine
+// (core/norm_policies.hpp), through the entry points of core/groups.hpp:
+//   LoadResidual  forward over h = x + alpha * r writes h rounded once to T, and y and the statistics
+//                 bit for bit as a plain forward over that h; h may overlay x or r.
+//   StoreAdd      backward writing dx = dx_norm + dh: for float/double bit for bit the plain backward
+//                 followed by dx += dh; for bfloat16 with dx_norm's own rounding to T saved; dx may
+//                 overlay dh.
+//   Channel       GroupNorm's affine, NCHW ([1][N*G][C/G*HW]) and channels-last per sample
+//                 ([HW][G][C/G]), against float64 formulas; per-channel gradients the same bits for
+//                 any chunk order.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "normkit/core/groups.hpp"
+#include "support/index_vector.hpp"
+#include "support/reverse_executor.hpp"
+
+namespace core = normkit::core;
+using core::Index;
+using normkit_test::ReverseExecutor;
+
+namespace {
+
+template <class T>
+bool same_bits(const IndexVector<T>& a, const IndexVector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(a.size())) == 0;
+}
+
+template <class T>
+IndexVector<T> random_values(Index n, unsigned seed, float offset, float spread) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> z(0.f, 1.f);
+  IndexVector<T> v(n);
+  for (Index i = 0; i < n; ++i) v[i] = static_cast<T>(offset + spread * z(rng));
+  return v;
+}
+
+// The shapes of the driver: rows, several runs per group, wide columns (panels), narrow columns
+// (chunks of rows), each large enough in one case to be cut into several chunks.
+const core::GroupShape kShapes[] = {{1, 37, 300}, {3, 70, 11}, {300, 70, 1}, {40, 600, 1}, {5000, 9, 1}, {1, 300, 700}, {4, 64, 1031}};
+
+template <class T, class A>
+void check_residual_forward(const core::GroupShape& s, core::AffineAxis axis) {
+  const Index total = s.size(), params = axis == core::AffineAxis::Element ? s.group_size() : s.groups;
+  const A alpha = A(0.7);
+  const IndexVector<T> x = random_values<T>(total, 1, 2.f, 1.f), r = random_values<T>(total, 2, -1.f, 3.f);
+  const IndexVector<T> w = random_values<T>(params, 3, 1.f, 0.3f), b = random_values<T>(params, 4, 0.f, 1.f);
+  core::NormParams<T> p;
+  p.affine_axis = axis, p.weight = w.data(), p.bias = b.data();
+  const auto forward = [&](const auto& load, T* y, IndexVector<A>& mean, IndexVector<A>& lo, IndexVector<A>& rstd) {
+    mean = lo = rstd = IndexVector<A>(s.groups);
+    core::forward_groups(ReverseExecutor{3}, load, core::StoreY<T>{y}, s, p,
+                         core::StatsArrays<A>{mean.data(), lo.data(), rstd.data()}, core::StatsMode::Compute);
+  };
+  IndexVector<T> h(total), y(total), y_plain(total);
+  IndexVector<A> mean, lo, rstd, mean_plain, lo_plain, rstd_plain;
+  forward(core::LoadResidual<A, T>{x.data(), r.data(), alpha, h.data()}, y.data(), mean, lo, rstd);
+  for (Index i = 0; i < total; ++i) {
+    // One rounding of the sum formed in A (with FMA where the kernels fuse: simd::madd).
+    const T want = static_cast<T>(core::simd::madd(static_cast<A>(r[i]), alpha, static_cast<A>(x[i])));
+    REQUIRE(std::memcmp(&h[i], &want, sizeof(T)) == 0);
+  }
+  forward(core::LoadX<T>{h.data()}, y_plain.data(), mean_plain, lo_plain, rstd_plain);
+  CHECK(same_bits(y, y_plain));
+  CHECK(same_bits(mean, mean_plain));
+  CHECK(same_bits(lo, lo_plain));
+  CHECK(same_bits(rstd, rstd_plain));
+  // h over x, and h over r: every element of both is read before h is written there.
+  IndexVector<T> hx = x, hr = r, y2(total);
+  forward(core::LoadResidual<A, T>{hx.data(), r.data(), alpha, hx.data()}, y2.data(), mean_plain, lo_plain, rstd_plain);
+  CHECK(same_bits(hx, h));
+  CHECK(same_bits(y2, y));
+  forward(core::LoadResidual<A, T>{x.data(), hr.data(), alpha, hr.data()}, y2.data(), mean_plain, lo_plain, rstd_plain);
+  CHECK(same_bits(hr, h));
+  CHECK(same_bits(y2, y));
+}
+
+template <class T, class A>
+void check_add_backward(const core::GroupShape& s) {
+  const Index total = s.size(), n = s.group_size();
+  const IndexVector<T> x = random_values<T>(total, 5, 1.f, 2.f), dy = random_values<T>(total, 6, 0.f, 1.f);
+  const IndexVector<T> dh = random_values<T>(total, 7, 0.f, 0.5f), w = random_values<T>(n, 8, 1.f, 0.3f);
+  core::NormParams<T> p;
+  p.weight = w.data();
+  IndexVector<A> mean(s.groups), lo(s.groups), rstd(s.groups);
+  IndexVector<T> y(total);
+  core::forward_groups<A>(core::SerialExecutor{}, x.data(), y.data(), s, p, core::StatsArrays<A>{mean.data(), lo.data(), rstd.data()},
+                          core::StatsMode::Compute);
+  const core::StatsArrays<const A> st{mean.data(), lo.data(), rstd.data()};
+  IndexVector<T> dx_norm(total), dx(total), dw(n), db(n), dw2(n), db2(n);
+  core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), dx_norm.data(), s, p, st, core::StatsOrigin::Batch,
+                           dw.data(), db.data());
+  core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), core::StoreAdd<T>{dx.data(), dh.data()}, s, p, st,
+                           core::StatsOrigin::Batch, dw2.data(), db2.data());
+  CHECK(same_bits(dw, dw2));
+  CHECK(same_bits(db, db2));
+  for (Index i = 0; i < total; ++i) {
+    const T two_step = static_cast<T>(static_cast<A>(dx_norm[i]) + static_cast<A>(dh[i]));
+    if (sizeof(T) == sizeof(A)) {
+      REQUIRE(std::memcmp(&dx[i], &two_step, sizeof(T)) == 0);
+    } else {
+      // One rounding instead of two: the two-step form also carries dx_norm's rounding to T, half an
+      // ulp at dx_norm's magnitude (many of the sum's where dh cancels it), and each result half an
+      // ulp at the sum's.
+      const auto ulp = [](double v) { return v == 0 ? 0.0 : std::ldexp(1.0, std::ilogb(v) - std::numeric_limits<T>::digits + 1); };
+      REQUIRE(std::abs(double(dx[i]) - double(two_step)) <= 0.5 * ulp(double(dx_norm[i])) + ulp(double(two_step)));
+    }
+  }
+  IndexVector<T> over_dh = dh;  // dx overlaying dh
+  core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), core::StoreAdd<T>{over_dh.data(), over_dh.data()}, s, p,
+                           st, core::StatsOrigin::Batch, dw2.data(), db2.data());
+  CHECK(same_bits(over_dh, dx));
+}
+
+}  // namespace
+
+TEST_CASE("load prologue: x + alpha * r, stored once, normalized as the stored h", "[core][fusion]") {
+  for (const core::GroupShape& s : kShapes) {
+    INFO("outer " << s.outer << ", groups " << s.groups << ", inner " << s.inner);
+    check_residual_forward<float, float>(s, core::AffineAxis::Element);
+    check_residual_forward<float, float>(s, core::AffineAxis::Group);
+    check_residual_forward<double, double>(s, core::AffineAxis::Element);
+    check_residual_forward<Eigen::bfloat16, float>(s, core::AffineAxis::Element);
+  }
+}
+
+TEST_CASE("store epilogue: dx = dx_norm + dh, rounded once", "[core][fusion]") {
+  for (const core::GroupShape& s : kShapes) {
+    INFO("outer " << s.outer << ", groups " << s.groups << ", inner " << s.inner);
+    check_add_backward<float, float>(s);
+    check_add_backward<double, double>(s);
+    check_add_backward<Eigen::bfloat16, float>(s);
+  }
+}
+
+namespace {
+
+// GroupNorm over N samples of C channels in G groups, HW values per channel, as the core sees it.
+struct GroupNormCase {
+  Index N, C, G, HW;
+  bool channels_last;
+  Index cpg() const { return C / G; }
+  Index at(Index n, Index c, Index i) const { return channels_last ? (n * HW + i) * C + c : (n * C + c) * HW + i; }
+  core::GroupShape shape() const {  // per sample when channels-last
+    return channels_last ? core::GroupShape{HW, G, cpg()} : core::GroupShape{1, N * G, cpg() * HW};
+  }
+};
+
+struct ChannelResult {
+  IndexVector<float> y, dx, dw, db;
+};
+
+// Runs the core over every sample (channels-last: one call per sample, as per-sample shapes).
+template <class Exec>
+ChannelResult run_channels(const Exec& exec, const GroupNormCase& k, const IndexVector<float>& x, const IndexVector<float>& dy,
+                           const IndexVector<float>& w, const IndexVector<float>& b, core::StatsOrigin origin) {
+  const core::GroupShape s = k.shape();
+  const Index calls = k.channels_last ? k.N : 1, per_call = s.size();
+  core::NormParams<float> p;
+  p.affine_axis = core::AffineAxis::Channel, p.weight = w.data(), p.bias = b.data();
+  p.channel_groups = k.G, p.group_channels = k.cpg();
+  ChannelResult r{IndexVector<float>(x.size()), IndexVector<float>(x.size()), IndexVector<float>(k.C, 0.f),
+                  IndexVector<float>(k.C, 0.f)};
+  IndexVector<float> mean(s.groups), lo(s.groups), rstd(s.groups), dw(k.C), db(k.C);
+  for (Index call = 0; call < calls; ++call) {
+    const Index at = call * per_call;
+    core::forward_groups<float>(exec, x.data() + at, r.y.data() + at, s, p,
+                                core::StatsArrays<float>{mean.data(), lo.data(), rstd.data()}, core::StatsMode::Compute);
+    core::backward_groups<float>(exec, x.data() + at, dy.data() + at, r.dx.data() + at, s, p,
+                                 core::StatsArrays<const float>{mean.data(), lo.data(), rstd.data()}, origin, dw.data(),
+                                 db.data());
+    for (Index c = 0; c < k.C; ++c) r.dw[c] += dw[c], r.db[c] += db[c];
+  }
+  return r;
+}
+
+void check_channels(const GroupNormCase& k, core::StatsOrigin origin) {
+  const Index total = k.N * k.C * k.HW, cpg = k.cpg(), n = cpg * k.HW;
+  const IndexVector<float> x = random_values<float>(total, 11, 3.f, 2.f), dy = random_values<float>(total, 12, 0.f, 1.f);
+  const IndexVector<float> w = random_values<float>(k.C, 13, 1.f, 0.5f), b = random_values<float>(k.C, 14, 0.f, 1.f);
+  const ChannelResult got = run_channels(core::SerialExecutor{}, k, x, dy, w, b, origin);
+  IndexVector<double> dw(k.C, 0.0), db(k.C, 0.0);
+  for (Index s = 0; s < k.N; ++s)
+    for (Index g = 0; g < k.G; ++g) {
+      const auto each = [&](auto&& f) {
+        for (Index c = g * cpg; c < (g + 1) * cpg; ++c)
+          for (Index i = 0; i < k.HW; ++i) f(c, k.at(s, c, i));
+      };
+      double mean = 0, var = 0, mg = 0, mgx = 0;
+      each([&](Index, Index e) { mean += x[e]; });
+      mean /= double(n);
+      each([&](Index, Index e) { var += (x[e] - mean) * (x[e] - mean); });
+      const double rstd = 1 / std::sqrt(var / double(n) + 1e-5);
+      each([&](Index c, Index e) {
+        const double xhat = (x[e] - mean) * rstd;
+        mg += dy[e] * w[c] / double(n), mgx += dy[e] * w[c] * xhat / double(n);
+        dw[c] += dy[e] * xhat, db[c] += dy[e];
+        REQUIRE(got.y[e] == Approx(xhat * w[c] + b[c]).margin(2e-5 * (1 + std::abs(xhat * w[c] + b[c]))));
+      });
+      if (origin == core::StatsOrigin::Constant) mg = mgx = 0;
+      each([&](Index c, Index e) {
+        const double xhat = (x[e] - mean) * rstd, want = rstd * (dy[e] * w[c] - mg - xhat * mgx);
+        REQUIRE(got.dx[e] == Approx(want).margin(1e-4 * (1 + std::abs(want))));
+      });
+    }
+  for (Index c = 0; c < k.C; ++c) {
+    const double scale = std::sqrt(double(k.N * k.HW));  // float sums of N * HW terms of size ~1
+    REQUIRE(got.dw[c] == Approx(dw[c]).margin(1e-5 * scale * 4));
+    REQUIRE(got.db[c] == Approx(db[c]).margin(1e-5 * scale * 4));
+  }
+  // Chunks run in reverse: the same bits (per-channel gradients are per-chunk partials).
+  const ChannelResult again = run_channels(ReverseExecutor{3}, k, x, dy, w, b, origin);
+  CHECK(same_bits(again.y, got.y));
+  CHECK(same_bits(again.dx, got.dx));
+  CHECK(same_bits(again.dw, got.dw));
+  CHECK(same_bits(again.db, got.db));
+}
+
+}  // namespace
+
+TEST_CASE("per-channel affine inside a group (GroupNorm), NCHW and channels-last", "[core][fusion][channel]") {
+  for (const bool last : {false, true})
+    for (const auto origin : {core::StatsOrigin::Batch, core::StatsOrigin::Constant}) {
+      INFO("channels-last " << last << ", constant stats " << (origin == core::StatsOrigin::Constant));
+      check_channels({2, 6, 3, 10, last}, origin);     // 2 channels per group
+      check_channels({3, 8, 8, 17, last}, origin);     // one channel per group (InstanceNorm)
+      check_channels({2, 12, 1, 33, last}, origin);    // one group (LayerNorm over C, H, W)
+      check_channels({16, 32, 4, 1024, last}, origin); // large enough for several chunks
+    }
+}
