@@ -72,6 +72,7 @@ struct LayerNormOptions {
   bool elementwise_affine = true;  // learnable weight (gamma), initialised to 1
   bool bias = true;                // learnable bias (beta), initialised to 0; only with affine
   EpsPlacement eps_placement = EpsPlacement::InsideSqrt;
+  double weight_offset = 0;  // y = xhat * (weight_offset + weight) + bias, the sum in accum_t (Gemma: 1)
 };
 
 struct RMSNormOptions {
@@ -79,6 +80,7 @@ struct RMSNormOptions {
   bool elementwise_affine = true;
   bool bias = false;
   EpsPlacement eps_placement = EpsPlacement::InsideSqrt;
+  double weight_offset = 0;  // y = xhat * (weight_offset + weight) + bias, the sum in accum_t (Gemma: 1)
 };
 
 struct BatchNormOptions {

@@ -8,6 +8,8 @@
 // T stores x, y, dy, dx; P stores weight, bias and their gradients (options.hpp).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -59,6 +61,32 @@ class TrailingNorm {
     return y;
   }
 
+  // Residual add + norm (a transformer block's x + sublayer(x) before the next norm): h = x + alpha *
+  // residual, computed in accum_t<T> and rounded once to T, is written to h, and y = norm(h), in the
+  // passes of forward (h is never read back from memory before y is written). Same y and stats, bit
+  // for bit, as forward(h, y). h may share storage with x or with residual, y with x.
+  template <class X, class R, class H, class Y>
+  NormStats<T> forward_add(const X& x, const R& residual, H&& h, Y&& y, double alpha = 1) const {
+    return forward_add_on(core::SerialExecutor{}, x, residual, h, y, alpha);
+  }
+  template <class X, class R, class H, class Y>
+  NormStats<T> forward_add(const Eigen::ThreadPoolDevice& device, const X& x, const R& residual, H&& h, Y&& y,
+                           double alpha = 1) const {
+    return forward_add_on(PoolExecutor{device}, x, residual, h, y, alpha);
+  }
+  // Backward of forward_add: dx = (backward of the norm at h, for dy) + dh, dh being the gradient
+  // that reaches h from its other uses (size 0: none), added in accum_t<T> and rounded once. The
+  // residual's gradient is alpha * dx (the caller scales it). dx may share storage with dy or dh.
+  template <class H, class DY, class DH, class DX>
+  NormGrads<P> backward_add(const H& h, const DY& dy, const DH& dh, const NormStats<T>& stats, DX&& dx) const {
+    return backward_add_on(core::SerialExecutor{}, h, dy, dh, stats, dx);
+  }
+  template <class H, class DY, class DH, class DX>
+  NormGrads<P> backward_add(const Eigen::ThreadPoolDevice& device, const H& h, const DY& dy, const DH& dh,
+                            const NormStats<T>& stats, DX&& dx) const {
+    return backward_add_on(PoolExecutor{device}, h, dy, dh, stats, dx);
+  }
+
   template <class X, class DY, class DX>
   NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
     return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
@@ -71,10 +99,12 @@ class TrailingNorm {
 
  protected:
   TrailingNorm(std::string name, std::vector<Index> normalized_shape, double eps, bool affine, bool bias,
-               EpsPlacement placement, bool centered)
-      : name_(std::move(name)), shape_(std::move(normalized_shape)), eps_(eps),
+               EpsPlacement placement, bool centered, double weight_offset)
+      : name_(std::move(name)), shape_(std::move(normalized_shape)), eps_(eps), weight_offset_(weight_offset),
         eps_inside_(placement == EpsPlacement::InsideSqrt), centered_(centered) {
     check_eps(name_, eps_);
+    if (!std::isfinite(weight_offset_))
+      throw_invalid(name_, "weight_offset must be a finite number, got " + number_string(weight_offset_));
     // Each dim checked before multiplying: a product of huge dims would overflow (UB; the fuzzer's
     // normalized_shape [2^32, 2^32]), and two negatives would multiply to a positive size.
     bool valid = !shape_.empty();
@@ -139,17 +169,10 @@ class TrailingNorm {
     return colmajor_to_rowmajor(shape_.data(), Index(shape_.size()));
   }
 
-  // The parameters in memory order: their own buffers, or gathered copies in `copy`.
-  const P* param(const Eigen::Tensor<P, 1>& p, const std::vector<Index>& order, std::vector<P>& copy) const {
-    if (p.size() == 0) return nullptr;
-    if (order.empty()) return p.data();
-    copy.resize(order.size());
-    gather(copy.data(), p.data(), order);
-    return copy.data();
-  }
 
-  core::NormParams<P> params(const P* w, const P* b) const {
-    core::NormParams<P> p;
+  template <class Q>
+  core::NormParams<Q> params(const Q* w, const Q* b) const {
+    core::NormParams<Q> p;
     p.centered = centered_;
     p.eps = eps_;
     p.eps_inside_sqrt = eps_inside_;
@@ -166,24 +189,52 @@ class TrailingNorm {
     const core::GroupShape s = shape_of(where, x);
     check_same_dims(where, "y", y, "x", x);
     check_params(where);
+    OutputIn<layout_v<X>, Y> out(y);
+    NormStats<T> stats = normalize<X>(exec, s, x, core::LoadX<T>{x.data()}, out.data());
+    out.commit();
+    return stats;
+  }
 
+  template <class Exec, class X, class R, class H, class Y>
+  NormStats<T> forward_add_on(const Exec& exec, const X& x, const R& residual, H& h, Y& y, double alpha) const {
+    static_assert(std::is_same_v<scalar_t<X>, T> && std::is_same_v<scalar_t<R>, T> && std::is_same_v<scalar_t<H>, T> &&
+                      std::is_same_v<scalar_t<Y>, T>,
+                  "normkit: x, residual, h and y must hold T");
+    static_assert(rank_v<X> == rank_v<R> && rank_v<X> == rank_v<H> && rank_v<X> == rank_v<Y>,
+                  "normkit: x, residual, h and y must have the same rank");
+    const std::string where = name_ + "::forward_add";
+    const core::GroupShape s = shape_of(where, x);
+    check_same_dims(where, "residual", residual, "x", x);
+    check_same_dims(where, "h", h, "x", x);
+    check_same_dims(where, "y", y, "x", x);
+    check_params(where);
+    Eigen::Tensor<T, rank_v<X>, layout_v<X>> r_copy;
+    const T* r = in_layout<layout_v<X>>(residual, r_copy);
+    OutputIn<layout_v<X>, H> out_h(h);
+    OutputIn<layout_v<X>, Y> out_y(y);
+    NormStats<T> stats =
+        normalize<X>(exec, s, x, core::LoadResidual<A, T>{x.data(), r, static_cast<A>(alpha), out_h.data()}, out_y.data());
+    out_h.commit();
+    out_y.commit();
+    return stats;
+  }
+
+  // The statistics of every row of x (read through `load`) and y, the normalized rows.
+  template <class X, class Exec, class Load>
+  NormStats<T> normalize(const Exec& exec, const core::GroupShape& s, const X& x, const Load& load, T* y) const {
     const Index rows = s.groups;
     NormStats<T> stats;
     stats.rstd.resize(rows);
     if (centered_) stats.mean.resize(rows), stats.mean_lo.resize(rows);
-    const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
+    const std::vector<Index> rows_order = stats_order(x);
     std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats in memory order, scattered below
     A* mean = centered_ ? (mem.empty() ? stats.mean.data() : mem.data()) : nullptr;
     A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
     A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
-    std::vector<P> w_copy, b_copy;
-    const P* w = param(weight_, params_order, w_copy);
-    const P* b = param(bias_, params_order, b_copy);
-
-    OutputIn<layout_v<X>, Y> out(y);
-    core::forward_groups<A>(exec, x.data(), out.data(), s, params(w, b), core::StatsArrays<A>{mean, mean_lo, rstd},
-                            core::StatsMode::Compute);
-    out.commit();
+    const core::StatsArrays<A> st{mean, mean_lo, rstd};
+    with_params<X>([&](const auto* w, const auto* b, auto*, auto*) {
+      core::forward_groups<A>(exec, load, core::StoreY<T>{y}, s, params(w, b), st, core::StatsMode::Compute);
+    });
     if (!mem.empty()) {
       scatter(stats.rstd.data(), rstd, rows_order);
       if (centered_) scatter(stats.mean.data(), mean, rows_order), scatter(stats.mean_lo.data(), mean_lo, rows_order);
@@ -201,6 +252,45 @@ class TrailingNorm {
     check_same_dims(where, "dy", dy, "x", x);
     check_same_dims(where, "dx", dx, "x", x);
     check_params(where);
+    check_stats(where, s, stats);
+    Eigen::Tensor<T, rank_v<X>, layout_v<X>> dy_copy;
+    const T* dyp = in_layout<layout_v<X>>(dy, dy_copy);
+    OutputIn<layout_v<X>, DX> out(dx);
+    NormGrads<P> grads = gradients(exec, s, x, dyp, stats, core::StoreY<T>{out.data()});
+    out.commit();
+    return grads;
+  }
+
+  template <class Exec, class H, class DY, class DH, class DX>
+  NormGrads<P> backward_add_on(const Exec& exec, const H& h, const DY& dy, const DH& dh, const NormStats<T>& stats,
+                               DX& dx) const {
+    static_assert(std::is_same_v<scalar_t<H>, T> && std::is_same_v<scalar_t<DY>, T> && std::is_same_v<scalar_t<DH>, T> &&
+                      std::is_same_v<scalar_t<DX>, T>,
+                  "normkit: h, dy, dh and dx must hold T");
+    static_assert(rank_v<H> == rank_v<DY> && rank_v<H> == rank_v<DH> && rank_v<H> == rank_v<DX>,
+                  "normkit: h, dy, dh and dx must have the same rank");
+    const std::string where = name_ + "::backward_add";
+    const core::GroupShape s = shape_of(where, h);
+    check_same_dims(where, "dy", dy, "h", h);
+    if (dh.size() != 0) check_same_dims(where, "dh", dh, "h", h);
+    check_same_dims(where, "dx", dx, "h", h);
+    check_params(where);
+    check_stats(where, s, stats);
+    Eigen::Tensor<T, rank_v<H>, layout_v<H>> dy_copy, dh_copy;
+    const T* dyp = in_layout<layout_v<H>>(dy, dy_copy);
+    OutputIn<layout_v<H>, DX> out(dx);
+    NormGrads<P> grads;
+    if (dh.size() == 0) {
+      grads = gradients(exec, s, h, dyp, stats, core::StoreY<T>{out.data()});
+    } else {
+      const T* dhp = in_layout<layout_v<H>>(dh, dh_copy);
+      grads = gradients(exec, s, h, dyp, stats, core::StoreAdd<T>{out.data(), dhp});
+    }
+    out.commit();
+    return grads;
+  }
+
+  void check_stats(const std::string& where, const core::GroupShape& s, const NormStats<T>& stats) const {
     const Index rows = s.groups;
     check_size(where, "stats.rstd", rows, stats.rstd.size());
     if (!centered_ && stats.mean.size() != 0)
@@ -211,8 +301,14 @@ class TrailingNorm {
                              " needs the row means (were these stats made by an RMSNorm?)");
     check_size(where, "stats.mean", centered_ ? rows : 0, stats.mean.size());
     if (stats.mean_lo.size() != 0) check_size(where, "stats.mean_lo", rows, stats.mean_lo.size());
+  }
 
-    const std::vector<Index> rows_order = stats_order(x), params_order = param_order<X>();
+  // dx (written through `store`) and the parameter gradients, for checked arguments.
+  template <class Exec, class X, class Store>
+  NormGrads<P> gradients(const Exec& exec, const core::GroupShape& s, const X& x, const T* dy, const NormStats<T>& stats,
+                         const Store& store) const {
+    const Index rows = s.groups;
+    const std::vector<Index> rows_order = stats_order(x);
     std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats gathered into memory order
     const auto stat = [&](const Eigen::Tensor<A, 1>& t, Index slot) -> const A* {
       if (t.size() == 0) return nullptr;
@@ -223,33 +319,70 @@ class TrailingNorm {
     const A* mean = stat(stats.mean, 0);
     const A* mean_lo = stat(stats.mean_lo, 1);
     const A* rstd = stat(stats.rstd, 2);
-    std::vector<P> w_copy;
-    const P* w = param(weight_, params_order, w_copy);
-
+    const core::StatsArrays<const A> st{mean, mean_lo, rstd};
     NormGrads<P> grads;
     if (weight_.size()) grads.weight.resize(features_);
     if (bias_.size()) grads.bias.resize(features_);
-    std::vector<P> dw_mem(params_order.empty() ? 0 : std::size_t(grads.weight.size())),
-        db_mem(params_order.empty() ? 0 : std::size_t(grads.bias.size()));
-    P* dw = grads.weight.size() ? (dw_mem.empty() ? grads.weight.data() : dw_mem.data()) : nullptr;
-    P* db = grads.bias.size() ? (db_mem.empty() ? grads.bias.data() : db_mem.data()) : nullptr;
-
-    Eigen::Tensor<T, rank_v<X>, layout_v<X>> dy_copy;
-    const T* dyp = in_layout<layout_v<X>>(dy, dy_copy);
-    OutputIn<layout_v<X>, DX> out(dx);
-    core::backward_groups<A>(exec, x.data(), dyp, out.data(), s, params(w, nullptr),
-                             core::StatsArrays<const A>{mean, mean_lo, rstd}, core::StatsOrigin::Batch, dw, db);
-    out.commit();
-    if (!dw_mem.empty()) scatter(grads.weight.data(), dw, params_order);
-    if (!db_mem.empty()) scatter(grads.bias.data(), db, params_order);
+    with_params<X>(
+        [&](const auto* w, const auto*, auto* dw, auto* db) {
+          using Q = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+          core::backward_groups<A>(exec, x.data(), dy, store, s, params<Q>(w, nullptr), st, core::StatsOrigin::Batch, dw,
+                                   db);
+        },
+        &grads);
     return grads;
+  }
+
+  // Calls f(w, b, dw, db) with the parameters as the core reads them — in x's memory order (a
+  // ColMajor tensor with several normalized axes gathers them), and with a weight offset as accum_t
+  // weights offset + weight (the sum is never rounded to P) — and buffers for their gradients, which
+  // then go to `grads` in the contract's order.
+  template <class X, class F>
+  void with_params(F&& f, NormGrads<P>* grads = nullptr) const {
+    const std::vector<Index> order = param_order<X>();
+    if (weight_offset_ != 0 && weight_.size()) run_with_params<A>(order, true, f, grads);
+    else run_with_params<P>(order, false, f, grads);
+  }
+  template <class Q, class F>
+  void run_with_params(const std::vector<Index>& order, bool offset, F& f, NormGrads<P>* grads) const {
+    const bool direct = std::is_same_v<Q, P> && order.empty();  // the tensors' own buffers serve as they are
+    const auto input = [&](const Eigen::Tensor<P, 1>& t, bool add_offset, std::vector<Q>& buf) -> const Q* {
+      if (t.size() == 0) return nullptr;
+      if constexpr (std::is_same_v<Q, P>)
+        if (direct && !add_offset) return t.data();
+      buf.resize(std::size_t(features_));
+      for (Index j = 0; j < features_; ++j) {
+        const A v = static_cast<A>(t.data()[order.empty() ? j : order[std::size_t(j)]]);
+        buf[std::size_t(j)] = static_cast<Q>(add_offset ? static_cast<A>(weight_offset_) + v : v);
+      }
+      return buf.data();
+    };
+    std::vector<Q> w_buf, b_buf, dw_buf, db_buf;
+    const Q* w = input(weight_, offset, w_buf);
+    const Q* b = input(bias_, false, b_buf);
+    const auto output = [&](Eigen::Tensor<P, 1>* t, std::vector<Q>& buf) -> Q* {
+      if (!t || t->size() == 0) return nullptr;
+      if constexpr (std::is_same_v<Q, P>)
+        if (direct) return t->data();
+      buf.resize(std::size_t(features_));
+      return buf.data();
+    };
+    Q* dw = output(grads ? &grads->weight : nullptr, dw_buf);
+    Q* db = output(grads ? &grads->bias : nullptr, db_buf);
+    f(w, b, dw, db);
+    const auto put = [&](Eigen::Tensor<P, 1>& t, const std::vector<Q>& buf) {
+      if (buf.empty()) return;
+      if (order.empty()) std::transform(buf.begin(), buf.end(), t.data(), [](Q v) { return static_cast<P>(v); });
+      else scatter(t.data(), buf.data(), order);
+    };
+    if (grads) put(grads->weight, dw_buf), put(grads->bias, db_buf);
   }
 
   std::string name_;
   std::vector<Index> shape_;
   Index features_ = 0;
   Index weight_size_ = 0, bias_size_ = 0;  // what weight_ and bias_ must keep: features_ or 0 (absent)
-  double eps_;
+  double eps_, weight_offset_;
   bool eps_inside_, centered_;
   Eigen::Tensor<P, 1> weight_, bias_;
 };
