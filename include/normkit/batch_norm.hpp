@@ -12,6 +12,9 @@
 // the two follows stats.source (what the forward used), not the current mode: forward in training,
 // eval(), then backward still gives the batch gradient, as autograd does.
 // channel_axis 1 is PyTorch's (N, C, ...); -1 (or R-1) is channels-last. eps is always inside the sqrt.
+// Inference: folded() gives the eval forward as one per-channel map y = scale[c] x + shift[c]
+// (ChannelAffine), and fold_into(weight, bias, out_axis) merges it into the preceding linear or
+// convolution layer's parameters, in place (see both members).
 // Types: T (x, y, dy, dx) is float, double, Eigen::bfloat16 or Eigen::half; statistics are
 // accumulated and saved in accum_t<T> (float for the 16-bit types); P (weight, bias, running
 // statistics, gradients) is T or, for mixed precision, float beside bfloat16/half.
@@ -20,7 +23,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/groups.hpp"
 #include "errors.hpp"
@@ -30,7 +35,27 @@
 #include "thread_pool.hpp"
 
 namespace normkit {
+
+// A BatchNorm in eval mode folded into one per-channel affine map: y = scale[c] * x + shift[c]
+// (BatchNorm::folded()).
+template <class P>
+struct ChannelAffine {
+  Eigen::Tensor<P, 1> scale, shift;
+};
+
 namespace detail {
+
+// A parameter value in long double and back, rounded once (through float for the 16-bit types,
+// which convert from float only).
+template <class P>
+long double to_long_double(P v) {
+  return static_cast<long double>(static_cast<accum_t<P>>(v));
+}
+template <class P>
+P round_to(long double v) {
+  if constexpr (std::is_same_v<P, float> || std::is_same_v<P, double>) return static_cast<P>(v);
+  else return static_cast<P>(static_cast<float>(v));
+}
 
 // Everything of a BatchNorm but its public forward/backward: parameters, modes, state, the checks,
 // the running-statistics update and the local forward/backward. BatchNorm and SyncBatchNorm
@@ -100,7 +125,102 @@ class BatchNormBase {
     num_batches_tracked_ = count;
   }
 
+  // Inference folding, from the running statistics (whatever the mode; needs track_running_stats,
+  // else std::logic_error). Per channel, in long double and rounded once to P:
+  //     scale = weight / sqrt(running_var + eps),   shift = bias - running_mean * scale
+  // (weight 1 and bias 0 without affine), so that scale * x + shift is this BatchNorm's eval forward.
+  ChannelAffine<P> folded() const {
+    const std::string where = std::string(name_) + "::folded";
+    check_foldable(where);
+    const std::vector<long double> scale = fold_scale();
+    ChannelAffine<P> out;
+    out.scale.resize(channels_), out.shift.resize(channels_);
+    for (Index c = 0; c < channels_; ++c) {
+      const std::size_t i = static_cast<std::size_t>(c);
+      out.scale(c) = detail::round_to<P>(scale[i]);
+      out.shift(c) = detail::round_to<P>(bn_bias(c) - detail::to_long_double(running_mean_(c)) * scale[i]);
+    }
+    return out;
+  }
+
+  // Folds this BatchNorm (eval mode, running statistics) into the linear or convolution layer before
+  // it, in place. `layer_weight` is an Eigen::Tensor or TensorMap of P of any rank and layout whose
+  // axis out_axis (in [0, rank)) holds the C output channels (0 for a Linear's (out, in) or a
+  // convolution's OIHW weight); `layer_bias` holds C values of P (zeros for a layer without bias):
+  //     layer_weight' = layer_weight * scale[c] along out_axis
+  //     layer_bias'[c] = (layer_bias[c] - running_mean[c]) * scale[c] + bias[c]
+  // with scale as in folded(), each value computed in long double and rounded once to P. Throws
+  // std::logic_error without tracking, std::invalid_argument for an out_axis outside [0, rank),
+  // shape_error for an out_axis extent or a bias size other than C; nothing is written then.
+  template <class W, class B>
+  void fold_into(W&& layer_weight, B&& layer_bias, Index out_axis = 0) const {
+    using WT = std::remove_reference_t<W>;
+    using BT = std::remove_reference_t<B>;
+    static_assert(std::is_same_v<detail::scalar_t<WT>, P> && std::is_same_v<detail::scalar_t<BT>, P>,
+                  "normkit: fold_into's weight and bias must hold P, the BatchNorm's parameter type");
+    static_assert(detail::rank_v<WT> >= 1, "normkit: fold_into's weight must have rank >= 1");
+    static_assert(detail::rank_v<BT> == 1, "normkit: fold_into's bias must be a rank-1 tensor of C values");
+    static_assert(detail::writable<WT>::value && detail::writable<BT>::value,
+                  "normkit: fold_into writes weight and bias in place: pass an Eigen::Tensor or an "
+                  "Eigen::TensorMap over non-const data");
+    constexpr Index rank = detail::rank_v<WT>;
+    const std::string where = std::string(name_) + "::fold_into";
+    check_foldable(where);
+    const auto dims = detail::dims_of(layer_weight);
+    if (out_axis < 0 || out_axis >= rank)
+      detail::throw_invalid(where, "out_axis " + std::to_string(out_axis) + " is out of range [0, " +
+                                       std::to_string(rank) + ") for weight of dimensions " +
+                                       detail::dims_string(dims) + " (rank " + std::to_string(rank) + ")");
+    const std::size_t axis = static_cast<std::size_t>(out_axis);
+    if (dims[axis] != channels_)
+      detail::throw_shape(where, "weight has dimensions " + detail::dims_string(dims) + " with " +
+                                     std::to_string(dims[axis]) + " output channels on out_axis " +
+                                     std::to_string(out_axis) + " but num_features is " + std::to_string(channels_) +
+                                     " (expected [" + std::to_string(channels_) + "] there)");
+    detail::check_size(where, "bias", channels_, static_cast<Index>(layer_bias.size()));
+
+    const std::vector<long double> scale = fold_scale();
+    // Memory order: [outer][C][inner], inner = the product of the dims that vary faster than out_axis.
+    Index inner = 1, outer = 1;
+    for (std::size_t a = 0; a < dims.size(); ++a) {
+      const bool faster = detail::layout_v<WT> == Eigen::RowMajor ? a > axis : a < axis;
+      if (faster) inner *= dims[a];
+      else if (a != axis) outer *= dims[a];
+    }
+    P* w = layer_weight.data();
+    for (Index o = 0; o < outer; ++o)
+      for (Index c = 0; c < channels_; ++c) {
+        P* row = w + (o * channels_ + c) * inner;
+        const long double s = scale[static_cast<std::size_t>(c)];
+        for (Index k = 0; k < inner; ++k) row[k] = detail::round_to<P>(detail::to_long_double(row[k]) * s);
+      }
+    P* b = layer_bias.data();
+    for (Index c = 0; c < channels_; ++c)
+      b[c] = detail::round_to<P>((detail::to_long_double(b[c]) - detail::to_long_double(running_mean_(c))) *
+                                     scale[static_cast<std::size_t>(c)] +
+                                 bn_bias(c));
+  }
+
  protected:
+  // folded() and fold_into() read the running statistics, which exist only with tracking.
+  void check_foldable(const std::string& where) const {
+    if (!options_.track_running_stats)
+      throw std::logic_error("normkit::" + where + ": this " + std::string(name_) +
+                             " was built with track_running_stats = false: it has no running statistics to fold");
+    check_params(where);
+  }
+  // weight / sqrt(running_var + eps) per channel, unrounded (weight 1 without affine).
+  std::vector<long double> fold_scale() const {
+    std::vector<long double> scale(static_cast<std::size_t>(channels_));
+    const long double eps = options_.eps;
+    for (Index c = 0; c < channels_; ++c) {
+      const long double w = options_.affine ? detail::to_long_double(weight_(c)) : 1.0L;
+      scale[static_cast<std::size_t>(c)] = w / std::sqrt(detail::to_long_double(running_var_(c)) + eps);
+    }
+    return scale;
+  }
+  long double bn_bias(Index c) const { return options_.affine ? detail::to_long_double(bias_(c)) : 0.0L; }
+
   // Batch statistics are used in training, and in any mode without running statistics.
   bool uses_batch_stats() const { return training_ || !options_.track_running_stats; }
 

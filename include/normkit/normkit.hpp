@@ -4,7 +4,8 @@
 // backward(x, dy, stats, dx) -> NormGrads, plus overloads taking an Eigen::ThreadPoolDevice first.
 // Defines EIGEN_USE_THREADS (when not yet defined) before Eigen's Tensor module so that the
 // thread-pool overloads are always there. See each header for its formula and eps convention, and
-// docs/api.md for the whole reference. simd_path() names the SIMD instruction set compiled for.
+// docs/api.md for the whole reference. simd_path() names the SIMD instruction set compiled for;
+// deepnorm.hpp gives DeepNet's residual and initialization constants.
 #pragma once
 
 #ifndef EIGEN_USE_THREADS
@@ -13,6 +14,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "batch_norm.hpp"
+#include "deepnorm.hpp"
 #include "errors.hpp"
 #include "layer_norm.hpp"
 #include "options.hpp"
