@@ -11,8 +11,10 @@
 # widths. Exits non-zero on any finding: a sanitizer report, an uncaught exception, a failed check,
 # a timeout (10 s) or more than 4 GB of memory. Inputs that crash are written to $dir/artifacts/.
 # New inputs go to $dir/corpus-<build>/ (kept between runs); the repository's corpus is only read.
-# NORMKIT_FUZZ_DIR overrides $dir (default build-fuzz/). Installs clang-14 and libclang-rt-14-dev
-# (libFuzzer, the sanitizer runtimes) and libeigen3-dev when missing.
+# NORMKIT_FUZZ_DIR overrides $dir (default build-fuzz/), which is also the CMake build tree
+# (-DNORMKIT_BUILD_FUZZERS=ON, clang++-14; the targets are in tests/fuzz/CMakeLists.txt) and holds
+# the executables. Installs what is missing through scripts/install-deps.sh --fuzz: clang-14 and
+# libclang-rt-14-dev (libFuzzer, the sanitizer runtimes) besides cmake and libeigen3-dev.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,56 +29,30 @@ case "${1:-}" in
   *) seconds=$1 ;;
 esac
 
-# ---- packages (as scripts/install-deps.sh: only the missing ones, sudo only when not root)
-installed() { dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'; }
-missing=()
-for p in clang-14 libclang-rt-14-dev libeigen3-dev; do installed "$p" || missing+=("$p"); done
-if ((${#missing[@]})); then
-  sudo=()
-  if [[ $(id -u) != 0 ]]; then
-    if ! command -v sudo >/dev/null; then
-      echo "fuzz.sh: missing ${missing[*]}, and not root without sudo: install them yourself" >&2
-      exit 1
-    fi
-    sudo=(sudo)
-  fi
-  echo "fuzz.sh: installing ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# ---- packages: only the missing ones
+bash scripts/install-deps.sh --fuzz
 
-cxx=clang++-14
 dir=${NORMKIT_FUZZ_DIR:-build-fuzz}
 mkdir -p "$dir/artifacts"
 
+# ---- build through CMake (tests/fuzz/CMakeLists.txt has the flags: -O1 -g, libFuzzer + ASan +
+# UBSan, no trace-cmp, the project's warnings as errors); make rebuilds only what changed.
+# No tests, examples, benchmarks or MPI: the fuzzers need none of them.
+cmake -S . -B "$dir" --log-level=WARNING -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=Debug \
+  -DNORMKIT_BUILD_FUZZERS=ON -DNORMKIT_BUILD_TESTS=OFF -DNORMKIT_BUILD_EXAMPLES=OFF \
+  -DNORMKIT_BUILD_BENCHMARKS=OFF -DNORMKIT_MPI=OFF -DNORMKIT_NATIVE=OFF -DNORMKIT_SANITIZE=OFF >/dev/null
+
 if [[ $mode == corpus ]]; then
-  "$cxx" -std=c++17 -O1 -Wall -Wextra tests/fuzz/make_corpus.cpp -o "$dir/make_corpus"
+  cmake --build "$dir" -j2 --target fuzz_make_corpus
   rm -f tests/fuzz/corpus/*
   mkdir -p tests/fuzz/corpus
-  "$dir/make_corpus" tests/fuzz/corpus
+  "$dir/fuzz_make_corpus" tests/fuzz/corpus
   exit 0
 fi
 
-# ---- build (again only when a header or the target changed)
-# -fno-sanitize-coverage=trace-cmp: the comparisons traced are mostly loop bounds, once per packet;
-# without them the target runs 2.4x faster (143 vs 59 exec/s) and reached more coverage in the same
-# 3 minutes (+1057 vs +405 edges). The input layout reduces every byte modulo its choices, so the
-# comparison-guided mutations have little to find.
-flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -fno-sanitize-coverage=trace-cmp -Wall -Wextra -I include -isystem /usr/include/eigen3 -pthread)
-build() {  # build <binary> <extra flags...>
-  local out=$1
-  shift
-  if [[ -x $out ]] && [[ -z $(find include tests/fuzz -newer "$out" -name '*.[hc]pp' -print -quit) ]]; then
-    return
-  fi
-  echo "fuzz.sh: building $out ($(date -u +%H:%M:%S); a few minutes)"
-  "$cxx" "${flags[@]}" "$@" tests/fuzz/fuzz_norms.cpp -o "$out.tmp"
-  mv "$out.tmp" "$out"
-}
+echo "fuzz.sh: building the fuzzers in $dir ($(date -u +%H:%M:%S); a few minutes when a header changed)"
+cmake --build "$dir" -j2 --target normkit_all_fuzzers
 builds=(baseline native)
-build "$dir/fuzz_norms_baseline"
-build "$dir/fuzz_norms_native" -march=native
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_init_order=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

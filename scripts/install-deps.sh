@@ -5,22 +5,42 @@
 #                                     (+ clang-N when CXX is clang++-N)
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
 #   scripts/install-deps.sh --cross   also g++-aarch64-linux-gnu and qemu-user (scripts/test-aarch64.sh)
+#   scripts/install-deps.sh --fuzz    also clang-14 and libclang-rt-14-dev (libFuzzer and the sanitizer
+#                                     runtimes; scripts/fuzz.sh)
+#   scripts/install-deps.sh --format  clang-format (Debian 12: 14, which .clang-format is written
+#                                     for; scripts/format.sh). Given alone, only that: formatting
+#                                     needs none of the build packages.
+# Flags combine.
 set -euo pipefail
 
 bench=0
 cross=0
+fuzz=0
+format=0
 for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
     --cross) cross=1 ;;
-    *) echo "usage: $0 [--bench] [--cross]" >&2; exit 2 ;;
+    --fuzz) fuzz=1 ;;
+    --format) format=1 ;;
+    *) echo "usage: $0 [--bench] [--cross] [--fuzz] [--format]" >&2; exit 2 ;;
   esac
 done
 
 required=(cmake g++ make libeigen3-dev catch2 libopenmpi-dev openmpi-bin)
+if [[ $format == 1 && $# == 1 ]]; then
+  required=()
+fi
 # A clang build (CXX=clang++-14, as a CI stage runs scripts/run-tests.sh) needs that compiler too.
 if [[ ${CXX:-} =~ (^|/)clang\+\+-([0-9]+)$ ]]; then
   required+=("clang-${BASH_REMATCH[2]}")
+fi
+if [[ $fuzz == 1 ]]; then
+  # fuzz.sh builds with clang++-14 whatever CXX says; libFuzzer is in libclang-rt-14-dev.
+  required+=(clang-14 libclang-rt-14-dev)
+fi
+if [[ $format == 1 ]]; then
+  required+=(clang-format)
 fi
 optional=()
 if [[ $bench == 1 ]]; then
