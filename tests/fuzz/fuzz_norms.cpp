@@ -942,7 +942,7 @@ class Runner {
       o = attempt([&] {
         const auto out = (*fn)(x_map(x_.data()));
         for (int i = 0; i < R; ++i)
-          if (out.dimension(i) != c_.dims[std::size_t(i)]) fail(c_, "operator(): result of the wrong dimensions");
+          if (out.dimension(std::size_t(i)) != c_.dims[std::size_t(i)]) fail(c_, "operator(): result of the wrong dimensions");
       }, msg);
       check_outcome(c_, "operator()", op.expect(), o, msg);
       check_inputs("operator()");
