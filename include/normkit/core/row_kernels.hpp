@@ -179,12 +179,15 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, const Store& dx,
                            const RunGrad<A>* c, A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
-  Splat<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N], weight[N];
+  Splat<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
   for (int r = 0; r < R; ++r) {
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), rstd[r] = Splat<A>(c[r].rstd);
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
-    weight[r] = Splat<A>(c[r].weight);
+    eigen_assert(c[r].weight == c[0].weight);  // batched runs share their weight (a channel's runs come alone)
   }
+  // One register for the constant weight, not one per run: with R = 4 runs the six per-run
+  // coefficients already take 24 of AVX-512's 32 registers.
+  const Splat<A> weight(c[0].weight);
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
@@ -196,7 +199,7 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, const Store& dx,
       const Index at = r * stride + i;
       const V xhat = mul(sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r])), as<V>(rstd[r]));
       const V d = loadv<V>(dy + at);
-      const V centered = madd(d, HasW ? wi : as<V>(weight[r]), as<V>(neg_mean_g[r]));  // g - mean_g
+      const V centered = madd(d, HasW ? wi : as<V>(weight), as<V>(neg_mean_g[r]));  // g - mean_g
       if constexpr (HasW) dw = madd(d, xhat, dw), db = add(db, d);
       dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), stream);
     }
