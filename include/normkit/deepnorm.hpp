@@ -18,9 +18,9 @@
 // of the already-initialized model by a scale: (8N)^(1/4) encoder-only, (8M)^(1/4) decoder-only,
 // (12M)^(1/4) decoder of an encoder-decoder -- the paper's betas -- but, for the encoder of an
 // encoder-decoder, by (N^4 M)^(1/16) / 1.15, i.e. it multiplies by 1.15 (N^4 M)^(-1/16) where the
-// paper's beta is 0.87 (N^4 M)^(-1/16). 1.15 is 1/0.87 (to 0.05%): the code divides by 1.15 where
-// dividing by 0.87's reciprocal was meant (or the other way round), and its encoder init is 1.32x
-// (1.15/0.87) the paper's. normkit follows the paper (and the contract): beta = 0.87 (N^4 M)^(-1/16).
+// paper's beta is 0.87 (N^4 M)^(-1/16). 1.15 is 1/0.87 (to 0.05%): the paper's beta needs the scale
+// (N^4 M)^(1/16) * 1.15 (= / 0.87), the code has / 1.15, so its encoder init is 1.32x (1.15/0.87) the
+// paper's. normkit follows the paper (and the contract): beta = 0.87 (N^4 M)^(-1/16).
 // Two more differences are choices, not slips: torchscale scales whatever init the layers got (not a
 // fresh Xavier of gain beta) and scales the biases too.
 //
