@@ -113,6 +113,7 @@ void register_eigen(const Case& c);    // bench_eigen.cpp
 void register_scalar(const Case& c);   // bench_scalar.cpp
 void register_onednn(const Case& c);   // bench_onednn.cpp  (empty without oneDNN)
 void register_moments();               // bench_moments.cpp (the Moments/... group; empty without normkit)
+void register_residual();              // bench_residual.cpp (fwd_add/bwd_add, their copies and unfused forms)
 bool normkit_available();
 bool onednn_available();
 

@@ -3,7 +3,8 @@
 // Names: <Op>/<dir>/<dtype>/<shape>/t<threads>/<impl>, e.g. LayerNorm/fwd/fp32/4096x768/t1/normkit
 // (Google Benchmark appends "/real_time"). Copy ceilings are shared by every case with the same
 // bytes: Copy/<r1w1|r2w1>/<dtype>/<shape of the first case>/t<threads>/<loop|nt|memcpy>.
-// dtype: fp32, fp64, bf16. The statistics group (bench_moments.cpp) is Moments/<function>/fp32/<shape>/t1.
+// dtype: fp32, fp64, bf16. The residual add + norm group (bench_residual.cpp) adds <Op>/fwd_add|bwd_add/...
+// with normkit and unfused, and Copy/r2w2|r3w1/... The statistics group (bench_moments.cpp) is Moments/<function>/fp32/<shape>/t1.
 // See bench/README.md.
 #include "common.hpp"
 
@@ -373,6 +374,7 @@ int main(int argc, char** argv) {
     register_onednn(c);
   }
   register_moments();
+  register_residual();
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -43,9 +43,9 @@ import sys
 import tempfile
 
 IMPLS = ["normkit", "copy", "eigen", "scalar", "onednn", "torch"]
-BASELINES = ["copy", "eigen", "scalar", "onednn", "torch"]
+BASELINES = ["copy", "unfused", "eigen", "scalar", "onednn", "torch"]
 OP_ORDER = {"LayerNorm": 0, "RMSNorm": 1, "BatchNorm": 2}
-DIR_ORDER = {"fwd": 0, "fwd_train": 0, "bwd": 1, "fwd_eval": 2}
+DIR_ORDER = {"fwd": 0, "fwd_train": 0, "bwd": 1, "fwd_eval": 2, "fwd_add": 3, "bwd_add": 4}
 
 
 def base_name(entry):
@@ -157,7 +157,10 @@ def organise(results):
         else:
             cases.setdefault((op, d, dtype, shape, th), {})[impl] = gbs
     for (op, d, dtype, shape, th), impls in cases.items():
-        pattern = "r2w1" if d == "bwd" else "r1w1"
+        # The copy moving the case's bytes: forward reads x, writes y; backward reads x, dy, writes
+        # dx; the residual add reads x and residual, writes h and y (fwd_add), or reads h, dy and
+        # dh, writes dx (bwd_add).
+        pattern = {"bwd": "r2w1", "fwd_add": "r2w2", "bwd_add": "r3w1"}.get(d, "r1w1")
         variants = copies.get((pattern, elements(shape) * elem_bytes(dtype), th))
         if variants:
             best = max(variants, key=variants.get)

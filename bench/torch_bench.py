@@ -18,6 +18,12 @@ Same cases, names and byte convention as normkit_bench (see bench/README.md); na
                   bwd = torch.ops.aten.native_batch_norm_backward (train=True, dx, dweight, dbias),
                   fwd_eval = F.batch_norm(training=False); NCHW contiguous, channels-last as
                   torch.channels_last (same logical (N, C, H, W) tensor), (N, C) plain.
+  Residual add + norm (fwd_add/bwd_add, fp32 and bf16, 1 thread; the peer of bench_residual.cpp):
+    fwd_add       : h = x + r, then native_layer_norm(h) / the RMSNorm graph above on h
+    bwd_add       : LayerNorm: native_layer_norm_backward at h, then dx + dh; RMSNorm: autograd.grad
+                    of the graph at h, then dx + dh. bf16 runs with bf16 weight and bias (1.13 has
+                    no float parameters beside bf16 data on CPU). Bytes: 4 arrays (x, r, h, y or h, dy,
+                    dh, dx), as normkit_bench counts them.
 PyTorch allocates its outputs on every call (that is how it is used); large CPU allocations are
 fresh mmaps, so the out-of-cache cases include page-fault cost. torch.set_num_threads(t) sets the
 intra-op threads. Each repetition runs the op until --min-time seconds have passed (after one
@@ -41,6 +47,7 @@ except ImportError:  # pragma: no cover
              "/usr/bin/python3)" % sys.executable)
 
 LN_SHAPES = [(64, 768), (4096, 768), (2048, 4096), (512, 16384), (16384, 4096)]
+RES_SHAPES = [(64, 768), (4096, 768), (16384, 4096)]
 BN_SHAPES = [("nchw", (32, 64, 56, 56)), ("nhwc", (32, 64, 56, 56)), ("nc", (256, 1024))]
 
 
@@ -72,22 +79,29 @@ def cases(threads):
                     continue
                 for t in threads:
                     out.append(dict(op="BatchNorm", dir=d, dtype=dtype, layout=layout, shape=shape, threads=t))
+    for op in ("LayerNorm", "RMSNorm"):
+        for d in ("fwd_add", "bwd_add"):
+            for dtype in ("fp32", "bf16"):
+                for shape in RES_SHAPES:
+                    out.append(dict(op=op, dir=d, dtype=dtype, layout=None, shape=shape, threads=1))
     for c in out:
         c["name"] = "%s/%s/%s/%s/t%d/torch" % (c["op"], c["dir"], c["dtype"], shape_token(c["layout"], c["shape"]),
                                               c["threads"])
         n = 1
         for s in c["shape"]:
             n *= s
-        esize = 8 if c["dtype"] == "fp64" else 4
-        c["bytes"] = n * esize * (3 if c["dir"] == "bwd" else 2)
+        esize = {"fp64": 8, "fp32": 4, "bf16": 2}[c["dtype"]]
+        c["bytes"] = n * esize * {"bwd": 3, "fwd_add": 4, "bwd_add": 4}.get(c["dir"], 2)
     return out
 
 
 def make_call(c):
     """Returns a zero-argument function running the case once (setup done here, untimed)."""
-    dtype = torch.float64 if c["dtype"] == "fp64" else torch.float32
+    dtype = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}[c["dtype"]]
     g = torch.Generator().manual_seed(1)
     shape = c["shape"]
+    if c["dir"] in ("fwd_add", "bwd_add"):
+        return make_residual_call(c, dtype, g)
     x = (torch.rand(shape, generator=g, dtype=dtype) * 4 - 1.5)
     dy = (torch.rand(shape, generator=g, dtype=dtype) * 2 - 1)
     if c["op"] in ("LayerNorm", "RMSNorm"):
@@ -132,10 +146,45 @@ def make_call(c):
                                                              mask)
 
 
+def make_residual_call(c, dtype, g):
+    """x + r then the norm (fwd_add), or the norm's backward at h then + dh (bwd_add), eagerly."""
+    shape, feat = c["shape"], c["shape"][-1]
+    x = (torch.rand(shape, generator=g) * 4 - 1.5).to(dtype)
+    r = (torch.rand(shape, generator=g) * 2 - 1).to(dtype)
+    dy = (torch.rand(shape, generator=g) * 2 - 1).to(dtype)
+    dh = (torch.rand(shape, generator=g) * 2 - 1).to(dtype)
+    w = (torch.rand(feat, generator=g) + 0.5).to(dtype)
+    b = (torch.rand(feat, generator=g) - 0.5).to(dtype)
+    if c["op"] == "LayerNorm":
+        eps = 1e-5
+        if c["dir"] == "fwd_add":
+            return lambda: torch.native_layer_norm(x + r, [feat], w, b, eps)
+        h = x + r
+        _, mean, rstd = torch.native_layer_norm(h, [feat], w, b, eps)
+        mask = [True, True, True]
+        return lambda: torch.ops.aten.native_layer_norm_backward(dy, h, [feat], mean, rstd, w, b, mask)[0] + dh
+    eps = 1e-6
+
+    def rms(hh, ww):
+        return hh * torch.rsqrt(hh.pow(2).mean(-1, keepdim=True) + eps) * ww
+
+    if c["dir"] == "fwd_add":
+        return lambda: rms(x + r, w)
+    hg = (x + r).requires_grad_(True)
+    wg = w.clone().requires_grad_(True)
+    yg = rms(hg, wg)
+
+    def bwd():
+        dx, dw = torch.autograd.grad(yg, [hg, wg], dy, retain_graph=True)
+        return dx + dh, dw
+
+    return bwd
+
+
 def time_case(c, min_time, repetitions):
     torch.set_num_threads(c["threads"])
     fn = make_call(c)
-    with torch.no_grad() if c["dir"] != "bwd" else _nullctx():
+    with torch.no_grad() if c["dir"] not in ("bwd", "bwd_add") else _nullctx():
         fn()  # warm-up
         reps = []
         for _ in range(repetitions):

@@ -13,7 +13,7 @@ cmake -S . -B "$dir" -DNORMKIT_BUILD_EXAMPLES=ON -DNORMKIT_BUILD_BENCHMARKS=ON "
 cmake --build "$dir" -j2 --target normkit_all_examples normkit_all_benchmarks
 
 ran=0
-for name in worked_examples train_mlp load_torch_state; do
+for name in worked_examples train_mlp load_torch_state deep_residual; do
   exe=$dir/examples/$name
   if [[ -x $exe ]]; then
     echo "== $exe"

@@ -5,6 +5,10 @@
 //   backward_add  float/double: dx bit for bit backward(h, dy) then dx += dh; bfloat16: one rounding
 //                 of the sum; dh of size 0 = backward; dx over dy or dh alike; parameter gradients
 //                 those of backward; on a thread pool the same bits.
+//                 All of it for float, double, bfloat16 and half (P = float beside 16-bit T), rank 2
+//                 and rank 3 (one and two normalized axes), RowMajor and ColMajor.
+//   gradients     finite differences in double of L = sum(y * dy) + sum(h * dh) (and without dh):
+//                 dL/dx = dx and dL/dresidual = alpha * dx, for alpha != 1.
 //   errors        a wrong residual, h, y, dh or dx throws shape_error naming it, before any write.
 //   weight_offset y = xhat * (offset + weight) + bias with the sum in accum_t (1 + 2^-8 survives a
 //                 bfloat16 weight), dx with g = dy * (offset + weight), dweight unchanged in meaning.
@@ -12,6 +16,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -44,12 +49,12 @@ double ulp_of(double v) {
                 : std::ldexp(1.0, std::ilogb(v) - std::numeric_limits<T>::digits + 1);
 }
 
-// One functor type, one layout: every property of forward_add/backward_add above.
-template <class Norm, class T, int Layout>
-void check_residual(const Norm& norm, Index rows, Index features, float alpha_f) {
-  using Tensor = Eigen::Tensor<T, 2, Layout>;
+// One functor type, one layout, one rank: every property of forward_add/backward_add above.
+template <class Norm, class T, int Layout, std::size_t Rank>
+void check_residual(const Norm& norm, const Eigen::array<Index, Rank>& shape, float alpha_f) {
+  using Tensor = Eigen::Tensor<T, static_cast<int>(Rank), Layout>;
   using A = normkit::accum_t<T>;
-  const typename Tensor::Dimensions dims(rows, features);
+  const typename Tensor::Dimensions dims(shape);
   const Tensor x = random_tensor<Tensor>(dims, 1, 0.5f), r = random_tensor<Tensor>(dims, 2, -1.f, 2.f);
   const Tensor dy = random_tensor<Tensor>(dims, 3, 0.f), dh = random_tensor<Tensor>(dims, 4, 0.f, 0.3f);
   const double alpha = alpha_f;
@@ -96,7 +101,9 @@ void check_residual(const Norm& norm, Index rows, Index features, float alpha_f)
       REQUIRE(d <= 0.5 * ulp_of<T>(double(dx_norm.data()[i])) + ulp_of<T>(double(two_step)));
     }
   }
-  Tensor none(Eigen::array<Index, 2>{0, 0}), dx_none(dims);
+  Eigen::array<Index, Rank> empty;
+  empty.fill(0);
+  Tensor none(empty), dx_none(dims);
   norm.backward_add(h, dy, none, stats, dx_none);
   CHECK(same_bits(dx_none, dx_norm));
   Tensor over_dy = dy, over_dh = dh;
@@ -117,6 +124,11 @@ void check_residual(const Norm& norm, Index rows, Index features, float alpha_f)
   CHECK(same_bits(grads_pool.weight, grads.weight));
 }
 
+template <class Norm, class T, int Layout>
+void check_residual(const Norm& norm, Index rows, Index features, float alpha_f) {
+  check_residual<Norm, T, Layout, 2>(norm, Eigen::array<Index, 2>{rows, features}, alpha_f);
+}
+
 template <class Norm>
 Norm with_params(Norm norm, std::uint32_t seed) {
   std::mt19937 gen(seed);
@@ -129,7 +141,8 @@ Norm with_params(Norm norm, std::uint32_t seed) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("forward_add and backward_add: the fused residual add", "[residual]", float, double, Eigen::bfloat16) {
+TEMPLATE_TEST_CASE("forward_add and backward_add: the fused residual add", "[residual]", float, double, Eigen::bfloat16,
+                   Eigen::half) {
   using T = TestType;
   using P = normkit::accum_t<T>;
   // 700 features: a vector body and a tail; 4096 x 1024 floats: streaming stores and chunks.
@@ -143,6 +156,83 @@ TEMPLATE_TEST_CASE("forward_add and backward_add: the fused residual add", "[res
     if (features == 700) {  // ColMajor: column panels
       check_residual<normkit::LayerNorm<T, P>, T, Eigen::ColMajor>(ln, rows, features, 2.5f);
       check_residual<normkit::RMSNorm<T, P>, T, Eigen::ColMajor>(rms, rows, features, -0.5f);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("forward_add and backward_add: rank 3, one and two normalized axes", "[residual]", float, double,
+                   Eigen::bfloat16, Eigen::half) {
+  using T = TestType;
+  using P = normkit::accum_t<T>;
+  // (batch, seq, hidden): rows over two leading axes; then normalized_shape (seq, hidden) = one row
+  // per batch index, spanning two axes (a tail: 5 x 24 = 120 is not a multiple of 16).
+  const Eigen::array<Index, 3> shape{6, 5, 24};
+  const auto ln1 = with_params(normkit::LayerNorm<T, P>(24), 11);
+  const auto rms1 = with_params(normkit::RMSNorm<T, P>(24), 12);
+  const auto ln2 = with_params(normkit::LayerNorm<T, P>({5, 24}), 13);
+  const auto rms2 = with_params(normkit::RMSNorm<T, P>({5, 24}), 14);
+  check_residual<normkit::LayerNorm<T, P>, T, Eigen::RowMajor, 3>(ln1, shape, 0.75f);
+  check_residual<normkit::RMSNorm<T, P>, T, Eigen::RowMajor, 3>(rms1, shape, 1.f);
+  check_residual<normkit::LayerNorm<T, P>, T, Eigen::RowMajor, 3>(ln2, shape, -1.25f);
+  check_residual<normkit::RMSNorm<T, P>, T, Eigen::RowMajor, 3>(rms2, shape, 2.f);
+  check_residual<normkit::LayerNorm<T, P>, T, Eigen::ColMajor, 3>(ln1, shape, 1.5f);
+  check_residual<normkit::RMSNorm<T, P>, T, Eigen::ColMajor, 3>(rms2, shape, 0.5f);
+}
+
+namespace {
+
+// Finite differences in double: with L(x, r) = sum(y * dy) + sum(h * dh), h = x + alpha * r and
+// y = norm(h), dL/dx = dx of backward_add(h, dy, dh) and dL/dr = alpha * dx; without dh,
+// L = sum(y * dy) and the same with a size-0 dh.
+template <class Norm>
+void check_finite_differences(const Norm& norm, double alpha, bool with_dh) {
+  using Tensor = Eigen::Tensor<double, 3, Eigen::RowMajor>;
+  const Eigen::array<Index, 3> d{2, 3, 10};
+  const Tensor x0 = random_tensor<Tensor>(d, 21, 0.3f), r0 = random_tensor<Tensor>(d, 22, -0.2f, 1.5f);
+  const Tensor dy = random_tensor<Tensor>(d, 23, 0.f), dh_full = random_tensor<Tensor>(d, 24, 0.f, 0.7f);
+  const Tensor dh = with_dh ? dh_full : Tensor(Eigen::array<Index, 3>{0, 0, 0});
+  const auto loss = [&](const Tensor& x, const Tensor& r) {
+    Tensor h(d), y(d);
+    norm.forward_add(x, r, h, y, alpha);
+    double l = 0;
+    for (Index i = 0; i < y.size(); ++i) l += y.data()[i] * dy.data()[i] + (with_dh ? h.data()[i] * dh.data()[i] : 0.0);
+    return l;
+  };
+  Tensor h(d), y(d), dx(d);
+  const auto stats = norm.forward_add(x0, r0, h, y, alpha);
+  norm.backward_add(h, dy, dh, stats, dx);
+  const double step = 1e-6;
+  double worst = 0;
+  for (const bool wrt_residual : {false, true}) {
+    for (Index i = 0; i < x0.size(); ++i) {
+      Tensor xp = x0, xm = x0, rp = r0, rm = r0;
+      Tensor& up = wrt_residual ? rp : xp;
+      Tensor& um = wrt_residual ? rm : xm;
+      up.data()[i] += step, um.data()[i] -= step;
+      const double fd = (loss(xp, rp) - loss(xm, rm)) / (2 * step);
+      const double want = (wrt_residual ? alpha : 1.0) * dx.data()[i];
+      INFO((wrt_residual ? "residual" : "x") << " element " << i << ": finite difference " << fd << ", analytic " << want);
+      REQUIRE(std::abs(fd - want) <= 1e-7 * (1 + std::abs(want)));
+      worst = std::max(worst, std::abs(fd - want));
+    }
+  }
+  INFO("largest difference " << worst);
+  CHECK(worst > 0);  // the check saw real numbers, not two zero tensors
+}
+
+}  // namespace
+
+TEST_CASE("forward_add and backward_add: finite differences in double (alpha != 1, dh present and absent)",
+          "[residual][gradient]") {
+  const auto ln = with_params(normkit::LayerNorm<double>(10), 31);
+  const auto rms = with_params(normkit::RMSNorm<double>(10), 32);
+  const auto ln2 = with_params(normkit::LayerNorm<double>({3, 10}), 33);
+  for (const double alpha : {0.6, -1.7, 2.83}) {
+    for (const bool with_dh : {true, false}) {
+      INFO("alpha " << alpha << ", dh " << (with_dh ? "present" : "absent"));
+      check_finite_differences(ln, alpha, with_dh);
+      check_finite_differences(rms, alpha, with_dh);
+      check_finite_differences(ln2, alpha, with_dh);
     }
   }
 }

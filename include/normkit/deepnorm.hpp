@@ -11,6 +11,19 @@
 //     decoder-only (GPT-like)    alpha = (2M)^(1/4),                beta = (8M)^(-1/4)
 //     encoder-decoder  encoder   alpha = 0.81 (N^4 M)^(1/16),       beta = 0.87 (N^4 M)^(-1/16)
 //                      decoder   alpha = (3M)^(1/4),                beta = (12M)^(-1/4)
+// torchscale (microsoft/torchscale, the authors' library; torchscale/architecture/encoder.py and
+// decoder.py, read 2026-12-03 at commit 0cb96955) agrees with these formulas except in one place. Its
+// alphas are the paper's: encoder 0.81 (N^4 M)^(1/16) (encoder-decoder) or (2N)^(1/4), decoder
+// (3M)^(1/4) or (2M)^(1/4). Its init divides the fc1/fc2/out_proj/v_proj parameters (biases included)
+// of the already-initialized model by a scale: (8N)^(1/4) encoder-only, (8M)^(1/4) decoder-only,
+// (12M)^(1/4) decoder of an encoder-decoder -- the paper's betas -- but, for the encoder of an
+// encoder-decoder, by (N^4 M)^(1/16) / 1.15, i.e. it multiplies by 1.15 (N^4 M)^(-1/16) where the
+// paper's beta is 0.87 (N^4 M)^(-1/16). 1.15 is 1/0.87 (to 0.05%): the paper's beta needs the scale
+// (N^4 M)^(1/16) * 1.15 (= / 0.87), the code has / 1.15, so its encoder init is 1.32x (1.15/0.87) the
+// paper's. normkit follows the paper (and the contract): beta = 0.87 (N^4 M)^(-1/16).
+// Two more differences are choices, not slips: torchscale scales whatever init the layers got (not a
+// fresh Xavier of gain beta) and scales the biases too.
+//
 // This header only computes the constants; the residual add and LayerNorm are the caller's (or
 // LayerNorm's fused residual add, where the library offers it). layers < 1 throws
 // std::invalid_argument.
