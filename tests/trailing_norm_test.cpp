@@ -167,6 +167,19 @@ void check_backward(const Fn& fn, const Opts& o, const std::array<Index, R>& dim
   CHECK(mdb.ok);
 }
 
+// The sweep of feature sizes (tails of every SIMD width, the 256/768 of common models, long rows)
+// times every option: check(fn, o, {rows, F}) with fresh random parameters, `rows` rows (3 for long rows).
+template <class T, class Fn, class Opts, class Check>
+void sweep(Index rows, std::uint32_t& seed, Check&& check) {
+  for (Index F : {1, 3, 7, 17, 100, 256, 768, 1000, 4099}) {
+    for (const Opts& o : all_configs<Opts>()) {
+      Fn fn(F, o);
+      randomize_params(fn, ++seed);
+      check(fn, o, std::array<Index, 2>{F >= 1000 ? 3 : rows, F});
+    }
+  }
+}
+
 template <class F>
 std::string message_of(F&& f) {
   try {
@@ -252,16 +265,10 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward matches the float64 reference: eve
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
   std::uint32_t seed = 100;
-  for (Index F : {1, 3, 7, 17, 100, 1000, 4099}) {
-    const Index rows = F >= 1000 ? 3 : 6;
-    for (const Opts& o : all_configs<Opts>()) {
-      Fn fn(F, o);
-      randomize_params(fn, ++seed);
-      const std::array<Index, 2> dims{rows, F};
-      check_forward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
-      check_forward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-    }
-  }
+  sweep<T, Fn, Opts>(6, seed, [&](const Fn& fn, const Opts& o, const std::array<Index, 2>& dims) {
+    check_forward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
+    check_forward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+  });
 }
 
 TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward over one and several trailing axes, ranks 1 to 4",
@@ -530,34 +537,26 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward equals central finite differences
       CHECK(mx.ok);
       CHECK(max_abs(gx) > 1e-3);  // the check is not vacuous
 
-      if (o.elementwise_affine) {
+      // dweight and dbias against finite differences in each parameter; an absent one has no gradient.
+      const auto check_param = [&](bool present, auto param, const Eigen::Tensor<double, 1>& grad,
+                                   const std::string& what) {
+        if (!present) {
+          CHECK(grad.size() == 0);
+          return;
+        }
         Fn g = fn;
-        const Vec gw = fd_gradient(
-            [&](const Vec& w) {
-              set_vec1(g.weight(), w);
+        const Vec fd = fd_gradient(
+            [&](const Vec& p) {
+              set_vec1(param(g), p);
               return loss(g, x);
             },
-            vec1(fn.weight()), h);
-        const auto mw = compare(vec1(bwd.grads.weight), gw, 1e-7, 1e-7, "dweight vs finite differences");
-        INFO(mw.str());
-        CHECK(mw.ok);
-      } else {
-        CHECK(bwd.grads.weight.size() == 0);
-      }
-      if (o.elementwise_affine && o.bias) {
-        Fn g = fn;
-        const Vec gb = fd_gradient(
-            [&](const Vec& b) {
-              set_vec1(g.bias(), b);
-              return loss(g, x);
-            },
-            vec1(fn.bias()), h);
-        const auto mb = compare(vec1(bwd.grads.bias), gb, 1e-7, 1e-7, "dbias vs finite differences");
-        INFO(mb.str());
-        CHECK(mb.ok);
-      } else {
-        CHECK(bwd.grads.bias.size() == 0);
-      }
+            vec1(param(fn)), h);
+        const auto m = compare(vec1(grad), fd, 1e-7, 1e-7, what + " vs finite differences");
+        INFO(m.str());
+        CHECK(m.ok);
+      };
+      check_param(o.elementwise_affine, [](Fn& f) -> auto& { return f.weight(); }, bwd.grads.weight, "dweight");
+      check_param(o.elementwise_affine && o.bias, [](Fn& f) -> auto& { return f.bias(); }, bwd.grads.bias, "dbias");
     }
   }
 }
@@ -569,17 +568,11 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 analytic refe
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
   std::uint32_t seed = 4000;
-  for (Index F : {1, 3, 7, 17, 100, 1000, 4099}) {
-    const Index rows = F >= 1000 ? 3 : 5;
-    for (const Opts& o : all_configs<Opts>()) {
-      Fn fn(F, o);
-      randomize_params(fn, ++seed);
-      const std::array<Index, 2> dims{rows, F};
-      check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
-      check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-      check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-    }
-  }
+  sweep<T, Fn, Opts>(5, seed, [&](const Fn& fn, const Opts& o, const std::array<Index, 2>& dims) {
+    check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
+    check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+    check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+  });
   for (const Opts& o : all_configs<Opts>()) {  // several normalized axes, rank 4
     Fn fn({3, 5}, o);
     randomize_params(fn, ++seed);
