@@ -1,5 +1,5 @@
 // tests/batch_norm_test.cpp — BatchNorm against an independent float64 model of PyTorch's BatchNorm
-// (tests/support/batch_norm_reference.hpp): every option, both layouts, Tensor and TensorMap, float
+// (nkref::RefBatchNorm, tests/support/reference.hpp): every option, both layouts, Tensor and TensorMap, float
 // and double, running statistics, backward (finite differences and analytic reference), thread
 // pools, non-finite values, and the contract's worked example 3.
 //

@@ -983,7 +983,7 @@ void thread_cases() {
   }
   // The edges of the chunking, in every layout combination: fewer rows than threads with long rows, one
   // row, many short rows, two normalized axes of rank 4 (OutsideSqrt, no bias), no affine, a wide
-  // transformer-like shape. (These were threads_test's shapes, compared there to 8 ulps only.)
+  // transformer-like shape. (Until these joined 4b, a separate threads_test compared them to 8 ulps.)
   {
     normkit::LayerNorm<T> ln(4099);
     randomize_params(ln, rng);
