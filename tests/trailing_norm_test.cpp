@@ -583,6 +583,35 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 analytic refe
   }
 }
 
+// Many rows: dweight/dbias are sums over all of them (and over the chunks a pool cuts them into, which
+// properties_test 4b shows give the plain call's bits), on the shapes 4b runs on pools.
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 reference over many rows",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
+  Opts with_bias;
+  with_bias.bias = true;
+  Fn wide(768, with_bias), short_rows(7, with_bias);
+  randomize_params(wide, 7001);
+  randomize_params(short_rows, 7002);
+  const std::array<Index, 2> d512{512, 768}, d4001{4001, 7};
+  check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(wide, with_bias, d512, 1, 7003);
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(wide, with_bias, d512, 1, 7004);
+  check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(wide, with_bias, d512, 1, 7005);
+  check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(short_rows, with_bias, d4001, 1, 7006);
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(short_rows, with_bias, d4001, 1, 7007);
+  Opts o;  // two normalized axes of rank 4, OutsideSqrt, no bias
+  o.eps_placement = EpsPlacement::OutsideSqrt;
+  o.bias = false;
+  Fn two_axes({3, 64}, o);
+  randomize_params(two_axes, 7008);
+  const std::array<Index, 4> d4{4, 16, 3, 64};
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(two_axes, o, d4, 2, 7009);
+  check_backward<T, Eigen::ColMajor, Eigen::RowMajor>(two_axes, o, d4, 2, 7010);
+}
+
 TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward through TensorMaps and with stats rebuilt without mean_lo",
                    "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
                    RMSNormCase<double>) {
