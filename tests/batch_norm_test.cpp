@@ -1,9 +1,9 @@
 // tests/batch_norm_test.cpp — BatchNorm against an independent float64 model of PyTorch's BatchNorm
-// (tests/support/batch_norm_reference.hpp): every option, both layouts, Tensor and TensorMap, float
+// (nkref::RefBatchNorm, tests/support/reference.hpp): every option, both layouts, Tensor and TensorMap, float
 // and double, running statistics, backward (finite differences and analytic reference), thread
 // pools, non-finite values, and the contract's worked example 3.
 //
-// Tolerances (relative, with an absolute floor of 1, see bnref::max_rel_diff):
+// Tolerances (relative, with an absolute floor of 1, see nkref::max_rel_diff):
 //   double: 1e-11 for values (a float64 computation of the same formulas differs by rounding only,
 //           ~1e-15 per operation and ~sqrt(n) * 1e-16 per sum);
 //   float : 1e-4  for values (the library accumulates in float: means/variances over up to 1568
@@ -18,7 +18,7 @@
 //           2e-5 (float).
 #include <normkit/normkit.hpp>
 
-#include "support/batch_norm_reference.hpp"
+#include "support/reference.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -34,12 +34,12 @@
 
 namespace {
 
-using bnref::Index;
-using bnref::max_rel_diff;
-using bnref::RefBatchNorm;
+using nkref::Index;
+using nkref::max_rel_diff;
+using nkref::RefBatchNorm;
 using normkit::BatchNorm;
 using normkit::BatchNormOptions;
-using Vec = std::vector<double>;
+using nkref::Vec;
 
 constexpr int kRow = Eigen::RowMajor;
 constexpr int kCol = Eigen::ColMajor;
@@ -94,16 +94,16 @@ template <class T, int R, int LX, int LY = LX>
 Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, Kind kind = Kind::Tensor) {
   Fwd<T> r;
   if (kind == Kind::Tensor) {
-    auto xt = bnref::make_tensor<T, R, LX>(dims, x);
-    auto yt = bnref::filled<T, R, LY>(dims, T(-777));
+    auto xt = nkref::make_tensor<T, R, LX>(dims, x);
+    auto yt = nkref::filled_tensor<T, R, LY>(dims, T(-777));
     r.stats = bn.forward(xt, yt);
-    r.y = bnref::values(yt);
+    r.y = nkref::to_rowmajor(yt);
   } else {
     std::vector<T> xs(x.size()), ys(x.size(), T(-777));
-    bnref::fill(Eigen::TensorMap<Eigen::Tensor<T, R, LX>>(xs.data(), dims), x);
+    nkref::from_rowmajor(x, Eigen::TensorMap<Eigen::Tensor<T, R, LX>>(xs.data(), dims));
     Eigen::TensorMap<const Eigen::Tensor<T, R, LX>> xm(xs.data(), dims);
     r.stats = bn.forward(xm, Eigen::TensorMap<Eigen::Tensor<T, R, LY>>(ys.data(), dims));
-    r.y = bnref::values(Eigen::TensorMap<const Eigen::Tensor<T, R, LY>>(ys.data(), dims));
+    r.y = nkref::to_rowmajor(Eigen::TensorMap<const Eigen::Tensor<T, R, LY>>(ys.data(), dims));
   }
   return r;
 }
@@ -113,18 +113,18 @@ Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, static_cast<
                     const normkit::NormStats<T>& stats, Kind kind = Kind::Tensor) {
   Bwd<T> r;
   if (kind == Kind::Tensor) {
-    auto xt = bnref::make_tensor<T, R, L>(dims, x);
-    auto dyt = bnref::make_tensor<T, R, L>(dims, dy);
-    auto dxt = bnref::filled<T, R, L>(dims, T(-777));
+    auto xt = nkref::make_tensor<T, R, L>(dims, x);
+    auto dyt = nkref::make_tensor<T, R, L>(dims, dy);
+    auto dxt = nkref::filled_tensor<T, R, L>(dims, T(-777));
     r.grads = bn.backward(xt, dyt, stats, dxt);
-    r.dx = bnref::values(dxt);
+    r.dx = nkref::to_rowmajor(dxt);
   } else {
     std::vector<T> xs(x.size()), dys(x.size()), dxs(x.size(), T(-777));
-    bnref::fill(Eigen::TensorMap<Eigen::Tensor<T, R, L>>(xs.data(), dims), x);
-    bnref::fill(Eigen::TensorMap<Eigen::Tensor<T, R, L>>(dys.data(), dims), dy);
+    nkref::from_rowmajor(x, Eigen::TensorMap<Eigen::Tensor<T, R, L>>(xs.data(), dims));
+    nkref::from_rowmajor(dy, Eigen::TensorMap<Eigen::Tensor<T, R, L>>(dys.data(), dims));
     Eigen::TensorMap<const Eigen::Tensor<T, R, L>> xm(xs.data(), dims), dym(dys.data(), dims);
     r.grads = bn.backward(xm, dym, stats, Eigen::TensorMap<Eigen::Tensor<T, R, L>>(dxs.data(), dims));
-    r.dx = bnref::values(Eigen::TensorMap<const Eigen::Tensor<T, R, L>>(dxs.data(), dims));
+    r.dx = nkref::to_rowmajor(Eigen::TensorMap<const Eigen::Tensor<T, R, L>>(dxs.data(), dims));
   }
   return r;
 }
@@ -133,10 +133,10 @@ template <class T, int R, int L>
 Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
                        const Vec& x) {
   Fwd<T> r;
-  auto xt = bnref::make_tensor<T, R, L>(dims, x);
-  auto yt = bnref::filled<T, R, L>(dims, T(-777));
+  auto xt = nkref::make_tensor<T, R, L>(dims, x);
+  auto yt = nkref::filled_tensor<T, R, L>(dims, T(-777));
   r.stats = bn.forward(dev, xt, yt);
-  r.y = bnref::values(yt);
+  r.y = nkref::to_rowmajor(yt);
   return r;
 }
 
@@ -144,37 +144,37 @@ template <class T, int R, int L>
 Bwd<T> run_backward_dev(const BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
                         const Vec& x, const Vec& dy, const normkit::NormStats<T>& stats) {
   Bwd<T> r;
-  auto xt = bnref::make_tensor<T, R, L>(dims, x);
-  auto dyt = bnref::make_tensor<T, R, L>(dims, dy);
-  auto dxt = bnref::filled<T, R, L>(dims, T(-777));
+  auto xt = nkref::make_tensor<T, R, L>(dims, x);
+  auto dyt = nkref::make_tensor<T, R, L>(dims, dy);
+  auto dxt = nkref::filled_tensor<T, R, L>(dims, T(-777));
   r.grads = bn.backward(dev, xt, dyt, stats, dxt);
-  r.dx = bnref::values(dxt);
+  r.dx = nkref::to_rowmajor(dxt);
   return r;
 }
 
 template <class T>
 void set_params(BatchNorm<T>& bn, RefBatchNorm& ref, Index C, std::uint64_t seed) {
   if (!ref.affine) return;
-  ref.weight = bnref::rounded<T>(bnref::random_vector(static_cast<std::size_t>(C), 0.5, 1.5, seed ^ 0xA5A5));
-  ref.bias = bnref::rounded<T>(bnref::random_vector(static_cast<std::size_t>(C), -1.0, 1.0, seed ^ 0x5A5A));
-  bn.weight() = bnref::tensor1<T>(ref.weight);
-  bn.bias() = bnref::tensor1<T>(ref.bias);
+  ref.weight = nkref::round_to<T>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0xA5A5, 0.5, 1.5));
+  ref.bias = nkref::round_to<T>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x5A5A, -1.0, 1.0));
+  bn.weight() = nkref::tensor1<T>(ref.weight);
+  bn.bias() = nkref::tensor1<T>(ref.bias);
 }
 
 template <class T>
 void set_running(BatchNorm<T>& bn, RefBatchNorm& ref, Index C, std::uint64_t seed) {
-  ref.running_mean = bnref::rounded<T>(bnref::random_vector(static_cast<std::size_t>(C), -2.0, 2.0, seed ^ 0x1234));
-  ref.running_var = bnref::rounded<T>(bnref::random_vector(static_cast<std::size_t>(C), 0.2, 3.0, seed ^ 0x4321));
-  bn.running_mean() = bnref::tensor1<T>(ref.running_mean);
-  bn.running_var() = bnref::tensor1<T>(ref.running_var);
+  ref.running_mean = nkref::round_to<T>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x1234, -2.0, 2.0));
+  ref.running_var = nkref::round_to<T>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x4321, 0.2, 3.0));
+  bn.running_mean() = nkref::tensor1<T>(ref.running_mean);
+  bn.running_var() = nkref::tensor1<T>(ref.running_var);
 }
 
 // Library state vs reference state.
 template <class T>
 void check_state(BatchNorm<T>& bn, const RefBatchNorm& ref) {
   if (ref.track) {
-    CHECK(max_rel_diff(bnref::values1(bn.running_mean()), ref.running_mean) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(bn.running_var()), ref.running_var) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_mean()), ref.running_mean) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_var()), ref.running_var) <= tol<T>());
     CHECK(bn.num_batches_tracked() == ref.num_batches_tracked);
   } else {
     CHECK(bn.running_mean().size() == 0);
@@ -183,11 +183,11 @@ void check_state(BatchNorm<T>& bn, const RefBatchNorm& ref) {
 }
 
 template <class T>
-void check_fwd(const Fwd<T>& f, const bnref::RefOutput& r) {
+void check_fwd(const Fwd<T>& f, const nkref::RefOutput& r) {
   REQUIRE(f.y.size() == r.y.size());
   CHECK(max_rel_diff(f.y, r.y) <= tol<T>());
-  CHECK(max_rel_diff(bnref::values1(f.stats.mean), r.mean) <= tol<T>());
-  CHECK(max_rel_diff(bnref::values1(f.stats.rstd), r.rstd) <= tol<T>());
+  CHECK(max_rel_diff(nkref::vec1(f.stats.mean), r.mean) <= tol<T>());
+  CHECK(max_rel_diff(nkref::vec1(f.stats.rstd), r.rstd) <= tol<T>());
   // normkit extension: mean_lo, when present, is the rounding error of mean (|mean_lo| <= ulp(mean))
   if (f.stats.mean_lo.size() != 0) {
     REQUIRE(f.stats.mean_lo.size() == f.stats.mean.size());
@@ -209,8 +209,8 @@ SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>
                             int train_batches, Kind kind) {
   INFO(type_name<T>() << ' ' << layout_name(L) << (kind == Kind::Map ? " TensorMap" : " Tensor") << " dims "
                       << dims_str(dims) << ' ' << opt_str(opt));
-  const int axis = bnref::normalize_axis(opt.channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(opt.channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
   BatchNorm<T> bn(C, opt);
   RefBatchNorm ref(C, opt.eps, opt.momentum, opt.affine, opt.track_running_stats);
@@ -221,7 +221,7 @@ SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>
   SequenceResult out;
   for (int b = 0; b < train_batches; ++b) {
     INFO("training batch " << b);
-    const Vec x = bnref::rounded<T>(bnref::random_input(dv, axis, seed + 101 * static_cast<std::uint64_t>(b)));
+    const Vec x = nkref::round_to<T>(nkref::channel_input(dv, axis, seed + 101 * static_cast<std::uint64_t>(b)));
     const auto f = run_forward<T, R, L>(bn, dims, x, kind);
     const auto r = ref.forward(dv, axis, x);
     check_fwd(f, r);
@@ -232,23 +232,23 @@ SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>
   bn.eval();
   ref.training = false;
   CHECK_FALSE(bn.training());
-  const Vec rm_before = bnref::values1(bn.running_mean()), rv_before = bnref::values1(bn.running_var());
+  const Vec rm_before = nkref::vec1(bn.running_mean()), rv_before = nkref::vec1(bn.running_var());
   const auto nbt_before = bn.num_batches_tracked();
   {
     INFO("eval batch");
-    const Vec x = bnref::rounded<T>(bnref::random_input(dv, axis, seed + 7777));
+    const Vec x = nkref::round_to<T>(nkref::channel_input(dv, axis, seed + 7777));
     const auto f = run_forward<T, R, L>(bn, dims, x, kind);
     const auto r = ref.forward(dv, axis, x);
     check_fwd(f, r);
     out.ys.push_back(f.y);
     // eval forward changes no state (bit for bit)
-    CHECK(bnref::values1(bn.running_mean()) == rm_before);
-    CHECK(bnref::values1(bn.running_var()) == rv_before);
+    CHECK(nkref::vec1(bn.running_mean()) == rm_before);
+    CHECK(nkref::vec1(bn.running_var()) == rv_before);
     CHECK(bn.num_batches_tracked() == nbt_before);
     check_state(bn, ref);
   }
-  out.running_mean = bnref::values1(bn.running_mean());
-  out.running_var = bnref::values1(bn.running_var());
+  out.running_mean = nkref::vec1(bn.running_mean());
+  out.running_var = nkref::vec1(bn.running_var());
   return out;
 }
 
@@ -368,8 +368,8 @@ TEMPLATE_TEST_CASE("BatchNorm forward matches the float64 reference for every op
 TEMPLATE_TEST_CASE("BatchNorm input and output may have different layouts", "[batch_norm]", float, double) {
   using T = TestType;
   const std::array<Index, 4> dims{3, 5, 4, 3};
-  const auto dv = bnref::to_vec<4>(dims);
-  const Vec x = bnref::rounded<T>(bnref::random_input(dv, 1, 5));
+  const auto dv = nkref::dims_vec(dims, 4);
+  const Vec x = nkref::round_to<T>(nkref::channel_input(dv, 1, 5));
   BatchNorm<T> a(5), b(5);
   RefBatchNorm ref(5, 1e-5, 0.1, true, true);
   const auto fa = run_forward<T, 4, kRow, kCol>(a, dims, x);
@@ -385,25 +385,25 @@ TEMPLATE_TEST_CASE("BatchNorm operator() returns y with the input's dimensions a
                    double) {
   using T = TestType;
   const std::array<Index, 3> dims{4, 3, 5};
-  const auto dv = bnref::to_vec<3>(dims);
-  const Vec x = bnref::rounded<T>(bnref::random_input(dv, 1, 8));
+  const auto dv = nkref::dims_vec(dims, 3);
+  const Vec x = nkref::round_to<T>(nkref::channel_input(dv, 1, 8));
   RefBatchNorm ref(3, 1e-5, 0.1, true, true);
 
   BatchNorm<T> bn(3);
-  const auto xr = bnref::make_tensor<T, 3, kRow>(dims, x);
+  const auto xr = nkref::make_tensor<T, 3, kRow>(dims, x);
   auto yr = bn(xr);
   static_assert(static_cast<int>(decltype(yr)::Layout) == kRow, "operator() keeps RowMajor");
-  CHECK(bnref::dims_of(yr) == dims);
+  CHECK(nkref::dims_vec(yr.dimensions(), 3) == dv);
   const auto r = ref.forward(dv, 1, x);
-  CHECK(max_rel_diff(bnref::values(yr), r.y) <= tol<T>());
+  CHECK(max_rel_diff(nkref::to_rowmajor(yr), r.y) <= tol<T>());
   check_state(bn, ref);  // operator() in training updates running stats like forward
 
   BatchNorm<T> bc(3);
-  const auto xc = bnref::make_tensor<T, 3, kCol>(dims, x);
+  const auto xc = nkref::make_tensor<T, 3, kCol>(dims, x);
   auto yc = bc(xc);
   static_assert(static_cast<int>(decltype(yc)::Layout) == kCol, "operator() keeps ColMajor");
-  CHECK(bnref::dims_of(yc) == dims);
-  CHECK(max_rel_diff(bnref::values(yc), r.y) <= tol<T>());
+  CHECK(nkref::dims_vec(yc.dimensions(), 3) == dv);
+  CHECK(max_rel_diff(nkref::to_rowmajor(yc), r.y) <= tol<T>());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -427,10 +427,10 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
 
   // Explicit formulas, independent of RefBatchNorm's update code.
   const std::array<Index, 3> dims{3, 2, 2};  // n = 6 values per channel
-  const auto dv = bnref::to_vec<3>(dims);
+  const auto dv = nkref::dims_vec(dims, 3);
   std::vector<Vec> xs, means, unbiased;
   for (int b = 0; b < 4; ++b) {
-    xs.push_back(bnref::rounded<T>(bnref::random_input(dv, 1, 300 + static_cast<std::uint64_t>(b))));
+    xs.push_back(nkref::round_to<T>(nkref::channel_input(dv, 1, 300 + static_cast<std::uint64_t>(b))));
     Vec m, v;
     RefBatchNorm::batch_moments(dv, 1, xs.back(), m, v);
     for (auto& e : v) e *= 6.0 / 5.0;
@@ -446,8 +446,8 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
     o.momentum = 0.0;
     BatchNorm<T> bn(2, o);
     train_all(bn);
-    CHECK(bnref::values1(bn.running_mean()) == Vec{0.0, 0.0});
-    CHECK(bnref::values1(bn.running_var()) == Vec{1.0, 1.0});
+    CHECK(nkref::vec1(bn.running_mean()) == Vec{0.0, 0.0});
+    CHECK(nkref::vec1(bn.running_var()) == Vec{1.0, 1.0});
     CHECK(bn.num_batches_tracked() == 4);
   }
   SECTION("momentum 1 keeps the last batch's mean and unbiased variance n/(n-1)") {
@@ -455,8 +455,8 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
     o.momentum = 1.0;
     BatchNorm<T> bn(2, o);
     train_all(bn);
-    CHECK(max_rel_diff(bnref::values1(bn.running_mean()), means[3]) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(bn.running_var()), unbiased[3]) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_mean()), means[3]) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_var()), unbiased[3]) <= tol<T>());
     CHECK(bn.num_batches_tracked() == 4);
   }
   SECTION("momentum 0.1: running = 0.9 running + 0.1 batch") {
@@ -468,8 +468,8 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
         rm[c] = 0.9 * rm[c] + 0.1 * means[static_cast<std::size_t>(b)][c];
         rv[c] = 0.9 * rv[c] + 0.1 * unbiased[static_cast<std::size_t>(b)][c];
       }
-    CHECK(max_rel_diff(bnref::values1(bn.running_mean()), rm) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(bn.running_var()), rv) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_mean()), rm) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_var()), rv) <= tol<T>());
   }
   SECTION("cumulative average (momentum = nullopt) over equal batches is the plain average") {
     BatchNormOptions o;
@@ -477,8 +477,8 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
     BatchNorm<T> bn(2, o);
     (void)run_forward<T, 3, kRow>(bn, dims, xs[0]);
     // first batch: factor 1/1, running = batch statistics exactly
-    CHECK(max_rel_diff(bnref::values1(bn.running_mean()), means[0]) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(bn.running_var()), unbiased[0]) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_mean()), means[0]) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_var()), unbiased[0]) <= tol<T>());
     // an empty batch in between is not counted
     const std::array<Index, 3> empty{0, 2, 2};
     (void)run_forward<T, 3, kRow>(bn, empty, Vec{});
@@ -491,35 +491,35 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
         rm[c] += means[static_cast<std::size_t>(b)][c] / 4;
         rv[c] += unbiased[static_cast<std::size_t>(b)][c] / 4;
       }
-    CHECK(max_rel_diff(bnref::values1(bn.running_mean()), rm) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(bn.running_var()), rv) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_mean()), rm) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(bn.running_var()), rv) <= tol<T>());
   }
   SECTION("eval after training normalizes with the running statistics") {
     BatchNorm<T> bn(2);
     train_all(bn);
     bn.eval();
-    const Vec rm = bnref::values1(bn.running_mean()), rv = bnref::values1(bn.running_var());
-    const Vec x = bnref::rounded<T>(bnref::random_input(dv, 1, 999));
+    const Vec rm = nkref::vec1(bn.running_mean()), rv = nkref::vec1(bn.running_var());
+    const Vec x = nkref::round_to<T>(nkref::channel_input(dv, 1, 999));
     const auto f = run_forward<T, 3, kCol>(bn, dims, x);
-    const bnref::Layout lay(dv, 1);
+    const nkref::ChannelLayout lay(dv, 1);
     Vec want(x.size());
     for (std::size_t k = 0; k < x.size(); ++k) {
       const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
       want[k] = (x[k] - rm[c]) / std::sqrt(rv[c] + 1e-5);  // weight 1, bias 0
     }
     CHECK(max_rel_diff(f.y, want) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(f.stats.mean), rm) <= tol<T>());
-    CHECK(max_rel_diff(bnref::values1(f.stats.rstd), Vec{1 / std::sqrt(rv[0] + 1e-5), 1 / std::sqrt(rv[1] + 1e-5)}) <=
+    CHECK(max_rel_diff(nkref::vec1(f.stats.mean), rm) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(f.stats.rstd), Vec{1 / std::sqrt(rv[0] + 1e-5), 1 / std::sqrt(rv[1] + 1e-5)}) <=
           tol<T>());
-    CHECK(bnref::values1(bn.running_mean()) == rm);
-    CHECK(bnref::values1(bn.running_var()) == rv);
+    CHECK(nkref::vec1(bn.running_mean()) == rm);
+    CHECK(nkref::vec1(bn.running_var()) == rv);
     CHECK(bn.num_batches_tracked() == 4);
     // back to training: batch statistics again, and the counter moves on
     bn.train();
     const auto g = run_forward<T, 3, kCol>(bn, dims, x);
     Vec bm, bv;
     RefBatchNorm::batch_moments(dv, 1, x, bm, bv);
-    CHECK(max_rel_diff(bnref::values1(g.stats.mean), bm) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(g.stats.mean), bm) <= tol<T>());
     CHECK(bn.num_batches_tracked() == 5);
   }
   SECTION("track_running_stats = false uses batch statistics in eval too and keeps no running stats") {
@@ -529,10 +529,10 @@ TEMPLATE_TEST_CASE("BatchNorm running statistics over several batches", "[batch_
     train_all(bn);
     bn.eval();
     const auto f = run_forward<T, 3, kRow>(bn, dims, xs[1]);
-    CHECK(max_rel_diff(bnref::values1(f.stats.mean), means[1]) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(f.stats.mean), means[1]) <= tol<T>());
     Vec biased = unbiased[1];
     for (auto& e : biased) e = 1 / std::sqrt(e * 5.0 / 6.0 + 1e-5);
-    CHECK(max_rel_diff(bnref::values1(f.stats.rstd), biased) <= tol<T>());
+    CHECK(max_rel_diff(nkref::vec1(f.stats.rstd), biased) <= tol<T>());
     CHECK(bn.running_mean().size() == 0);
     CHECK(bn.running_var().size() == 0);
   }
@@ -558,8 +558,8 @@ template <int R, int L>
 void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
   INFO("double " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                  << (training ? " training" : " eval"));
-  const int axis = bnref::normalize_axis(opt.channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(opt.channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
   BatchNorm<double> bn(C, opt);
   RefBatchNorm ref(C, opt.eps, opt.momentum, opt.affine, opt.track_running_stats);
@@ -569,8 +569,8 @@ void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchN
     bn.eval();
     ref.training = false;
   }
-  const Vec x = bnref::random_input(dv, axis, seed + 1);
-  const Vec dy = bnref::random_vector(x.size(), -1.0, 1.0, seed + 2);
+  const Vec x = nkref::channel_input(dv, axis, seed + 1);
+  const Vec dy = nkref::uniform_vec(x.size(), seed + 2, -1.0, 1.0);
   const BatchNorm<double> at_start = bn;  // the state the forward ran from
 
   const auto f = run_forward<double, R, L>(bn, dims, x);
@@ -581,8 +581,8 @@ void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchN
   // analytic reference
   CHECK(max_rel_diff(b.dx, rg.dx) <= 1e-10);
   if (opt.affine) {
-    CHECK(max_rel_diff(bnref::values1(b.grads.weight), rg.dweight) <= 1e-10);
-    CHECK(max_rel_diff(bnref::values1(b.grads.bias), rg.dbias) <= 1e-10);
+    CHECK(max_rel_diff(nkref::vec1(b.grads.weight), rg.dweight) <= 1e-10);
+    CHECK(max_rel_diff(nkref::vec1(b.grads.bias), rg.dbias) <= 1e-10);
   } else {
     CHECK(b.grads.weight.size() == 0);
     CHECK(b.grads.bias.size() == 0);
@@ -611,8 +611,8 @@ void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchN
       m.bias()(c) -= h;
       fd_b[static_cast<std::size_t>(c)] = (loss<R, L>(p, dims, x, dy) - loss<R, L>(m, dims, x, dy)) / (2 * h);
     }
-    CHECK(max_rel_diff(bnref::values1(b.grads.weight), fd_w) <= 1e-6);
-    CHECK(max_rel_diff(bnref::values1(b.grads.bias), fd_b) <= 1e-6);
+    CHECK(max_rel_diff(nkref::vec1(b.grads.weight), fd_w) <= 1e-6);
+    CHECK(max_rel_diff(nkref::vec1(b.grads.bias), fd_b) <= 1e-6);
   }
 
   // TensorMap backward gives the same
@@ -641,8 +641,8 @@ void float_backward_check(const std::array<Index, static_cast<std::size_t>(R)>& 
   using T = float;
   INFO("float " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                 << (training ? " training" : " eval"));
-  const int axis = bnref::normalize_axis(opt.channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(opt.channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
   BatchNorm<T> bn(C, opt);
   RefBatchNorm ref(C, opt.eps, opt.momentum, opt.affine, opt.track_running_stats);
@@ -652,22 +652,22 @@ void float_backward_check(const std::array<Index, static_cast<std::size_t>(R)>& 
     bn.eval();
     ref.training = false;
   }
-  const Vec x = bnref::rounded<T>(bnref::random_input(dv, axis, seed + 1));
-  const Vec dy = bnref::rounded<T>(bnref::random_vector(x.size(), -1.0, 1.0, seed + 2));
+  const Vec x = nkref::round_to<T>(nkref::channel_input(dv, axis, seed + 1));
+  const Vec dy = nkref::round_to<T>(nkref::uniform_vec(x.size(), seed + 2, -1.0, 1.0));
   const auto f = run_forward<T, R, L>(bn, dims, x);
   const auto b = run_backward<T, R, L>(bn, dims, x, dy, f.stats);
   const auto r = ref.forward(dv, axis, x);
   const auto rg = ref.backward(dv, axis, x, dy, r.mean, r.rstd);
-  CHECK(bnref::max_diff(b.dx, rg.dx) <= 1e-4 * (1 + bnref::max_abs(rg.dx)));
+  CHECK(nkref::max_abs_diff(b.dx, rg.dx) <= 1e-4 * (1 + nkref::max_abs(rg.dx)));
   if (opt.affine) {
-    const bnref::Layout lay(dv, axis);
+    const nkref::ChannelLayout lay(dv, axis);
     Vec dy_xhat(x.size());
     for (std::size_t k = 0; k < x.size(); ++k) {
       const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
       dy_xhat[k] = dy[k] * (x[k] - r.mean[c]) * r.rstd[c];
     }
-    const Vec sw = bnref::channel_abs_sums(dv, axis, dy_xhat), sb = bnref::channel_abs_sums(dv, axis, dy);
-    const Vec gw = bnref::values1(b.grads.weight), gb = bnref::values1(b.grads.bias);
+    const Vec sw = nkref::channel_abs_sums(dv, axis, dy_xhat), sb = nkref::channel_abs_sums(dv, axis, dy);
+    const Vec gw = nkref::vec1(b.grads.weight), gb = nkref::vec1(b.grads.bias);
     REQUIRE(gw.size() == static_cast<std::size_t>(C));
     REQUIRE(gb.size() == static_cast<std::size_t>(C));
     for (std::size_t c = 0; c < gw.size(); ++c) {
@@ -725,8 +725,8 @@ template <int R, int L>
 void stats_source_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis,
                         std::uint64_t seed) {
   INFO(layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
-  const int axis = bnref::normalize_axis(channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
   BatchNormOptions o;
   o.channel_axis = channel_axis;
@@ -734,8 +734,8 @@ void stats_source_check(const std::array<Index, static_cast<std::size_t>(R)>& di
   RefBatchNorm ref(C, o.eps, o.momentum, o.affine, o.track_running_stats);
   set_params(bn, ref, C, seed);
   set_running(bn, ref, C, seed);
-  const Vec x = bnref::random_input(dv, axis, seed + 1);
-  const Vec dy = bnref::random_vector(x.size(), -1.0, 1.0, seed + 2);
+  const Vec x = nkref::channel_input(dv, axis, seed + 1);
+  const Vec dy = nkref::uniform_vec(x.size(), seed + 2, -1.0, 1.0);
 
   // Training forward, then eval(), then backward: the batch gradient.
   RefBatchNorm ref_train = ref;
@@ -746,7 +746,7 @@ void stats_source_check(const std::array<Index, static_cast<std::size_t>(R)>& di
   const auto bt = run_backward<double, R, L>(bn, dims, x, dy, ft.stats);
   const auto gt = ref_train.backward(dv, axis, x, dy, rt.mean, rt.rstd);
   CHECK(max_rel_diff(bt.dx, gt.dx) <= 1e-11);
-  CHECK(max_rel_diff(bnref::values1(bt.grads.weight), gt.dweight) <= 1e-11);
+  CHECK(max_rel_diff(nkref::vec1(bt.grads.weight), gt.dweight) <= 1e-11);
   // The test can tell the two gradients apart: the eval formula at these stats is far off.
   RefBatchNorm ref_as_eval = ref_train;
   ref_as_eval.training = false;
@@ -762,7 +762,7 @@ void stats_source_check(const std::array<Index, static_cast<std::size_t>(R)>& di
   const auto be = run_backward<double, R, L>(bn, dims, x, dy, fe.stats);
   const auto ge = ref_eval.backward(dv, axis, x, dy, re.mean, re.rstd);
   CHECK(max_rel_diff(be.dx, ge.dx) <= 1e-11);
-  CHECK(max_rel_diff(bnref::values1(be.grads.bias), ge.dbias) <= 1e-11);
+  CHECK(max_rel_diff(nkref::vec1(be.grads.bias), ge.dbias) <= 1e-11);
 }
 
 }  // namespace
@@ -783,7 +783,7 @@ TEMPLATE_TEST_CASE("BatchNorm training with one value per channel throws and cha
   auto check_throws = [](auto dims, Index channel_axis) {
     constexpr int R = static_cast<int>(std::tuple_size<decltype(dims)>::value);
     INFO("dims " << dims_str(dims) << " channel_axis " << channel_axis);
-    const int axis = bnref::normalize_axis(channel_axis, R);
+    const int axis = nkref::normalize_axis(channel_axis, R);
     const Index C = dims[static_cast<std::size_t>(axis)];
     BatchNormOptions o;
     o.channel_axis = channel_axis;
@@ -791,22 +791,22 @@ TEMPLATE_TEST_CASE("BatchNorm training with one value per channel throws and cha
     // one good batch first, so the state is not the initial one
     auto good = dims;
     good[0] = 4;
-    const auto gv = bnref::to_vec<R>(good);
-    (void)run_forward<T, R, kRow>(bn, good, bnref::rounded<T>(bnref::random_input(gv, axis, 3)));
+    const auto gv = nkref::dims_vec(good, R);
+    (void)run_forward<T, R, kRow>(bn, good, nkref::round_to<T>(nkref::channel_input(gv, axis, 3)));
     REQUIRE(bn.num_batches_tracked() == 1);
-    const Vec rm = bnref::values1(bn.running_mean()), rv = bnref::values1(bn.running_var());
+    const Vec rm = nkref::vec1(bn.running_mean()), rv = nkref::vec1(bn.running_var());
 
-    const auto dv = bnref::to_vec<R>(dims);
-    auto x = bnref::make_tensor<T, R, kRow>(dims, bnref::rounded<T>(bnref::random_input(dv, axis, 4)));
-    auto y = bnref::filled<T, R, kRow>(dims, T(-777));
+    const auto dv = nkref::dims_vec(dims, R);
+    auto x = nkref::make_tensor<T, R, kRow>(dims, nkref::round_to<T>(nkref::channel_input(dv, axis, 4)));
+    auto y = nkref::filled_tensor<T, R, kRow>(dims, T(-777));
     CHECK_THROWS_AS(bn.forward(x, y), std::invalid_argument);
     CHECK(bn.num_batches_tracked() == 1);
-    CHECK(bnref::values1(bn.running_mean()) == rm);
-    CHECK(bnref::values1(bn.running_var()) == rv);
-    for (double v : bnref::values(y)) CHECK(v == -777.0);
-    auto yc = bnref::filled<T, R, kCol>(dims, T(-777));
-    CHECK_THROWS_AS(bn.forward(bnref::make_tensor<T, R, kCol>(dims, bnref::values(x)), yc), std::invalid_argument);
-    for (double v : bnref::values(yc)) CHECK(v == -777.0);
+    CHECK(nkref::vec1(bn.running_mean()) == rm);
+    CHECK(nkref::vec1(bn.running_var()) == rv);
+    for (double v : nkref::to_rowmajor(y)) CHECK(v == -777.0);
+    auto yc = nkref::filled_tensor<T, R, kCol>(dims, T(-777));
+    CHECK_THROWS_AS(bn.forward(nkref::make_tensor<T, R, kCol>(dims, nkref::to_rowmajor(x)), yc), std::invalid_argument);
+    for (double v : nkref::to_rowmajor(yc)) CHECK(v == -777.0);
     CHECK(bn.num_batches_tracked() == 1);
 
     // eval with tracking uses the running statistics: one value per channel is fine
@@ -815,8 +815,8 @@ TEMPLATE_TEST_CASE("BatchNorm training with one value per channel throws and cha
     ref.training = false;
     ref.running_mean = rm;
     ref.running_var = rv;
-    const auto f = run_forward<T, R, kRow>(bn, dims, bnref::values(x));
-    check_fwd(f, ref.forward(dv, axis, bnref::values(x)));
+    const auto f = run_forward<T, R, kRow>(bn, dims, nkref::to_rowmajor(x));
+    check_fwd(f, ref.forward(dv, axis, nkref::to_rowmajor(x)));
   };
   check_throws(std::array<Index, 2>{1, 3}, 1);
   check_throws(std::array<Index, 3>{1, 5, 1}, 1);
@@ -826,8 +826,8 @@ TEMPLATE_TEST_CASE("BatchNorm training with one value per channel throws and cha
   // one sample but several values per channel is a valid training batch
   BatchNorm<T> bn(3);
   const std::array<Index, 3> dims{1, 3, 4};
-  const auto dv = bnref::to_vec<3>(dims);
-  const Vec x = bnref::rounded<T>(bnref::random_input(dv, 1, 5));
+  const auto dv = nkref::dims_vec(dims, 3);
+  const Vec x = nkref::round_to<T>(nkref::channel_input(dv, 1, 5));
   RefBatchNorm ref(3, 1e-5, 0.1, true, true);
   check_fwd(run_forward<T, 3, kCol>(bn, dims, x), ref.forward(dv, 1, x));
   check_state(bn, ref);
@@ -842,8 +842,8 @@ TEMPLATE_TEST_CASE("BatchNorm on an empty batch changes no state", "[batch_norm]
     const std::array<Index, 3> good = axis == 1 ? std::array<Index, 3>{4, 3, 5} : std::array<Index, 3>{4, 5, 3};
     const std::array<Index, 3> empty = axis == 1 ? std::array<Index, 3>{0, 3, 5} : std::array<Index, 3>{0, 5, 3};
     BatchNorm<T> bn(3, o);
-    (void)run_forward<T, 3, kRow>(bn, good, bnref::rounded<T>(bnref::random_input(bnref::to_vec<3>(good), axis == 1 ? 1 : 2, 6)));
-    const Vec rm = bnref::values1(bn.running_mean()), rv = bnref::values1(bn.running_var());
+    (void)run_forward<T, 3, kRow>(bn, good, nkref::round_to<T>(nkref::channel_input(nkref::dims_vec(good, 3), axis == 1 ? 1 : 2, 6)));
+    const Vec rm = nkref::vec1(bn.running_mean()), rv = nkref::vec1(bn.running_var());
     REQUIRE(bn.num_batches_tracked() == 1);
 
     for (bool training : {true, false}) {
@@ -851,22 +851,22 @@ TEMPLATE_TEST_CASE("BatchNorm on an empty batch changes no state", "[batch_norm]
       for (int L : {kRow, kCol}) {
         normkit::NormStats<T> stats;
         if (L == kRow) {
-          auto x = bnref::make_tensor<T, 3, kRow>(empty, {});
-          auto y = bnref::make_tensor<T, 3, kRow>(empty, {});
+          auto x = nkref::make_tensor<T, 3, kRow>(empty, {});
+          auto y = nkref::make_tensor<T, 3, kRow>(empty, {});
           CHECK_NOTHROW(stats = bn.forward(x, y));
         } else {
-          auto x = bnref::make_tensor<T, 3, kCol>(empty, {});
-          auto y = bnref::make_tensor<T, 3, kCol>(empty, {});
+          auto x = nkref::make_tensor<T, 3, kCol>(empty, {});
+          auto y = nkref::make_tensor<T, 3, kCol>(empty, {});
           CHECK_NOTHROW(stats = bn.forward(x, y));
         }
         CHECK(bn.num_batches_tracked() == 1);
-        CHECK(bnref::values1(bn.running_mean()) == rm);
-        CHECK(bnref::values1(bn.running_var()) == rv);
+        CHECK(nkref::vec1(bn.running_mean()) == rm);
+        CHECK(nkref::vec1(bn.running_var()) == rv);
 
         // backward of 0 rows: zero dweight / dbias of full size
-        auto x = bnref::make_tensor<T, 3, kRow>(empty, {});
-        auto dy = bnref::make_tensor<T, 3, kRow>(empty, {});
-        auto dx = bnref::make_tensor<T, 3, kRow>(empty, {});
+        auto x = nkref::make_tensor<T, 3, kRow>(empty, {});
+        auto dy = nkref::make_tensor<T, 3, kRow>(empty, {});
+        auto dx = nkref::make_tensor<T, 3, kRow>(empty, {});
         normkit::NormGrads<T> g;
         CHECK_NOTHROW(g = bn.backward(x, dy, stats, dx));
         REQUIRE(g.weight.size() == 3);
@@ -894,8 +894,8 @@ void check_close(const Vec& a, const Vec& b) {
 template <class T, int R, int L>
 void thread_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, std::uint64_t seed) {
   INFO(type_name<T>() << ' ' << layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis);
-  const int axis = bnref::normalize_axis(channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
   BatchNormOptions o;
   o.channel_axis = channel_axis;
@@ -904,8 +904,8 @@ void thread_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, In
   set_params(base, dummy, C, seed);
   std::vector<Vec> xs;
   for (int b = 0; b < 2; ++b)
-    xs.push_back(bnref::rounded<T>(bnref::random_input(dv, axis, seed + 10 + static_cast<std::uint64_t>(b))));
-  const Vec dy = bnref::rounded<T>(bnref::random_vector(xs[0].size(), -1.0, 1.0, seed + 3));
+    xs.push_back(nkref::round_to<T>(nkref::channel_input(dv, axis, seed + 10 + static_cast<std::uint64_t>(b))));
+  const Vec dy = nkref::round_to<T>(nkref::uniform_vec(xs[0].size(), seed + 3, -1.0, 1.0));
 
   // single thread: two training batches (forward + backward), then eval
   BatchNorm<T> one = base;
@@ -925,22 +925,22 @@ void thread_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, In
     const auto ba = run_backward_dev<T, R, L>(bn, dev, dims, xs[0], dy, fa.stats);
     const auto fb = run_forward_dev<T, R, L>(bn, dev, dims, xs[1]);
     check_close<T>(fa.y, f1a.y);
-    check_close<T>(bnref::values1(fa.stats.mean), bnref::values1(f1a.stats.mean));
-    check_close<T>(bnref::values1(fa.stats.rstd), bnref::values1(f1a.stats.rstd));
+    check_close<T>(nkref::vec1(fa.stats.mean), nkref::vec1(f1a.stats.mean));
+    check_close<T>(nkref::vec1(fa.stats.rstd), nkref::vec1(f1a.stats.rstd));
     check_close<T>(ba.dx, b1a.dx);
-    check_close<T>(bnref::values1(ba.grads.weight), bnref::values1(b1a.grads.weight));
-    check_close<T>(bnref::values1(ba.grads.bias), bnref::values1(b1a.grads.bias));
+    check_close<T>(nkref::vec1(ba.grads.weight), nkref::vec1(b1a.grads.weight));
+    check_close<T>(nkref::vec1(ba.grads.bias), nkref::vec1(b1a.grads.bias));
     check_close<T>(fb.y, f1b.y);
-    check_close<T>(bnref::values1(bn.running_mean()), bnref::values1(one.running_mean()));
-    check_close<T>(bnref::values1(bn.running_var()), bnref::values1(one.running_var()));
+    check_close<T>(nkref::vec1(bn.running_mean()), nkref::vec1(one.running_mean()));
+    check_close<T>(nkref::vec1(bn.running_var()), nkref::vec1(one.running_var()));
     CHECK(bn.num_batches_tracked() == 2);
     bn.eval();
     const auto fe = run_forward_dev<T, R, L>(bn, dev, dims, xs[0]);
     const auto be = run_backward_dev<T, R, L>(bn, dev, dims, xs[0], dy, fe.stats);
     check_close<T>(fe.y, f1e.y);
     check_close<T>(be.dx, b1e.dx);
-    check_close<T>(bnref::values1(be.grads.weight), bnref::values1(b1e.grads.weight));
-    check_close<T>(bnref::values1(be.grads.bias), bnref::values1(b1e.grads.bias));
+    check_close<T>(nkref::vec1(be.grads.weight), nkref::vec1(b1e.grads.weight));
+    check_close<T>(nkref::vec1(be.grads.bias), nkref::vec1(b1e.grads.bias));
     CHECK(bn.num_batches_tracked() == 2);
   }
 }
@@ -966,7 +966,7 @@ namespace {
 
 template <class S, class TensorLike>
 std::vector<S> raw(const TensorLike& t) {
-  std::vector<double> v = bnref::values(t);
+  std::vector<double> v = nkref::to_rowmajor(t);
   std::vector<S> out(v.size());
   for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<S>(v[i]);  // exact: values were S
   return out;
@@ -977,10 +977,10 @@ void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims,
                      bool track = true) {
   INFO(type_name<T>() << ' ' << layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis
                       << " bad value " << bad << " track " << track);
-  const int axis = bnref::normalize_axis(channel_axis, R);
-  const auto dv = bnref::to_vec<R>(dims);
+  const int axis = nkref::normalize_axis(channel_axis, R);
+  const auto dv = nkref::dims_vec(dims, R);
   const Index C = dims[static_cast<std::size_t>(axis)];
-  const bnref::Layout lay(dv, axis);
+  const nkref::ChannelLayout lay(dv, axis);
   BatchNormOptions o;
   o.channel_axis = channel_axis;
   o.track_running_stats = track;
@@ -993,7 +993,7 @@ void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims,
     dirty.eval();
   }
 
-  const Vec x = bnref::rounded<T>(bnref::random_input(dv, axis, seed));
+  const Vec x = nkref::round_to<T>(nkref::channel_input(dv, axis, seed));
   const Index bad_channel = C / 2;
   Vec xb = x;
   std::size_t placed = 0;
@@ -1001,8 +1001,8 @@ void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims,
     if (lay.channel_of(static_cast<Index>(k)) == bad_channel && placed++ == 1) xb[k] = static_cast<double>(bad);
   REQUIRE(placed > 1);
 
-  auto xt = bnref::make_tensor<T, R, L>(dims, x), xbt = bnref::make_tensor<T, R, L>(dims, xb);
-  auto yt = bnref::filled<T, R, L>(dims, T(0)), ybt = bnref::filled<T, R, L>(dims, T(0));
+  auto xt = nkref::make_tensor<T, R, L>(dims, x), xbt = nkref::make_tensor<T, R, L>(dims, xb);
+  auto yt = nkref::filled_tensor<T, R, L>(dims, T(0)), ybt = nkref::filled_tensor<T, R, L>(dims, T(0));
   const auto sc = clean.forward(xt, yt);
   const auto sd = dirty.forward(xbt, ybt);
   const auto yc = raw<T>(yt), yd = raw<T>(ybt);
@@ -1021,11 +1021,11 @@ void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims,
   CHECK(others_identical);
   for (Index c = 0; c < C; ++c) {
     if (c == bad_channel) continue;
-    CHECK(bnref::same_bits(sc.mean(c), sd.mean(c)));
-    CHECK(bnref::same_bits(sc.rstd(c), sd.rstd(c)));
+    CHECK(nkref::same_bits(sc.mean(c), sd.mean(c)));
+    CHECK(nkref::same_bits(sc.rstd(c), sd.rstd(c)));
     if (track) {
-      CHECK(bnref::same_bits(clean.running_mean()(c), dirty.running_mean()(c)));
-      CHECK(bnref::same_bits(clean.running_var()(c), dirty.running_var()(c)));
+      CHECK(nkref::same_bits(clean.running_mean()(c), dirty.running_mean()(c)));
+      CHECK(nkref::same_bits(clean.running_var()(c), dirty.running_var()(c)));
     }
   }
 }

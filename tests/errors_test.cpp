@@ -8,7 +8,7 @@
 //     channel_axis = -R and R-1) are accepted.
 #include <normkit/normkit.hpp>
 
-#include "support/batch_norm_reference.hpp"
+#include "support/reference.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -23,9 +23,9 @@
 
 namespace {
 
-using bnref::Index;
+using nkref::Index;
 using Catch::Matchers::Contains;
-using Vec = std::vector<double>;
+using nkref::Vec;
 
 constexpr int kRow = Eigen::RowMajor;
 constexpr int kCol = Eigen::ColMajor;
@@ -83,20 +83,20 @@ std::string invalid_argument_message(Fn&& f) {
 
 template <class TensorLike>
 bool untouched(const TensorLike& t) {
-  for (double v : bnref::values(t))
+  for (double v : nkref::to_rowmajor(t))
     if (v != kSentinel) return false;
   return true;
 }
 
 template <class S, int R, int L>
 Eigen::Tensor<S, R, L> sentinel(const std::array<Index, static_cast<std::size_t>(R)>& dims) {
-  return bnref::filled<S, R, L>(dims, static_cast<S>(kSentinel));
+  return nkref::filled_tensor<S, R, L>(dims, static_cast<S>(kSentinel));
 }
 
 template <class S, int R, int L>
 Eigen::Tensor<S, R, L> random_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, std::uint64_t seed) {
-  const auto dv = bnref::to_vec<R>(dims);
-  return bnref::make_tensor<S, R, L>(dims, bnref::random_input(dv, R - 1, seed));
+  const auto dv = nkref::dims_vec(dims, R);
+  return nkref::make_tensor<S, R, L>(dims, nkref::channel_input(dv, R - 1, seed));
 }
 
 }  // namespace
@@ -326,7 +326,7 @@ TEMPLATE_TEST_CASE("LayerNorm / RMSNorm reject invalid options and accept the bo
       const auto x = random_tensor<T, 2, kRow>({3, 4}, 10);
       auto y = sentinel<T, 2, kRow>({3, 4});
       CHECK_NOTHROW(f.forward(x, y));
-      for (double v : bnref::values(y)) {
+      for (double v : nkref::to_rowmajor(y)) {
         CHECK(std::isfinite(v));
         CHECK(v != kSentinel);
       }
@@ -345,8 +345,8 @@ struct BnState {
   std::int64_t nbt;
   bool training;
   explicit BnState(normkit::BatchNorm<T>& bn)
-      : rm(bnref::values1(bn.running_mean())),
-        rv(bnref::values1(bn.running_var())),
+      : rm(nkref::vec1(bn.running_mean())),
+        rv(nkref::vec1(bn.running_var())),
         nbt(bn.num_batches_tracked()),
         training(bn.training()) {}
   bool operator==(const BnState& o) const { return rm == o.rm && rv == o.rv && nbt == o.nbt && training == o.training; }
@@ -522,8 +522,8 @@ std::string batch_norm_axis_error(Index channel_axis, Index C, std::array<Index,
     constructed = true;
     msg = invalid_argument_message([&] { (void)bn.forward(x, y); });
     CHECK(bn.num_batches_tracked() == 0);
-    CHECK(bnref::values1(bn.running_mean()) == Vec(static_cast<std::size_t>(C), 0.0));
-    CHECK(bnref::values1(bn.running_var()) == Vec(static_cast<std::size_t>(C), 1.0));
+    CHECK(nkref::vec1(bn.running_mean()) == Vec(static_cast<std::size_t>(C), 0.0));
+    CHECK(nkref::vec1(bn.running_var()) == Vec(static_cast<std::size_t>(C), 1.0));
     // eval mode rejects it too
     bn.eval();
     const auto msg2 = invalid_argument_message([&] { (void)bn.forward(x, y); });
@@ -571,12 +571,12 @@ TEMPLATE_TEST_CASE("BatchNorm rejects invalid options and accepts the boundary v
     auto works = [](const normkit::BatchNormOptions& o, Index C, auto dims) {
       constexpr int R = static_cast<int>(std::tuple_size<decltype(dims)>::value);
       normkit::BatchNorm<T> bn(C, o);
-      const int axis = bnref::normalize_axis(o.channel_axis, R);
-      const auto dv = bnref::to_vec<R>(dims);
-      const auto x = bnref::make_tensor<T, R, kRow>(dims, bnref::random_input(dv, axis, 22));
+      const int axis = nkref::normalize_axis(o.channel_axis, R);
+      const auto dv = nkref::dims_vec(dims, R);
+      const auto x = nkref::make_tensor<T, R, kRow>(dims, nkref::channel_input(dv, axis, 22));
       auto y = sentinel<T, R, kRow>(dims);
       CHECK_NOTHROW(bn.forward(x, y));
-      for (double v : bnref::values(y)) {
+      for (double v : nkref::to_rowmajor(y)) {
         CHECK(std::isfinite(v));
         CHECK(v != kSentinel);
       }
@@ -676,13 +676,13 @@ TEMPLATE_TEST_CASE("BatchNorm: a resized, emptied or added parameter throws shap
       const normkit::NormStats<T> stats = bn.forward(x, y);
       bn.train(training);
       mutate(bn);
-      const auto mean_before = bnref::values1(bn.running_mean());
+      const auto mean_before = nkref::vec1(bn.running_mean());
       const auto count_before = bn.num_batches_tracked();
       y = sentinel<T, 3, kRow>({4, 3, 5});
       CHECK_THAT(shape_error_message([&] { (void)bn.forward(x, y); }),
                  Contains("BatchNorm::forward") && Contains(std::string(param) + "()"));
       CHECK(untouched(y));
-      CHECK(bnref::values1(bn.running_mean()) == mean_before);
+      CHECK(nkref::vec1(bn.running_mean()) == mean_before);
       CHECK(bn.num_batches_tracked() == count_before);
       auto dx = sentinel<T, 3, kRow>({4, 3, 5});
       CHECK_THAT(shape_error_message([&] { (void)bn.backward(x, dy, stats, dx); }),

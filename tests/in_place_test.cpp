@@ -13,37 +13,28 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/reference.hpp"
+
 #include <cstdint>
-#include <cstring>
-#include <memory>
-#include <random>
+#include <type_traits>
 
 namespace {
 
 using Eigen::Index;
+using nkref::bits_equal;  // same size and the same bytes: bit for bit, NaN patterns included
 
 template <class Tensor>
-Tensor random_tensor(const typename Tensor::Dimensions& dims, std::uint32_t seed, float offset) {
+Tensor random_tensor(const typename Tensor::Dimensions& dims, std::uint32_t seed, double offset) {
   Tensor t(dims);
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(offset, 1.0f);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<typename Tensor::Scalar>(dist(gen));
+  nkref::from_rowmajor(nkref::normal_vec(static_cast<std::size_t>(t.size()), seed, offset, 1.0), t);
   return t;
-}
-
-// Same size and the same bytes: bit for bit, NaN patterns included.
-template <class A, class B>
-bool same_bits(const A& a, const B& b) {
-  static_assert(sizeof(typename A::Scalar) == sizeof(typename B::Scalar));
-  return a.size() == b.size() &&
-         (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * std::size_t(a.size())) == 0);
 }
 
 template <class T>
 void require_same_stats(const normkit::NormStats<T>& a, const normkit::NormStats<T>& b) {
-  REQUIRE(same_bits(a.mean, b.mean));
-  REQUIRE(same_bits(a.mean_lo, b.mean_lo));
-  REQUIRE(same_bits(a.rstd, b.rstd));
+  REQUIRE(bits_equal(a.mean, b.mean));
+  REQUIRE(bits_equal(a.mean_lo, b.mean_lo));
+  REQUIRE(bits_equal(a.rstd, b.rstd));
 }
 
 // One pool for the whole file; nullptr means the single-threaded overloads.
@@ -67,28 +58,28 @@ auto backward(const Norm& norm, const Eigen::ThreadPoolDevice* device, const X& 
 // compares outputs, statistics, gradients and (BatchNorm) running statistics bit for bit.
 template <class Tensor, class Norm>
 void check_in_place(const Norm& norm, const typename Tensor::Dimensions& dims, const Eigen::ThreadPoolDevice* device,
-                    float offset = 0.5f) {
-  const Tensor x = random_tensor<Tensor>(dims, 1, offset), dy = random_tensor<Tensor>(dims, 2, 0.0f);
+                    double offset = 0.5) {
+  const Tensor x = random_tensor<Tensor>(dims, 1, offset), dy = random_tensor<Tensor>(dims, 2, 0.0);
   Norm apart = norm, in_place = norm;
 
   Tensor y(dims);
   const auto stats = forward(apart, device, x, y);
   Tensor xy = x;
   const auto stats_in_place = forward(in_place, device, xy, xy);
-  REQUIRE(same_bits(xy, y));
+  REQUIRE(bits_equal(xy, y));
   require_same_stats(stats, stats_in_place);
 
   Tensor dx(dims);
   const auto grads = backward(apart, device, x, dy, stats, dx);
   Tensor dydx = dy;
   const auto grads_in_place = backward(in_place, device, x, dydx, stats, dydx);
-  REQUIRE(same_bits(dydx, dx));
-  REQUIRE(same_bits(grads.weight, grads_in_place.weight));
-  REQUIRE(same_bits(grads.bias, grads_in_place.bias));
+  REQUIRE(bits_equal(dydx, dx));
+  REQUIRE(bits_equal(grads.weight, grads_in_place.weight));
+  REQUIRE(bits_equal(grads.bias, grads_in_place.bias));
 
   if constexpr (std::is_same_v<Norm, normkit::BatchNorm<typename Tensor::Scalar>>) {
-    REQUIRE(same_bits(apart.running_mean(), in_place.running_mean()));
-    REQUIRE(same_bits(apart.running_var(), in_place.running_var()));
+    REQUIRE(bits_equal(apart.running_mean(), in_place.running_mean()));
+    REQUIRE(bits_equal(apart.running_var(), in_place.running_var()));
   }
 }
 
@@ -107,11 +98,8 @@ using D4 = Eigen::DSizes<Index, 4>;
 // Parameters away from 1 and 0, so that a wrong weight or bias index would show.
 template <class Norm>
 Norm with_random_params(Norm norm) {
-  using P = typename std::decay_t<decltype(norm.weight())>::Scalar;
-  std::mt19937 gen(7);
-  std::uniform_real_distribution<float> dist(0.5f, 1.5f);
-  for (Index i = 0; i < norm.weight().size(); ++i) norm.weight()(i) = static_cast<P>(dist(gen));
-  for (Index i = 0; i < norm.bias().size(); ++i) norm.bias()(i) = static_cast<P>(dist(gen) - 1.0f);
+  nkref::set_vec1(norm.weight(), nkref::uniform_vec(static_cast<std::size_t>(norm.weight().size()), 7, 0.5, 1.5));
+  nkref::set_vec1(norm.bias(), nkref::uniform_vec(static_cast<std::size_t>(norm.bias().size()), 8, -0.5, 0.5));
   return norm;
 }
 
@@ -169,14 +157,14 @@ TEST_CASE("BatchNorm in place equals out of place", "[in_place]") {
   }
   SECTION("channels-last RowMajor, eval with running statistics") {
     auto eval = nhwc;
-    Tn<float, 4, Eigen::RowMajor> warm = random_tensor<Tn<float, 4, Eigen::RowMajor>>(D4(8, 4, 4, 16), 3, 2.0f);
+    Tn<float, 4, Eigen::RowMajor> warm = random_tensor<Tn<float, 4, Eigen::RowMajor>>(D4(8, 4, 4, 16), 3, 2.0);
     eval.forward(warm, warm);  // running statistics away from their initial 0 and 1
     eval.eval();
     check_both_executors<Tn<float, 4, Eigen::RowMajor>>(eval, D4(8, 9, 9, 16));
   }
   SECTION("NCHW RowMajor, eval with running statistics") {
     auto eval = nchw;
-    Tn<float, 4, Eigen::RowMajor> warm = random_tensor<Tn<float, 4, Eigen::RowMajor>>(D4(8, 6, 4, 4), 3, 2.0f);
+    Tn<float, 4, Eigen::RowMajor> warm = random_tensor<Tn<float, 4, Eigen::RowMajor>>(D4(8, 6, 4, 4), 3, 2.0);
     eval.forward(warm, warm);
     eval.eval();
     check_both_executors<Tn<float, 4, Eigen::RowMajor>>(eval, D4(4, 6, 5, 7));

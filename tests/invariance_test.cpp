@@ -1,18 +1,23 @@
 // tests/invariance_test.cpp — a group's results do not depend on the rest of the tensor (the
 // contract's "Invariance"): one row of a LayerNorm/RMSNorm, placed at different positions in batches
-// of 1 to 4096 rows of other data, gives the same y, mean, rstd and dx bits every time, on one thread
-// and on four; a BatchNorm channel gives the same bits whatever the other channels hold and where it
-// sits. Thread counts and pointer alignment are covered in properties_test (4b, 4c).
+// of 1 to 4096 rows of other data, gives the same y, mean, rstd and dx bits every time, on the plain
+// call and on pools of 1 to 4 threads; a BatchNorm channel (NCHW) gives the same bits whatever the
+// other channels hold and where it sits, on the plain call and on pools of 1 to 4 threads.
+// The whole-tensor thread-count and pointer-alignment checks (offsets 1..15 elements, every functor,
+// both layouts, channels-last BatchNorm included) are in properties_test (4b, 4c); in place in
+// in_place_test.
 // Column shapes (ColMajor rows, channels-last channels) are exempt by the contract: a group there may
 // depend on which other groups share its panel (the panel's block height follows its width).
 #include <normkit/normkit.hpp>
 
 #include <catch2/catch.hpp>
 
-#include <cmath>
+#include "support/reference.hpp"
+
+#include <algorithm>
+#include <array>
 #include <cstdint>
-#include <cstring>
-#include <random>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,18 +26,37 @@ namespace {
 using Eigen::Index;
 constexpr int kRow = Eigen::RowMajor;
 
+// mean + spread * N(0,1) as T values.
 template <class T>
 std::vector<T> random_values(std::size_t n, double mean, double spread, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> d(mean, spread);
-  std::vector<T> v(n);
-  for (auto& e : v) e = static_cast<T>(d(gen));
-  return v;
+  const nkref::Vec v = nkref::normal_vec(n, seed, mean, spread);
+  std::vector<T> out(n);
+  std::transform(v.begin(), v.end(), out.begin(), [](double e) { return static_cast<T>(e); });
+  return out;
 }
 
 template <class T>
-bool same_bits(const T* a, const T* b, std::size_t n) {
-  return std::memcmp(a, b, n * sizeof(T)) == 0;
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), nkref::same_bits<T>);
+}
+
+// The plain call (nullptr) and pools of 1 to 4 threads.
+struct Devices {
+  std::array<std::unique_ptr<Eigen::ThreadPool>, 4> pools;
+  std::array<std::unique_ptr<Eigen::ThreadPoolDevice>, 4> devices;
+  std::vector<const Eigen::ThreadPoolDevice*> all{nullptr};
+  Devices() {
+    for (int n = 1; n <= 4; ++n) {
+      const auto i = static_cast<std::size_t>(n - 1);
+      pools[i] = std::make_unique<Eigen::ThreadPool>(n);
+      devices[i] = std::make_unique<Eigen::ThreadPoolDevice>(pools[i].get(), n);
+      all.push_back(devices[i].get());
+    }
+  }
+};
+
+std::string device_name(const Eigen::ThreadPoolDevice* dev) {
+  return dev ? std::to_string(dev->numThreads()) + " threads" : "plain call";
 }
 
 // What a row (or channel) gives: its outputs and its statistics.
@@ -41,8 +65,7 @@ struct GroupResult {
   std::vector<T> y, dx;
   std::vector<normkit::accum_t<T>> stats;  // mean, mean_lo, rstd (those present)
   bool operator==(const GroupResult& o) const {
-    return y.size() == o.y.size() && same_bits(y.data(), o.y.data(), y.size()) && same_bits(dx.data(), o.dx.data(), dx.size()) &&
-           stats.size() == o.stats.size() && same_bits(stats.data(), o.stats.data(), stats.size());
+    return same_bits(y, o.y) && same_bits(dx, o.dx) && same_bits(stats, o.stats);
   }
 };
 
@@ -70,16 +93,15 @@ GroupResult<T> row_in_batch(const Norm& norm, const std::vector<T>& row, const s
 
 template <class T, class Norm>
 void row_invariance(const std::string& name, const Norm& norm, Index F) {
-  Eigen::ThreadPool pool(4);
-  Eigen::ThreadPoolDevice device(&pool, 4);
+  const Devices devices;
   const std::vector<T> row = random_values<T>(std::size_t(F), 1.5, 0.75, 7), drow = random_values<T>(std::size_t(F), 0, 1, 8);
   const GroupResult<T> alone = row_in_batch<T>(norm, row, drow, 1, 0, nullptr, 1);
   std::uint32_t seed = 100;
   for (const Index rows : {Index(2), Index(3), Index(4), Index(5), Index(7), Index(8), Index(9), Index(64), Index(333),
                            Index(4096)}) {
     for (const Index at : {Index(0), rows / 2, rows - 1}) {
-      for (const Eigen::ThreadPoolDevice* dev : {static_cast<const Eigen::ThreadPoolDevice*>(nullptr), static_cast<const Eigen::ThreadPoolDevice*>(&device)}) {
-        INFO(name << " F " << F << ": row " << at << " of " << rows << (dev ? ", 4 threads" : ", plain call"));
+      for (const Eigen::ThreadPoolDevice* dev : devices.all) {
+        INFO(name << " F " << F << ": row " << at << " of " << rows << ", " << device_name(dev));
         CHECK(row_in_batch<T>(norm, row, drow, rows, at, dev, seed++) == alone);
       }
     }
@@ -106,14 +128,15 @@ TEST_CASE("A row's bfloat16 results are the same bits in any batch", "[invarianc
   row_invariance<Eigen::bfloat16>("LayerNorm<bfloat16, float>", ln, 300);
 }
 
-TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the other channels are and where it sits",
+TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the other channels are, where it sits "
+                   "and on any thread count",
                    "[invariance]", float, double) {
   using T = TestType;
   const Index N = 3, HW = 50;
   const std::vector<T> channel = random_values<T>(std::size_t(N * HW), -2.0, 0.5, 11);
   const std::vector<T> dchannel = random_values<T>(std::size_t(N * HW), 0.0, 1.0, 12);
   // The channel alone (C = 1), then as channel c of C.
-  const auto run = [&](Index C, Index c, std::uint32_t seed) {
+  const auto run = [&](Index C, Index c, const Eigen::ThreadPoolDevice* dev, std::uint32_t seed) {
     std::vector<T> x = random_values<T>(std::size_t(N * C * HW), 5.0, 3.0, seed);
     std::vector<T> dy = random_values<T>(std::size_t(N * C * HW), 0.0, 1.0, seed + 1);
     for (Index n = 0; n < N; ++n)
@@ -124,8 +147,8 @@ TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the 
     normkit::BatchNorm<T> bn(C);
     Eigen::TensorMap<const Eigen::Tensor<T, 3, kRow>> xm(x.data(), N, C, HW), dym(dy.data(), N, C, HW);
     Eigen::Tensor<T, 3, kRow> y(N, C, HW), dx(N, C, HW);
-    const auto s = bn.forward(xm, y);
-    const auto g = bn.backward(xm, dym, s, dx);
+    const auto s = dev ? bn.forward(*dev, xm, y) : bn.forward(xm, y);
+    const auto g = dev ? bn.backward(*dev, xm, dym, s, dx) : bn.backward(xm, dym, s, dx);
     GroupResult<T> r;
     for (Index n = 0; n < N; ++n)
       for (Index i = 0; i < HW; ++i) r.y.push_back(y(n, c, i)), r.dx.push_back(dx(n, c, i));
@@ -133,10 +156,12 @@ TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the 
                static_cast<normkit::accum_t<T>>(g.bias(c)), static_cast<normkit::accum_t<T>>(bn.running_var()(c))};
     return r;
   };
-  const GroupResult<T> alone = run(1, 0, 1);
+  const Devices devices;
+  const GroupResult<T> alone = run(1, 0, nullptr, 1);
   for (const Index C : {Index(2), Index(5), Index(64)})
-    for (const Index c : {Index(0), C / 2, C - 1}) {
-      INFO("channel " << c << " of " << C);
-      CHECK(run(C, c, std::uint32_t(10 * C + c)) == alone);
-    }
+    for (const Index c : {Index(0), C / 2, C - 1})
+      for (const Eigen::ThreadPoolDevice* dev : devices.all) {
+        INFO("channel " << c << " of " << C << ", " << device_name(dev));
+        CHECK(run(C, c, dev, std::uint32_t(10 * C + c)) == alone);
+      }
 }

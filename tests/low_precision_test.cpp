@@ -24,7 +24,6 @@
 #include <cstdlib>
 #include <string>
 
-#include "support/batch_norm_reference.hpp"
 #include "support/reference.hpp"
 #include "support/row_norm_spec.hpp"
 
@@ -226,47 +225,47 @@ template <class T, class P, int L>
 void batch_norm_case(Accuracy& fwd, Accuracy& bwd, Accuracy& eval, Accuracy& params, Accuracy& running,
                      const std::array<Index, 4>& dims, Index axis, std::uint64_t seed) {
   const std::vector<Index> dv(dims.begin(), dims.end());
-  const int ax = bnref::normalize_axis(axis, 4);
+  const int ax = nkref::normalize_axis(axis, 4);
   const Index C = dims[std::size_t(ax)];
   normkit::BatchNormOptions o;
   o.channel_axis = axis;
   normkit::BatchNorm<T, P> bn(C, o);
-  bnref::RefBatchNorm ref(C, o.eps, o.momentum, true, true);
-  ref.weight = stored<P>(bnref::random_vector(std::size_t(C), 0.5, 1.5, seed + 1));
-  ref.bias = stored<P>(bnref::random_vector(std::size_t(C), -1.0, 1.0, seed + 2));
+  nkref::RefBatchNorm ref(C, o.eps, o.momentum, true, true);
+  ref.weight = stored<P>(nkref::uniform_vec(std::size_t(C), seed + 1, 0.5, 1.5));
+  ref.bias = stored<P>(nkref::uniform_vec(std::size_t(C), seed + 2, -1.0, 1.0));
   nkref::set_vec1(bn.weight(), ref.weight);
   nkref::set_vec1(bn.bias(), ref.bias);
-  const Vec x = stored<T>(bnref::random_input(dv, ax, seed));
+  const Vec x = stored<T>(nkref::channel_input(dv, ax, seed));
   const Vec dy = stored<T>(nkref::normal_vec(x.size(), std::uint32_t(seed + 3)));
 
-  auto xt = bnref::make_tensor<T, 4, L>(dims, x);
-  auto yt = bnref::make_tensor<T, 4, L>(dims, Vec(x.size(), 0.0));
+  auto xt = nkref::make_tensor<T, 4, L>(dims, x);
+  auto yt = nkref::make_tensor<T, 4, L>(dims, Vec(x.size(), 0.0));
   const normkit::NormStats<T> stats = bn.forward(xt, yt);
-  const bnref::RefOutput out = ref.forward(dv, ax, x);
-  const bnref::Layout lay(dv, ax);
+  const nkref::RefOutput out = ref.forward(dv, ax, x);
+  const nkref::ChannelLayout lay(dv, ax);
   Vec y_scale(x.size()), xhat(x.size());
   for (std::size_t k = 0; k < x.size(); ++k) {
     const auto c = std::size_t(lay.channel_of(Index(k)));
     xhat[k] = (x[k] - out.mean[c]) * out.rstd[c];
     y_scale[k] = std::abs(xhat[k] * ref.weight[c]) + std::abs(ref.bias[c]);
   }
-  measure<T>(fwd, bnref::values(yt), out.y, y_scale, "y");
+  measure<T>(fwd, nkref::to_rowmajor(yt), out.y, y_scale, "y");
 
-  auto dyt = bnref::make_tensor<T, 4, L>(dims, dy);
-  auto dxt = bnref::make_tensor<T, 4, L>(dims, Vec(x.size(), 0.0));
+  auto dyt = nkref::make_tensor<T, 4, L>(dims, dy);
+  auto dxt = nkref::make_tensor<T, 4, L>(dims, Vec(x.size(), 0.0));
   const normkit::NormGrads<P> grads = bn.backward(xt, dyt, stats, dxt);
-  const bnref::RefGrads g = ref.backward(dv, ax, x, dy, out.mean, out.rstd);
+  const nkref::RefGrads g = ref.backward(dv, ax, x, dy, out.mean, out.rstd);
   // dx scale per element: rstd * w * (|dy| + mean|dy| + |xhat| mean|dy xhat|).
   Vec dy_xhat(x.size());
   for (std::size_t k = 0; k < x.size(); ++k) dy_xhat[k] = dy[k] * xhat[k];
-  const Vec abs_dy = bnref::channel_abs_sums(dv, ax, dy), abs_dyx = bnref::channel_abs_sums(dv, ax, dy_xhat);
+  const Vec abs_dy = nkref::channel_abs_sums(dv, ax, dy), abs_dyx = nkref::channel_abs_sums(dv, ax, dy_xhat);
   const double n = double(lay.per_channel);
   Vec dx_scale(x.size());
   for (std::size_t k = 0; k < x.size(); ++k) {
     const auto c = std::size_t(lay.channel_of(Index(k)));
     dx_scale[k] = out.rstd[c] * std::abs(ref.weight[c]) * (std::abs(dy[k]) + abs_dy[c] / n + std::abs(xhat[k]) * abs_dyx[c] / n);
   }
-  measure<T>(bwd, bnref::values(dxt), g.dx, dx_scale, "dx");
+  measure<T>(bwd, nkref::to_rowmajor(dxt), g.dx, dx_scale, "dx");
   if constexpr (!std::is_same_v<P, float>) {
     measure<P>(params, nkref::vec1(grads.weight), g.dweight, abs_dyx, "dweight");
     measure<P>(params, nkref::vec1(grads.bias), g.dbias, abs_dy, "dbias");
@@ -292,13 +291,13 @@ void batch_norm_case(Accuracy& fwd, Accuracy& bwd, Accuracy& eval, Accuracy& par
   ref.running_mean = nkref::vec1(bn.running_mean());
   ref.running_var = nkref::vec1(bn.running_var());
   bn.forward(xt, yt);
-  const bnref::RefOutput ev = ref.forward(dv, ax, x);
+  const nkref::RefOutput ev = ref.forward(dv, ax, x);
   Vec ev_scale(x.size());
   for (std::size_t k = 0; k < x.size(); ++k) {
     const auto c = std::size_t(lay.channel_of(Index(k)));
     ev_scale[k] = std::abs((x[k] - ev.mean[c]) * ev.rstd[c] * ref.weight[c]) + std::abs(ref.bias[c]);
   }
-  measure<T>(eval, bnref::values(yt), ev.y, ev_scale, "eval y");
+  measure<T>(eval, nkref::to_rowmajor(yt), ev.y, ev_scale, "eval y");
 }
 
 }  // namespace

@@ -902,7 +902,9 @@ TEMPLATE_TEST_CASE("Property: RowMajor and ColMajor give the same results (to ro
 // into follow from the shape alone (core/parallel.hpp), and what crosses chunks — LayerNorm/RMSNorm
 // dweight/dbias, the statistics and sums of channels-last BatchNorm cut into row chunks — is merged in
 // chunk order. So every output, statistic and gradient is bit-identical for 1 to 4 threads and the
-// plain call, in both layouts.
+// plain call, in both layouts (and with x and y in different layouts). This is the one place thread
+// counts are tested; that the plain call matches the float64 reference is trailing_norm_test's and
+// batch_norm_test's job (their sweeps include these shapes' feature sizes).
 
 namespace {
 
@@ -912,17 +914,29 @@ struct Pool {
   Eigen::ThreadPoolDevice device;
 };
 
-template <class T, int L, std::size_t N, class Fn>
+// x in layout LX, y/dy/dx in LY.
+template <class T, int LX, int LY, std::size_t N, class Fn>
 void thread_check(const std::string& name, Fn& fn, const std::array<Index, N>& dims, const Vec& x, const Vec& dy) {
-  const Result serial = run<T, L, L>(fn, dims, x, dy);
+  const Result serial = run<T, LX, LY>(fn, dims, x, dy);
   for (int threads = 1; threads <= 4; ++threads) {
     Pool p(threads);
-    const Result r = run<T, L, L>(fn, dims, x, dy, &p.device);
-    const std::string what =
-        std::string(type_name<T>()) + " " + name + " " + layout_name(L) + " " + std::to_string(threads) + " threads vs serial";
+    const Result r = run<T, LX, LY>(fn, dims, x, dy, &p.device);
+    const std::string what = std::string(type_name<T>()) + " " + name + " x " + layout_name(LX) + " y " +
+                             layout_name(LY) + " " + std::to_string(threads) + " threads vs serial";
     INFO(what);
     check_all_bits(what, r, serial);
   }
+}
+
+// All four layout combinations of x and y/dy/dx, on fresh random data.
+template <class T, std::size_t N, class Fn>
+void thread_check_layouts(const std::string& name, Fn& fn, const std::array<Index, N>& dims, Rng& rng) {
+  const auto n = static_cast<std::size_t>(product(dims_vec(dims, static_cast<int>(N))));
+  const Vec x = random_data<T>(rng, n, 0.5, 1.0), dy = random_dy<T>(rng, n);
+  thread_check<T, kRow, kRow>(name, fn, dims, x, dy);
+  thread_check<T, kCol, kCol>(name, fn, dims, x, dy);
+  thread_check<T, kRow, kCol>(name, fn, dims, x, dy);
+  thread_check<T, kCol, kRow>(name, fn, dims, x, dy);
 }
 
 template <class T>
@@ -937,8 +951,8 @@ void thread_cases() {
     const GroupMap m = rows_map(rows, F, true);
     const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
     const std::array<Index, 2> dims{rows, F};
-    thread_check<T, kRow>("LayerNorm (200, 1000)", ln, dims, x, dy);
-    thread_check<T, kCol>("LayerNorm (200, 1000)", ln, dims, x, dy);
+    thread_check<T, kRow, kRow>("LayerNorm (200, 1000)", ln, dims, x, dy);
+    thread_check<T, kCol, kCol>("LayerNorm (200, 1000)", ln, dims, x, dy);
   }
   {
     normkit::RMSNormOptions o;
@@ -950,8 +964,8 @@ void thread_cases() {
     const GroupMap m = rows_map(rows, F, false);
     const Vec x = random_data<T>(rng, m.group_of.size(), 0.5, 2.0), dy = random_dy<T>(rng, m.group_of.size());
     const std::array<Index, 2> dims{rows, F};
-    thread_check<T, kRow>("RMSNorm (197, 1031)", rn, dims, x, dy);
-    thread_check<T, kCol>("RMSNorm (197, 1031)", rn, dims, x, dy);
+    thread_check<T, kRow, kRow>("RMSNorm (197, 1031)", rn, dims, x, dy);
+    thread_check<T, kCol, kCol>("RMSNorm (197, 1031)", rn, dims, x, dy);
   }
   for (const auto& [dims, last] : {std::pair<std::array<Index, 4>, bool>{{16, 12, 33, 33}, false},
                                    std::pair<std::array<Index, 4>, bool>{{16, 33, 33, 12}, true},
@@ -964,8 +978,51 @@ void thread_cases() {
     const GroupMap m = channel_map(dims, last);
     const Vec x = random_data<T>(rng, m.group_of.size(), -1.0, 3.0), dy = random_dy<T>(rng, m.group_of.size());
     const std::string name = "BatchNorm " + c.str();
-    thread_check<T, kRow>(name, bn, dims, x, dy);
-    thread_check<T, kCol>(name, bn, dims, x, dy);
+    thread_check<T, kRow, kRow>(name, bn, dims, x, dy);
+    thread_check<T, kCol, kCol>(name, bn, dims, x, dy);
+  }
+  // The edges of the chunking, in every layout combination: fewer rows than threads with long rows, one
+  // row, many short rows, two normalized axes of rank 4 (OutsideSqrt, no bias), no affine, a wide
+  // transformer-like shape. (Until these joined 4b, a separate threads_test compared them to 8 ulps.)
+  {
+    normkit::LayerNorm<T> ln(4099);
+    randomize_params(ln, rng);
+    thread_check_layouts<T>("LayerNorm (3, 4099)", ln, std::array<Index, 2>{3, 4099}, rng);
+    thread_check_layouts<T>("LayerNorm (1, 4099)", ln, std::array<Index, 2>{1, 4099}, rng);
+  }
+  {
+    normkit::LayerNorm<T> ln(7);
+    randomize_params(ln, rng);
+    thread_check_layouts<T>("LayerNorm (4001, 7)", ln, std::array<Index, 2>{4001, 7}, rng);
+  }
+  {
+    normkit::LayerNormOptions o;
+    o.eps_placement = EpsPlacement::OutsideSqrt;
+    o.bias = false;
+    normkit::LayerNorm<T> ln({3, 64}, o);
+    randomize_params(ln, rng);
+    thread_check_layouts<T>("LayerNorm (4, 16, 3, 64) over (3, 64)", ln, std::array<Index, 4>{4, 16, 3, 64}, rng);
+  }
+  {
+    normkit::LayerNormOptions o;
+    o.elementwise_affine = false;
+    normkit::LayerNorm<T> ln(256, o);
+    thread_check_layouts<T>("LayerNorm (300, 256) no affine", ln, std::array<Index, 2>{300, 256}, rng);
+    normkit::RMSNormOptions ro;
+    ro.eps_placement = EpsPlacement::OutsideSqrt;
+    normkit::RMSNorm<T> rn(256, ro);
+    randomize_params(rn, rng);
+    thread_check_layouts<T>("RMSNorm (10, 30, 256)", rn, std::array<Index, 3>{10, 30, 256}, rng);
+  }
+  {
+    normkit::LayerNorm<T> ln(768);
+    randomize_params(ln, rng);
+    thread_check_layouts<T>("LayerNorm (512, 768)", ln, std::array<Index, 2>{512, 768}, rng);
+    normkit::RMSNormOptions o;
+    o.bias = true;
+    normkit::RMSNorm<T> rn(768, o);
+    randomize_params(rn, rng);
+    thread_check_layouts<T>("RMSNorm (512, 768)", rn, std::array<Index, 2>{512, 768}, rng);
   }
 }
 
@@ -974,6 +1031,49 @@ void thread_cases() {
 TEMPLATE_TEST_CASE("Property: every bit is the same for 1 to 4 threads and the plain call", "[properties]",
                    float, double) {
   thread_cases<TestType>();
+}
+
+// What a pool does at the edges: no rows, a NaN row among others, shapes it must refuse.
+TEST_CASE("Thread pool: empty batch, NaN isolation and bad input", "[properties][threads]") {
+  Pool p(3);
+  normkit::LayerNorm<float> ln(16);
+  SECTION("empty batch") {
+    Eigen::Tensor<float, 2, Eigen::RowMajor> x(0, 16), y(0, 16), dy(0, 16), dx(0, 16);
+    const auto s = ln.forward(p.device, x, y);
+    CHECK(s.rstd.size() == 0);
+    const auto g = ln.backward(p.device, x, dy, s, dx);
+    REQUIRE(g.weight.size() == 16);
+    REQUIRE(g.bias.size() == 16);
+    for (Index j = 0; j < 16; ++j) {
+      CHECK(g.weight(j) == 0.0f);
+      CHECK(g.bias(j) == 0.0f);
+    }
+  }
+  SECTION("a NaN row stays in its row") {
+    const Index rows = 257;
+    Vec xv = random_input<float>(static_cast<std::size_t>(rows * 16), 20);
+    auto x = make_tensor<float, 2, Eigen::ColMajor>({rows, 16}, xv);
+    Eigen::Tensor<float, 2, Eigen::ColMajor> clean(rows, 16), dirty(rows, 16);
+    ln.forward(p.device, x, clean);
+    x(100, 5) = std::numeric_limits<float>::quiet_NaN();
+    ln.forward(p.device, x, dirty);
+    bool ok = true;
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < 16; ++j) ok = ok && (r == 100 ? std::isnan(dirty(r, j)) : same_bits(clean(r, j), dirty(r, j)));
+    CHECK(ok);
+  }
+  SECTION("shape errors leave outputs untouched") {
+    Eigen::Tensor<float, 2, Eigen::RowMajor> x(4, 16), y(4, 15), dx(4, 15);
+    x.setRandom();
+    y.setConstant(3.0f);
+    CHECK_THROWS_AS(ln.forward(p.device, x, y), normkit::shape_error);
+    for (Index i = 0; i < y.size(); ++i) CHECK(y.data()[i] == 3.0f);
+    Eigen::Tensor<float, 2, Eigen::RowMajor> y2(4, 16);
+    const auto s = ln.forward(p.device, x, y2);
+    dx.setConstant(3.0f);
+    CHECK_THROWS_AS(ln.backward(p.device, x, y2, s, dx), normkit::shape_error);
+    for (Index i = 0; i < dx.size(); ++i) CHECK(dx.data()[i] == 3.0f);
+  }
 }
 
 // =====================================================================================================

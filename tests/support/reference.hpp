@@ -1,16 +1,22 @@
-// tests/support/reference.hpp — independent float64 references and small helpers for the normkit tests.
+// tests/support/reference.hpp — the one library of independent float64 references and small helpers
+// for the normkit tests (namespace nkref); each helper is defined once, here.
 //
 // Nothing here includes or calls normkit: the references below are written straight from the formulas
-// in CONTRACT.md, so a test that compares the library against them compares two independent codes.
+// in CONTRACT.md (and PyTorch's BatchNorm semantics), so a test that compares the library against them
+// compares two independent codes.
 //
-//  * random data       : normal_vec / uniform_vec (seeded std::mt19937, reproducible), round_to<T>
+//  * random data       : normal_vec / uniform_vec (seeded std::mt19937, reproducible), round_to<T>,
+//                        random_input<T>(n, seed), channel_input(dims, axis, seed) (per-channel offsets)
 //  * layouts           : to_rowmajor(tensor) -> std::vector<double> in row-major (PyTorch) order, whatever
 //                        the tensor's layout (Tensor or TensorMap); from_rowmajor(vec, tensor) writes back;
-//                        make_tensor<T, R, Layout>(dims, vec); vec1 / set_vec1 for rank-1 tensors
-//  * comparisons       : compare(got, want, atol, rtol), compare_scaled(got, want, scale, rel), max_abs_diff,
-//                        max_rel_diff, bits_equal; they return a Mismatch whose str() names the worst entry
+//                        make_tensor<T, R, Layout>(dims, vec); filled_tensor; vec1 / set_vec1 / tensor1 for
+//                        rank-1 tensors; dims_vec, product, rows_features, ChannelLayout
+//  * comparisons       : compare(got, want, atol, rtol), compare_scaled(got, want, scale, rel) return a
+//                        Mismatch whose str() names the worst entry; max_abs_diff, max_rel_diff, max_abs,
+//                        bits_equal, same_bits
 //  * references        : row_norm_forward / row_norm_backward — LayerNorm and RMSNorm over a
-//                        [rows x features] row-major std::vector<double> (long double accumulators)
+//                        [rows x features] row-major std::vector<double> (long double accumulators);
+//                        RefBatchNorm — torch.nn.BatchNorm{1,2,3}d (forward, backward, running stats)
 //  * finite differences: fd_gradient(f, p, h) — central differences of a scalar function
 //
 // The tests include <normkit/normkit.hpp> first; this header also defines EIGEN_USE_THREADS (if it is
@@ -29,8 +35,10 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -48,16 +56,21 @@ using Vec = std::vector<double>;
 // Random data
 // ---------------------------------------------------------------------------------------------------
 
-inline Vec normal_vec(std::size_t n, std::uint32_t seed, double mean = 0.0, double stddev = 1.0) {
-  std::mt19937 gen(seed);
+// Seeds are taken modulo 2^32 (std::mt19937's state is seeded from 32 bits).
+inline std::mt19937 seeded(std::uint64_t seed) {
+  return std::mt19937(static_cast<std::mt19937::result_type>(seed & 0xFFFFFFFFu));
+}
+
+inline Vec normal_vec(std::size_t n, std::uint64_t seed, double mean = 0.0, double stddev = 1.0) {
+  auto gen = seeded(seed);
   std::normal_distribution<double> dist(mean, stddev);
   Vec v(n);
   for (auto& e : v) e = dist(gen);
   return v;
 }
 
-inline Vec uniform_vec(std::size_t n, std::uint32_t seed, double lo, double hi) {
-  std::mt19937 gen(seed);
+inline Vec uniform_vec(std::size_t n, std::uint64_t seed, double lo, double hi) {
+  auto gen = seeded(seed);
   std::uniform_real_distribution<double> dist(lo, hi);
   Vec v(n);
   for (auto& e : v) e = dist(gen);
@@ -73,7 +86,7 @@ Vec round_to(Vec v) {
 
 // x = offset + stddev * N(0,1), rounded to T.
 template <class T>
-Vec random_input(std::size_t n, std::uint32_t seed, double offset = 0.0, double stddev = 1.0) {
+Vec random_input(std::size_t n, std::uint64_t seed, double offset = 0.0, double stddev = 1.0) {
   return round_to<T>(normal_vec(n, seed, offset, stddev));
 }
 
@@ -144,6 +157,7 @@ void from_rowmajor(const Vec& v, TT&& t) {
   const bool rm = static_cast<int>(TD::Layout) == static_cast<int>(Eigen::RowMajor);
   const auto dims = dims_vec(t.dimensions(), R);
   const Index n = product(dims);
+  if (static_cast<Index>(v.size()) != n) throw std::logic_error("nkref::from_rowmajor: size mismatch");
   for (Index k = 0; k < n; ++k) t.data()[storage_offset(k, dims, rm)] = static_cast<Scalar>(v[static_cast<std::size_t>(k)]);
 }
 
@@ -171,6 +185,47 @@ Vec vec1(const Eigen::Tensor<T, 1>& t) {
 template <class T>
 void set_vec1(Eigen::Tensor<T, 1>& t, const Vec& v) {
   for (Index i = 0; i < t.size(); ++i) t(i) = static_cast<T>(v[static_cast<std::size_t>(i)]);
+}
+
+template <class T>
+Eigen::Tensor<T, 1> tensor1(const Vec& v) {
+  Eigen::Tensor<T, 1> t(static_cast<Index>(v.size()));
+  set_vec1(t, v);
+  return t;
+}
+
+// Channel axis in [0, R) from the option value (negatives counted from the end).
+inline int normalize_axis(Index channel_axis, int rank) {
+  const Index a = channel_axis < 0 ? channel_axis + rank : channel_axis;
+  if (a < 0 || a >= rank) throw std::invalid_argument("nkref: channel_axis out of range");
+  return static_cast<int>(a);
+}
+
+// Where the channel of a row-major flat index is, for a tensor whose channel axis is `axis`.
+struct ChannelLayout {
+  Index channels = 0;
+  Index inner = 1;        // product of the dims after the channel axis
+  Index per_channel = 0;  // number of elements per channel (N * spatial)
+  ChannelLayout(const std::vector<Index>& dims, int axis) {
+    channels = dims[static_cast<std::size_t>(axis)];
+    inner = product(dims, static_cast<std::size_t>(axis) + 1, dims.size());
+    per_channel = channels > 0 ? product(dims) / channels : 0;
+  }
+  Index channel_of(Index k) const { return (k / inner) % channels; }
+};
+
+// Row-major values with a per-channel offset in [-3, 3) and spread in [0.5, 2), so that a mix-up of
+// channels shows.
+inline Vec channel_input(const std::vector<Index>& dims, int axis, std::uint64_t seed) {
+  const ChannelLayout lay(dims, axis);
+  const auto C = static_cast<std::size_t>(lay.channels);
+  const Vec off = uniform_vec(C, seed, -3.0, 3.0), spread = uniform_vec(C, seed + 1, 0.5, 2.0);
+  Vec x = uniform_vec(static_cast<std::size_t>(product(dims)), seed + 2, -1.0, 1.0);
+  for (std::size_t k = 0; k < x.size(); ++k) {
+    const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
+    x[k] = off[c] + spread[c] * x[k];
+  }
+  return x;
 }
 
 // Bitwise equality of two tensors' storage (same scalar type and size).
@@ -262,17 +317,25 @@ inline Mismatch compare_scaled2(const Vec& got, const Vec& want, const Vec& scal
       what);
 }
 
+// Largest |a - b|; infinite when the sizes differ or an entry is NaN on either side.
 inline double max_abs_diff(const Vec& a, const Vec& b) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
   double m = 0;
-  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(a[i] - b[i]);
+    if (!(d <= m)) m = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
+  }
   return m;
 }
 
-inline double max_rel_diff(const Vec& a, const Vec& b, double floor = 1e-300) {
+// Largest |a - b| / (abs_floor + |b|): a relative error that does not blow up near zero; infinite when
+// the sizes differ or an entry is NaN on either side.
+inline double max_rel_diff(const Vec& a, const Vec& b, double abs_floor = 1.0) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
   double m = 0;
-  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    const double d = std::fabs(a[i] - b[i]);
-    if (d > 0) m = std::max(m, d / std::max({std::fabs(a[i]), std::fabs(b[i]), floor}));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(a[i] - b[i]) / (abs_floor + std::fabs(b[i]));
+    if (!(d <= m)) m = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
   }
   return m;
 }
@@ -467,6 +530,148 @@ inline RowNormBackward row_norm_backward(const Vec& x, const Vec& dy, Index rows
   }
   return b;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Float64 reference: BatchNorm, PyTorch's torch.nn.BatchNorm{1,2,3}d semantics. Data are row-major
+// std::vector<double> (to_rowmajor), the channel on axis `axis` of the PyTorch dims.
+// ---------------------------------------------------------------------------------------------------
+struct RefOutput {
+  std::vector<double> y;
+  std::vector<double> mean;  // the mean subtracted, per channel
+  std::vector<double> rstd;  // the multiplier applied to (x - mean), per channel
+};
+
+struct RefGrads {
+  std::vector<double> dx, dweight, dbias;
+};
+
+struct RefBatchNorm {
+  Index C;
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;
+  bool affine = true;
+  bool track = true;
+  bool training = true;
+  std::vector<double> weight, bias, running_mean, running_var;
+  std::int64_t num_batches_tracked = 0;
+
+  RefBatchNorm(Index c, double eps_, std::optional<double> momentum_, bool affine_, bool track_)
+      : C(c), eps(eps_), momentum(momentum_), affine(affine_), track(track_) {
+    if (affine) {
+      weight.assign(static_cast<std::size_t>(C), 1.0);
+      bias.assign(static_cast<std::size_t>(C), 0.0);
+    }
+    if (track) {
+      running_mean.assign(static_cast<std::size_t>(C), 0.0);
+      running_var.assign(static_cast<std::size_t>(C), 1.0);
+    }
+  }
+
+  bool uses_batch_stats() const { return training || !track; }
+
+  // Biased mean and variance per channel (two passes, float64).
+  static void batch_moments(const std::vector<Index>& dims, int axis, const std::vector<double>& x,
+                            std::vector<double>& mean, std::vector<double>& var) {
+    const ChannelLayout lay(dims, axis);
+    const auto C = static_cast<std::size_t>(lay.channels);
+    mean.assign(C, 0.0);
+    var.assign(C, 0.0);
+    for (std::size_t k = 0; k < x.size(); ++k) mean[static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)))] += x[k];
+    for (auto& m : mean) m /= static_cast<double>(lay.per_channel);
+    for (std::size_t k = 0; k < x.size(); ++k) {
+      const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
+      var[c] += (x[k] - mean[c]) * (x[k] - mean[c]);
+    }
+    for (auto& v : var) v /= static_cast<double>(lay.per_channel);
+  }
+
+  RefOutput forward(const std::vector<Index>& dims, int axis, const std::vector<double>& x) {
+    const ChannelLayout lay(dims, axis);
+    if (lay.channels != C) throw std::logic_error("RefBatchNorm: channel count");
+    RefOutput out;
+    out.y.assign(x.size(), 0.0);
+    const auto Cs = static_cast<std::size_t>(C);
+    if (uses_batch_stats()) {
+      if (x.empty()) {  // an empty batch: nothing to normalize, no state change
+        out.mean.assign(Cs, 0.0);
+        out.rstd.assign(Cs, 0.0);
+        return out;
+      }
+      if (training && lay.per_channel == 1)
+        throw std::invalid_argument("RefBatchNorm: expected more than 1 value per channel when training");
+      std::vector<double> var;
+      batch_moments(dims, axis, x, out.mean, var);
+      out.rstd.resize(Cs);
+      for (std::size_t c = 0; c < Cs; ++c) out.rstd[c] = 1.0 / std::sqrt(var[c] + eps);
+      if (training && track) {
+        ++num_batches_tracked;
+        const double f = momentum ? *momentum : 1.0 / static_cast<double>(num_batches_tracked);
+        const double n = static_cast<double>(lay.per_channel);
+        for (std::size_t c = 0; c < Cs; ++c) {
+          running_mean[c] = (1 - f) * running_mean[c] + f * out.mean[c];
+          running_var[c] = (1 - f) * running_var[c] + f * var[c] * n / (n - 1);
+        }
+      }
+    } else {
+      out.mean = running_mean;
+      out.rstd.resize(Cs);
+      for (std::size_t c = 0; c < Cs; ++c) out.rstd[c] = 1.0 / std::sqrt(running_var[c] + eps);
+    }
+    for (std::size_t k = 0; k < x.size(); ++k) {
+      const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
+      double v = (x[k] - out.mean[c]) * out.rstd[c];
+      if (affine) v = v * weight[c] + bias[c];
+      out.y[k] = v;
+    }
+    return out;
+  }
+
+  // Backward at the statistics `mean`, `rstd` of the forward (mode as it is now).
+  RefGrads backward(const std::vector<Index>& dims, int axis, const std::vector<double>& x,
+                    const std::vector<double>& dy, const std::vector<double>& mean,
+                    const std::vector<double>& rstd) const {
+    const ChannelLayout lay(dims, axis);
+    const auto Cs = static_cast<std::size_t>(C);
+    RefGrads g;
+    g.dx.assign(x.size(), 0.0);
+    std::vector<double> sum_dy(Cs, 0.0), sum_dy_xhat(Cs, 0.0), sum_g(Cs, 0.0), sum_g_xhat(Cs, 0.0);
+    auto w = [&](std::size_t c) { return affine ? weight[c] : 1.0; };
+    for (std::size_t k = 0; k < x.size(); ++k) {
+      const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
+      const double xhat = (x[k] - mean[c]) * rstd[c];
+      sum_dy[c] += dy[k];
+      sum_dy_xhat[c] += dy[k] * xhat;
+      sum_g[c] += dy[k] * w(c);
+      sum_g_xhat[c] += dy[k] * w(c) * xhat;
+    }
+    const double n = static_cast<double>(lay.per_channel);
+    for (std::size_t k = 0; k < x.size(); ++k) {
+      const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
+      const double gk = dy[k] * w(c);
+      if (uses_batch_stats()) {
+        const double xhat = (x[k] - mean[c]) * rstd[c];
+        g.dx[k] = rstd[c] * (gk - sum_g[c] / n - xhat * sum_g_xhat[c] / n);
+      } else {
+        g.dx[k] = gk * rstd[c];
+      }
+    }
+    if (affine) {
+      g.dweight = sum_dy_xhat;
+      g.dbias = sum_dy;
+    }
+    return g;
+  }
+};
+
+// Per-channel bound for sums over a channel: sum of |terms| (the natural scale of rounding error).
+inline std::vector<double> channel_abs_sums(const std::vector<Index>& dims, int axis, const std::vector<double>& terms) {
+  const ChannelLayout lay(dims, axis);
+  std::vector<double> s(static_cast<std::size_t>(lay.channels), 0.0);
+  for (std::size_t k = 0; k < terms.size(); ++k)
+    s[static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)))] += std::abs(terms[k]);
+  return s;
+}
+
 
 // ---------------------------------------------------------------------------------------------------
 // Finite differences

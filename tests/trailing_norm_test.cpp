@@ -1,17 +1,23 @@
-// RMSNorm against an independent float64 reference (tests/support/reference.hpp), for every option,
-// layout, rank and a sweep of feature sizes; backward against central finite differences; bad input.
+// LayerNorm and RMSNorm, the two functors built on normkit/trailing_norm.hpp, tested by one suite:
+// every behaviour is written once and runs for both through a traits struct (LayerNormKind,
+// RMSNormKind: what differs is whether the row is centered, whether there is a bias by default, the
+// default eps and the reference formula, which nkref::row_norm_forward/backward take from `rms`).
+// Against an independent float64 reference (tests/support/reference.hpp), for every option, layout,
+// rank and a sweep of feature sizes; backward against central finite differences; bad input.
 //
 // Tolerances (entry i passes when |got - ref| <= tol):
 //  * float forward: 2e-5 * (1 + |ref|). The data are unit scale (x ~ N(0,1), |w| <= 1.5, |b| ~ 0.5), so
 //    |y| is O(1..10). Each elementary float operation adds <= 0.5 ulp (u = 6e-8); the row statistics are
 //    sums of up to 4099 terms whose rounding errors grow like sqrt(n)*u (random walk) or log(n)*u
 //    (pairwise/vectorised), i.e. ~1e-6 relative to the row's scale; 2e-5 leaves a 10x margin and is
-//    still ~1000x tighter than any formula mistake (a wrong eps placement alone moves y by only ~1e-6 *
-//    |xhat| for RMSNorm's eps = 1e-6, so those are caught by the double runs instead).
+//    still ~1000x tighter than any formula mistake (a wrong eps placement alone moves y by ~eps * |xhat|
+//    (1e-5 for LayerNorm, 1e-6 for RMSNorm) only for tiny var, so those are caught by the double runs
+//    and the worked examples instead).
 //  * double forward: 1e-12 * (1 + |ref|): the same argument with u = 1.1e-16 (n*u = 4.5e-13 worst case).
 //  * backward: relative to the reference's condition scale (sum of |terms| that make up each result, see
 //    RowNormBackward): 3e-5 for float, 1e-11 for double. Scaling by the terms, not by |ref|, is what makes
-//    a tolerance fair when g - xhat * mean(g * xhat) cancels.
+//    a tolerance fair when g - mean(g) - xhat * mean(g * xhat) (LayerNorm) or g - xhat * mean(g * xhat)
+//    (RMSNorm) cancels.
 //  * finite differences (double, h = 1e-5): truncation O(h^2) ~ 1e-10 and rounding ~ u|L|/h ~ 1e-10, so
 //    1e-7 * (1 + |g|) is loose enough to be robust and far tighter than any wrong term (O(1e-1)).
 #include <normkit/normkit.hpp>
@@ -31,11 +37,32 @@ using normkit::EpsPlacement;
 
 namespace {
 
+// What differs between the two functors. A test over both is a TEMPLATE_TEST_CASE over the kinds
+// (LayerNormKind, RMSNormKind), or over the kinds times the scalar types, the cases below
+// (LayerNormCase<float> ... RMSNormCase<double>; spelled out rather than TEMPLATE_PRODUCT_TEST_CASE,
+// whose registration code in Catch2 2.13 trips -Wsign-conversion).
+struct LayerNormKind {
+  template <class T>
+  using Fn = normkit::LayerNorm<T>;
+  using Opts = normkit::LayerNormOptions;
+  static constexpr bool kRms = false;  // centered: subtracts the row mean, which the stats then carry
+  static constexpr const char* kName = "LayerNorm";
+};
+struct RMSNormKind {
+  template <class T>
+  using Fn = normkit::RMSNorm<T>;
+  using Opts = normkit::RMSNormOptions;
+  static constexpr bool kRms = true;  // not centered: the stats' mean stays empty
+  static constexpr const char* kName = "RMSNorm";
+};
 template <class T>
-using Fn = normkit::RMSNorm<T>;
-using Opts = normkit::RMSNormOptions;
-constexpr bool kRms = true;
-const char* const kName = "RMSNorm";
+struct LayerNormCase : LayerNormKind {
+  using Scalar = T;
+};
+template <class T>
+struct RMSNormCase : RMSNormKind {
+  using Scalar = T;
+};
 
 template <class T>
 struct Tol;
@@ -48,6 +75,7 @@ struct Tol<double> {
   static constexpr double y = 1e-12, stat = 1e-12, grad = 1e-11, same = 8 * 1.1e-16;
 };
 
+template <class Opts>
 std::vector<Opts> all_configs() {
   std::vector<Opts> out;
   for (bool affine : {true, false})
@@ -62,16 +90,22 @@ std::vector<Opts> all_configs() {
   return out;
 }
 
+template <class Opts>
 std::string describe(const Opts& o) {
   return std::string("affine=") + (o.elementwise_affine ? "1" : "0") + " bias=" + (o.bias ? "1" : "0") +
          " eps=" + std::to_string(o.eps) +
          (o.eps_placement == EpsPlacement::InsideSqrt ? " InsideSqrt" : " OutsideSqrt");
 }
 
-RowNormSpec spec_of(const Opts& o) { return row_norm_spec(o, kRms); }
+inline RowNormSpec spec_of(const normkit::LayerNormOptions& o) { return ln_spec(o); }
+inline RowNormSpec spec_of(const normkit::RMSNormOptions& o) { return rms_spec(o); }
+// The kind a set of options belongs to (the checks below take the functor and its options).
+template <class Opts>
+using KindOf =
+    std::conditional_t<std::is_same<Opts, normkit::LayerNormOptions>::value, LayerNormKind, RMSNormKind>;
 
-template <class T>
-void randomize_params(Fn<T>& fn, std::uint32_t seed) {
+template <class T, class P>
+void randomize_params(normkit::detail::TrailingNorm<T, P>& fn, std::uint32_t seed) {
   const auto nw = static_cast<std::size_t>(fn.weight().size());
   const auto nb = static_cast<std::size_t>(fn.bias().size());
   if (nw) set_vec1(fn.weight(), round_to<T>(uniform_vec(nw, seed, -1.5, 1.5)));
@@ -81,15 +115,15 @@ void randomize_params(Fn<T>& fn, std::uint32_t seed) {
 const char* layout_name(int l) { return l == Eigen::RowMajor ? "RowMajor" : "ColMajor"; }
 
 // Forward in layouts (LX, LY) vs the float64 reference; also checks the stats.
-template <class T, int LX, int LY, std::size_t R>
-void check_forward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& dims, std::size_t norm_rank,
+template <class T, int LX, int LY, std::size_t R, class Fn, class Opts>
+void check_forward(const Fn& fn, const Opts& o, const std::array<Index, R>& dims, std::size_t norm_rank,
                    std::uint32_t seed) {
   const auto rf = rows_features(dims_vec(dims, static_cast<int>(R)), norm_rank);
   const Vec x = random_input<T>(static_cast<std::size_t>(rf.rows * rf.features), seed);
   const auto ref = row_norm_forward(x, rf.rows, rf.features, spec_of(o), vec1(fn.weight()), vec1(fn.bias()));
   const auto run = run_forward<T, LX, LY>(fn, dims, x);
-  INFO(kName << " " << describe(o) << " x " << layout_name(LX) << " y " << layout_name(LY) << " rows " << rf.rows
-             << " features " << rf.features);
+  INFO(KindOf<Opts>::kName << " " << describe(o) << " x " << layout_name(LX) << " y " << layout_name(LY)
+                           << " rows " << rf.rows << " features " << rf.features);
   const auto my = compare(run.y, ref.y, Tol<T>::y, Tol<T>::y, "y");
   INFO(my.str());
   CHECK(my.ok);
@@ -97,7 +131,7 @@ void check_forward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& d
   const auto mr = compare(vec1(run.stats.rstd), ref.rstd, 0.0, Tol<T>::stat, "rstd");
   INFO(mr.str());
   CHECK(mr.ok);
-  if (kRms) {
+  if constexpr (KindOf<Opts>::kRms) {
     CHECK(run.stats.mean.size() == 0);
   } else {
     REQUIRE(run.stats.mean.size() == rf.rows);
@@ -109,8 +143,8 @@ void check_forward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& d
 }
 
 // Backward in layouts (LX for x, LD for dy and dx) vs the float64 analytic reference.
-template <class T, int LX, int LD, std::size_t R>
-void check_backward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& dims, std::size_t norm_rank,
+template <class T, int LX, int LD, std::size_t R, class Fn, class Opts>
+void check_backward(const Fn& fn, const Opts& o, const std::array<Index, R>& dims, std::size_t norm_rank,
                     std::uint32_t seed) {
   const auto rf = rows_features(dims_vec(dims, static_cast<int>(R)), norm_rank);
   const auto n = static_cast<std::size_t>(rf.rows * rf.features);
@@ -119,8 +153,8 @@ void check_backward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& 
   const auto fwd = run_forward<T, LX, LX>(fn, dims, x);
   const auto run = run_backward<T, LX, LD>(fn, dims, x, dy, fwd.stats);
   const auto ref = row_norm_backward(x, dy, rf.rows, rf.features, spec_of(o), vec1(fn.weight()));
-  INFO(kName << " backward " << describe(o) << " x " << layout_name(LX) << " dy/dx " << layout_name(LD) << " rows "
-             << rf.rows << " features " << rf.features);
+  INFO(KindOf<Opts>::kName << " backward " << describe(o) << " x " << layout_name(LX) << " dy/dx "
+                           << layout_name(LD) << " rows " << rf.rows << " features " << rf.features);
   const auto mdx = compare_scaled(run.dx, ref.dx, ref.dx_scale, Tol<T>::grad, "dx");
   INFO(mdx.str());
   CHECK(mdx.ok);
@@ -131,6 +165,19 @@ void check_backward(const Fn<T>& fn, const Opts& o, const std::array<Index, R>& 
   const auto mdb = compare_scaled(vec1(run.grads.bias), ref.db, ref.db_scale, Tol<T>::grad, "dbias");
   INFO(mdb.str());
   CHECK(mdb.ok);
+}
+
+// The sweep of feature sizes (tails of every SIMD width, the 256/768 of common models, long rows)
+// times every option: check(fn, o, {rows, F}) with fresh random parameters, `rows` rows (3 for long rows).
+template <class T, class Fn, class Opts, class Check>
+void sweep(Index rows, std::uint32_t& seed, Check&& check) {
+  for (Index F : {1, 3, 7, 17, 100, 256, 768, 1000, 4099}) {
+    for (const Opts& o : all_configs<Opts>()) {
+      Fn fn(F, o);
+      randomize_params(fn, ++seed);
+      check(fn, o, std::array<Index, 2>{F >= 1000 ? 3 : rows, F});
+    }
+  }
 }
 
 template <class F>
@@ -158,57 +205,82 @@ bool all_equal_to(const TT& t, typename TT::Scalar v) {
 
 // -----------------------------------------------------------------------------------------------------
 
-TEST_CASE("RMSNorm parameters: sizes and initial values", "[rms_norm]") {
-  Fn<float> a(5);  // default: weight, no bias
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm parameters: sizes and initial values", "[trailing_norm]", LayerNormKind,
+                   RMSNormKind) {
+  using Opts = typename TestType::Opts;
+  using FnF = typename TestType::template Fn<float>;
+  using FnD = typename TestType::template Fn<double>;
+  const Opts defaults{};  // LayerNorm has a bias by default, RMSNorm does not
+  FnF a(5);
   REQUIRE(a.weight().size() == 5);
-  CHECK(a.bias().size() == 0);
+  REQUIRE(a.bias().size() == (defaults.bias ? 5 : 0));
   for (Index i = 0; i < 5; ++i) CHECK(a.weight()(i) == 1.0f);
+  for (Index i = 0; i < a.bias().size(); ++i) CHECK(a.bias()(i) == 0.0f);
+
   Opts with_bias;
   with_bias.bias = true;
-  Fn<double> b({3, 5}, with_bias);
+  FnD b({3, 5}, with_bias);
   CHECK(b.weight().size() == 15);
   REQUIRE(b.bias().size() == 15);
   for (Index i = 0; i < 15; ++i) CHECK(b.bias()(i) == 0.0);
-  const Fn<double>& cb = b;
+  const FnD& cb = b;
+  CHECK(cb.weight().size() == 15);
   CHECK(cb.bias().size() == 15);
+
+  Opts no_bias;
+  no_bias.bias = false;
+  FnF c({3, 5}, no_bias);
+  CHECK(c.weight().size() == 15);
+  CHECK(c.bias().size() == 0);
 
   Opts no_affine;
   no_affine.elementwise_affine = false;
   no_affine.bias = true;  // ignored without affine
-  Fn<float> d(7, no_affine);
+  FnF d(7, no_affine);
   CHECK(d.weight().size() == 0);
   CHECK(d.bias().size() == 0);
-
-  Opts defaults;
-  CHECK(defaults.eps == 1e-6);
-  CHECK(defaults.elementwise_affine);
-  CHECK(!defaults.bias);
-  CHECK(defaults.eps_placement == EpsPlacement::InsideSqrt);
 }
 
-TEMPLATE_TEST_CASE("RMSNorm forward matches the float64 reference: every option, feature sizes, both layouts",
-                   "[rms_norm]", float, double) {
-  using T = TestType;
+// The defaults are PyTorch's: torch.nn.LayerNorm(eps=1e-5, elementwise_affine=True, bias=True) and
+// torch.nn.RMSNorm, whose eps=None means the dtype's epsilon at run time; normkit fixes it at 1e-6, as
+// LLaMA (README, docs/api.md), and has no bias by default.
+TEST_CASE("LayerNorm/RMSNorm option defaults", "[trailing_norm]") {
+  const normkit::LayerNormOptions ln;
+  CHECK(ln.eps == 1e-5);
+  CHECK(ln.elementwise_affine);
+  CHECK(ln.bias);
+  CHECK(ln.eps_placement == EpsPlacement::InsideSqrt);
+  const normkit::RMSNormOptions rms;
+  CHECK(rms.eps == 1e-6);
+  CHECK(rms.elementwise_affine);
+  CHECK(!rms.bias);
+  CHECK(rms.eps_placement == EpsPlacement::InsideSqrt);
+}
+
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward matches the float64 reference: every option, feature sizes, "
+                   "both layouts",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   std::uint32_t seed = 100;
-  for (Index F : {1, 3, 7, 17, 100, 1000, 4099}) {
-    const Index rows = F >= 1000 ? 3 : 6;
-    for (const Opts& o : all_configs()) {
-      Fn<T> fn(F, o);
-      randomize_params(fn, ++seed);
-      const std::array<Index, 2> dims{rows, F};
-      check_forward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
-      check_forward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-    }
-  }
+  sweep<T, Fn, Opts>(6, seed, [&](const Fn& fn, const Opts& o, const std::array<Index, 2>& dims) {
+    check_forward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
+    check_forward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+  });
 }
 
-TEMPLATE_TEST_CASE("RMSNorm forward over one and several trailing axes, ranks 1 to 4", "[rms_norm]", float,
-                   double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward over one and several trailing axes, ranks 1 to 4",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   std::uint32_t seed = 500;
-  for (const Opts& o : all_configs()) {
+  for (const Opts& o : all_configs<Opts>()) {
     {  // (2,4,3,5) normalized over (3,5): the issue's example
-      Fn<T> fn({3, 5}, o);
+      Fn fn({3, 5}, o);
       randomize_params(fn, ++seed);
       const std::array<Index, 4> d{2, 4, 3, 5};
       check_forward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, d, 2, ++seed);
@@ -217,7 +289,7 @@ TEMPLATE_TEST_CASE("RMSNorm forward over one and several trailing axes, ranks 1 
       check_forward<T, Eigen::ColMajor, Eigen::RowMajor>(fn, o, d, 2, ++seed);
     }
     {  // rank 4 over the last axis and over the last three
-      Fn<T> f1(5, o), f3({4, 3, 5}, o);
+      Fn f1(5, o), f3({4, 3, 5}, o);
       randomize_params(f1, ++seed);
       randomize_params(f3, ++seed);
       const std::array<Index, 4> d{2, 4, 3, 5};
@@ -227,7 +299,7 @@ TEMPLATE_TEST_CASE("RMSNorm forward over one and several trailing axes, ranks 1 
       check_forward<T, Eigen::ColMajor, Eigen::RowMajor>(f3, o, d, 3, ++seed);
     }
     {  // rank 3 over the last axis and over the last two
-      Fn<T> f1(7, o), f2({6, 7}, o);
+      Fn f1(7, o), f2({6, 7}, o);
       randomize_params(f1, ++seed);
       randomize_params(f2, ++seed);
       const std::array<Index, 3> d{4, 6, 7};
@@ -237,7 +309,7 @@ TEMPLATE_TEST_CASE("RMSNorm forward over one and several trailing axes, ranks 1 
       check_forward<T, Eigen::ColMajor, Eigen::ColMajor>(f2, o, d, 2, ++seed);
     }
     {  // rank == normalized rank: the whole tensor is one group
-      Fn<T> f2({4, 6}, o), f1(9, o);
+      Fn f2({4, 6}, o), f1(9, o);
       randomize_params(f2, ++seed);
       randomize_params(f1, ++seed);
       const std::array<Index, 2> d2{4, 6};
@@ -250,14 +322,18 @@ TEMPLATE_TEST_CASE("RMSNorm forward over one and several trailing axes, ranks 1 
   }
 }
 
-TEMPLATE_TEST_CASE("RMSNorm weight()/bias() are flattened row-major over normalized_shape in every layout",
-                   "[rms_norm]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm weight()/bias() are flattened row-major over normalized_shape in "
+                   "every layout",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   // Independent of the row-major helpers: index the tensors with their own operator() and compute each
   // y(n, c, i, j) by hand from the PyTorch definition.
-  Opts with_bias;
+  Opts with_bias;  // so that the bias is read in the transposed order below too
   with_bias.bias = true;
-  Fn<T> fn({3, 5}, with_bias);
+  Fn fn({3, 5}, with_bias);
   randomize_params(fn, 901);
   const Vec xv = random_input<T>(2 * 4 * 3 * 5, 902);
   Eigen::Tensor<T, 4, Eigen::ColMajor> x(2, 4, 3, 5);
@@ -268,12 +344,16 @@ TEMPLATE_TEST_CASE("RMSNorm weight()/bias() are flattened row-major over normali
   double worst = 0;
   for (Index n = 0; n < 2; ++n)
     for (Index c = 0; c < 4; ++c) {
-      const long double mu = 0;
-      long double ms = 0;
+      long double mu = 0, var = 0;  // RMSNorm: mu = 0 and var = mean(x^2)
+      if (!TestType::kRms) {
+        for (Index i = 0; i < 3; ++i)
+          for (Index j = 0; j < 5; ++j) mu += x(n, c, i, j);
+        mu /= 15;
+      }
       for (Index i = 0; i < 3; ++i)
-        for (Index j = 0; j < 5; ++j) ms += static_cast<long double>(x(n, c, i, j)) * x(n, c, i, j);
-      ms /= 15;
-      const long double rstd = 1.0L / std::sqrt(ms + 1e-6L);
+        for (Index j = 0; j < 5; ++j) var += (x(n, c, i, j) - mu) * (x(n, c, i, j) - mu);
+      var /= 15;
+      const long double rstd = 1.0L / std::sqrt(var + static_cast<long double>(with_bias.eps));
       for (Index i = 0; i < 3; ++i)
         for (Index j = 0; j < 5; ++j) {
           const long double want = (x(n, c, i, j) - mu) * rstd * fn.weight()(i * 5 + j) + fn.bias()(i * 5 + j);
@@ -283,7 +363,7 @@ TEMPLATE_TEST_CASE("RMSNorm weight()/bias() are flattened row-major over normali
   INFO("worst relative error " << worst);
   CHECK(worst <= Tol<T>::y);
   // ...and the weights really matter: a transposed (column-major) reading of them gives a different y.
-  Fn<T> transposed({3, 5}, with_bias);
+  Fn transposed({3, 5}, with_bias);
   for (Index i = 0; i < 3; ++i)
     for (Index j = 0; j < 5; ++j) {
       transposed.weight()(j * 3 + i) = fn.weight()(i * 5 + j);
@@ -294,11 +374,14 @@ TEMPLATE_TEST_CASE("RMSNorm weight()/bias() are flattened row-major over normali
   CHECK(max_abs_diff(to_rowmajor(y), to_rowmajor(y2)) > 0.1);
 }
 
-TEMPLATE_TEST_CASE("RMSNorm: RowMajor, ColMajor, TensorMap and mixed layouts give the same answer", "[rms_norm]",
-                   float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm: RowMajor, ColMajor, TensorMap and mixed layouts give the same answer",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   const Index A = 3, B = 5, F = 37;
-  Fn<T> fn(F);
+  Fn fn(F);
   randomize_params(fn, 41);
   const Vec xv = random_input<T>(static_cast<std::size_t>(A * B * F), 42);
   const std::array<Index, 3> dims{A, B, F};
@@ -336,10 +419,13 @@ TEMPLATE_TEST_CASE("RMSNorm: RowMajor, ColMajor, TensorMap and mixed layouts giv
   CHECK(ms2.ok);
 }
 
-TEMPLATE_TEST_CASE("RMSNorm operator() returns a new tensor of the same dims and layout", "[rms_norm]", float,
-                   double) {
-  using T = TestType;
-  Fn<T> fn({4, 6});
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm operator() returns a new tensor of the same dims and layout",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
+  Fn fn({4, 6});
   randomize_params(fn, 77);
   const Vec xv = random_input<T>(2 * 3 * 4 * 6, 78);
   {
@@ -376,21 +462,38 @@ TEMPLATE_TEST_CASE("RMSNorm operator() returns a new tensor of the same dims and
   }
 }
 
-TEMPLATE_TEST_CASE("RMSNorm stats are ordered as the leading indices in row-major order, whatever the layout",
-                   "[rms_norm]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm stats are ordered as the leading indices in row-major order, "
+                   "whatever the layout",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   const Index A = 3, B = 4, F = 9;
-  Fn<T> fn(F);
-  // Row (a, b) is scaled by s_r = 2^(r/2) (r = a * B + b), so its rstd ~ 1 / (s_r * rms) identifies it.
-  Vec xv = random_input<T>(static_cast<std::size_t>(A * B * F), 11);
+  Fn fn(F);
+  // LayerNorm: row r = (a, b) = a * B + b gets offset 10 * r, so that its mean identifies it.
+  // RMSNorm: row r is scaled by 2^(r/2), so that its rstd ~ 1 / (2^(r/2) * rms) identifies it.
+  Vec xv = random_input<T>(static_cast<std::size_t>(A * B * F), 11, 0.0, TestType::kRms ? 1.0 : 0.5);
   for (Index r = 0; r < A * B; ++r)
-    for (Index j = 0; j < F; ++j) xv[static_cast<std::size_t>(r * F + j)] *= std::pow(2.0, 0.5 * static_cast<double>(r));
+    for (Index j = 0; j < F; ++j) {
+      double& e = xv[static_cast<std::size_t>(r * F + j)];
+      e = TestType::kRms ? e * std::pow(2.0, 0.5 * static_cast<double>(r)) : e + 10.0 * static_cast<double>(r);
+    }
   xv = round_to<T>(xv);
   const auto ref = row_norm_forward(xv, A * B, F, spec_of(Opts{}), vec1(fn.weight()), vec1(fn.bias()));
   const auto run = run_forward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, std::array<Index, 3>{A, B, F}, xv);
-  CHECK(run.stats.mean.size() == 0);  // RMSNorm leaves mean empty
-  REQUIRE(run.stats.rstd.size() == A * B);
-  for (Index r = 1; r < A * B; ++r) CHECK(run.stats.rstd(r) != Approx(run.stats.rstd(r - 1)).epsilon(1e-3));
+  if constexpr (TestType::kRms) {
+    CHECK(run.stats.mean.size() == 0);  // RMSNorm leaves mean empty
+    REQUIRE(run.stats.rstd.size() == A * B);
+    for (Index r = 1; r < A * B; ++r) CHECK(run.stats.rstd(r) != Approx(run.stats.rstd(r - 1)).epsilon(1e-3));
+  } else {
+    REQUIRE(run.stats.mean.size() == A * B);
+    REQUIRE(run.stats.rstd.size() == A * B);
+    for (Index r = 0; r < A * B; ++r) CHECK(std::fabs(run.stats.mean(r) - 10.0 * static_cast<double>(r)) < 1.0);
+    const auto mm = compare(vec1(run.stats.mean), ref.mean, Tol<T>::stat * 100, Tol<T>::stat, "mean");
+    INFO(mm.str());
+    CHECK(mm.ok);
+  }
   const auto mr = compare(vec1(run.stats.rstd), ref.rstd, 0, Tol<T>::stat, "rstd");
   INFO(mr.str());
   CHECK(mr.ok);
@@ -403,19 +506,22 @@ TEMPLATE_TEST_CASE("RMSNorm stats are ordered as the leading indices in row-majo
 // Backward
 // ---------------------------------------------------------------------------------------------------------
 
-TEST_CASE("RMSNorm backward equals central finite differences of L = sum(y * r), every option", "[rms_norm][fd]") {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward equals central finite differences of L = sum(y * r), every option",
+                   "[trailing_norm][fd]", LayerNormKind, RMSNormKind) {
+  using Opts = typename TestType::Opts;
+  using Fn = typename TestType::template Fn<double>;
   std::uint32_t seed = 3000;
-  for (const Opts& o : all_configs()) {
+  for (const Opts& o : all_configs<Opts>()) {
     for (int shape = 0; shape < 2; ++shape) {
       // shape 0: (1, 3, 6) RowMajor over the last axis; shape 1: (3, 2, 3) ColMajor over the last two axes
-      Fn<double> fn = shape == 0 ? Fn<double>(6, o) : Fn<double>({2, 3}, o);
+      Fn fn = shape == 0 ? Fn(6, o) : Fn({2, 3}, o);
       randomize_params(fn, ++seed);
       const std::array<Index, 3> dims3{shape == 0 ? 1 : 3, shape == 0 ? 3 : 2, shape == 0 ? 6 : 3};
       const Vec x = random_input<double>(18, ++seed);
       const Vec r = random_input<double>(18, ++seed);
       INFO(describe(o) << " shape " << shape);
 
-      auto loss = [&](const Fn<double>& f, const Vec& xx) {
+      auto loss = [&](const Fn& f, const Vec& xx) {
         Vec y = shape == 0 ? run_forward<double, Eigen::RowMajor, Eigen::RowMajor>(f, dims3, xx).y
                            : run_forward<double, Eigen::ColMajor, Eigen::ColMajor>(f, dims3, xx).y;
         return dot(y, r);
@@ -431,55 +537,44 @@ TEST_CASE("RMSNorm backward equals central finite differences of L = sum(y * r),
       CHECK(mx.ok);
       CHECK(max_abs(gx) > 1e-3);  // the check is not vacuous
 
-      if (o.elementwise_affine) {
-        Fn<double> g = fn;
-        const Vec gw = fd_gradient(
-            [&](const Vec& w) {
-              set_vec1(g.weight(), w);
+      // dweight and dbias against finite differences in each parameter; an absent one has no gradient.
+      const auto check_param = [&](bool present, auto param, const Eigen::Tensor<double, 1>& grad,
+                                   const std::string& what) {
+        if (!present) {
+          CHECK(grad.size() == 0);
+          return;
+        }
+        Fn g = fn;
+        const Vec fd = fd_gradient(
+            [&](const Vec& p) {
+              set_vec1(param(g), p);
               return loss(g, x);
             },
-            vec1(fn.weight()), h);
-        const auto mw = compare(vec1(bwd.grads.weight), gw, 1e-7, 1e-7, "dweight vs finite differences");
-        INFO(mw.str());
-        CHECK(mw.ok);
-      } else {
-        CHECK(bwd.grads.weight.size() == 0);
-      }
-      if (o.elementwise_affine && o.bias) {
-        Fn<double> g = fn;
-        const Vec gb = fd_gradient(
-            [&](const Vec& b) {
-              set_vec1(g.bias(), b);
-              return loss(g, x);
-            },
-            vec1(fn.bias()), h);
-        const auto mb = compare(vec1(bwd.grads.bias), gb, 1e-7, 1e-7, "dbias vs finite differences");
-        INFO(mb.str());
-        CHECK(mb.ok);
-      } else {
-        CHECK(bwd.grads.bias.size() == 0);
-      }
+            vec1(param(fn)), h);
+        const auto m = compare(vec1(grad), fd, 1e-7, 1e-7, what + " vs finite differences");
+        INFO(m.str());
+        CHECK(m.ok);
+      };
+      check_param(o.elementwise_affine, [](Fn& f) -> auto& { return f.weight(); }, bwd.grads.weight, "dweight");
+      check_param(o.elementwise_affine && o.bias, [](Fn& f) -> auto& { return f.bias(); }, bwd.grads.bias, "dbias");
     }
   }
 }
 
-TEMPLATE_TEST_CASE("RMSNorm backward matches the float64 analytic reference: options, sizes, layouts",
-                   "[rms_norm]", float, double) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 analytic reference: options, sizes, layouts",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   std::uint32_t seed = 4000;
-  for (Index F : {1, 3, 7, 17, 100, 1000, 4099}) {
-    const Index rows = F >= 1000 ? 3 : 5;
-    for (const Opts& o : all_configs()) {
-      Fn<T> fn(F, o);
-      randomize_params(fn, ++seed);
-      const std::array<Index, 2> dims{rows, F};
-      check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
-      check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-      check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
-    }
-  }
-  for (const Opts& o : all_configs()) {  // several normalized axes, rank 4
-    Fn<T> fn({3, 5}, o);
+  sweep<T, Fn, Opts>(5, seed, [&](const Fn& fn, const Opts& o, const std::array<Index, 2>& dims) {
+    check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, dims, 1, ++seed);
+    check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+    check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(fn, o, dims, 1, ++seed);
+  });
+  for (const Opts& o : all_configs<Opts>()) {  // several normalized axes, rank 4
+    Fn fn({3, 5}, o);
     randomize_params(fn, ++seed);
     const std::array<Index, 4> d{2, 4, 3, 5};
     check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(fn, o, d, 2, ++seed);
@@ -488,11 +583,43 @@ TEMPLATE_TEST_CASE("RMSNorm backward matches the float64 analytic reference: opt
   }
 }
 
-TEMPLATE_TEST_CASE("RMSNorm backward through TensorMaps and with stats rebuilt from rstd alone", "[rms_norm]",
-                   float, double) {
-  using T = TestType;
+// Many rows: dweight/dbias are sums over all of them (and over the chunks a pool cuts them into, which
+// properties_test 4b shows give the plain call's bits), on the shapes 4b runs on pools.
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 reference over many rows",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
+  Opts with_bias;
+  with_bias.bias = true;
+  Fn wide(768, with_bias), short_rows(7, with_bias);
+  randomize_params(wide, 7001);
+  randomize_params(short_rows, 7002);
+  const std::array<Index, 2> d512{512, 768}, d4001{4001, 7};
+  check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(wide, with_bias, d512, 1, 7003);
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(wide, with_bias, d512, 1, 7004);
+  check_backward<T, Eigen::RowMajor, Eigen::ColMajor>(wide, with_bias, d512, 1, 7005);
+  check_backward<T, Eigen::RowMajor, Eigen::RowMajor>(short_rows, with_bias, d4001, 1, 7006);
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(short_rows, with_bias, d4001, 1, 7007);
+  Opts o;  // two normalized axes of rank 4, OutsideSqrt, no bias
+  o.eps_placement = EpsPlacement::OutsideSqrt;
+  o.bias = false;
+  Fn two_axes({3, 64}, o);
+  randomize_params(two_axes, 7008);
+  const std::array<Index, 4> d4{4, 16, 3, 64};
+  check_backward<T, Eigen::ColMajor, Eigen::ColMajor>(two_axes, o, d4, 2, 7009);
+  check_backward<T, Eigen::ColMajor, Eigen::RowMajor>(two_axes, o, d4, 2, 7010);
+}
+
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward through TensorMaps and with stats rebuilt without mean_lo",
+                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
+                   RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
   const Index N = 4, F = 33;
-  Fn<T> fn(F);
+  Fn fn(F);
   randomize_params(fn, 5);
   const Vec xv = random_input<T>(N * F, 6), dyv = random_input<T>(N * F, 7);
   const auto ref = row_norm_backward(xv, dyv, N, F, spec_of(Opts{}), vec1(fn.weight()));
@@ -508,12 +635,15 @@ TEMPLATE_TEST_CASE("RMSNorm backward through TensorMaps and with stats rebuilt f
   INFO(mw.str());
   CHECK(mw.ok);
 
-  // Stats that come from elsewhere: only rstd matters for RMSNorm.
+  // Stats that come from elsewhere may lack mean_lo (LayerNorm; for unit-scale data the answer is the same
+  // to rounding) and RMSNorm needs rstd alone (its mean is empty).
   normkit::NormStats<T> plain;
+  plain.mean = stats.mean;
   plain.rstd = stats.rstd;
   std::vector<T> dxb2(xb.size(), T(-3));
   fn.backward(x, dy, plain, Eigen::TensorMap<Eigen::Tensor<T, 2, Eigen::RowMajor>>(dxb2.data(), N, F));
-  const auto m2 = compare_scaled(Vec(dxb2.begin(), dxb2.end()), ref.dx, ref.dx_scale, Tol<T>::grad, "dx, rebuilt stats");
+  const auto m2 = compare_scaled(Vec(dxb2.begin(), dxb2.end()), ref.dx, ref.dx_scale, Tol<T>::grad,
+                                 "dx, stats rebuilt from mean and rstd");
   INFO(m2.str());
   CHECK(m2.ok);
 }
@@ -522,10 +652,12 @@ TEMPLATE_TEST_CASE("RMSNorm backward through TensorMaps and with stats rebuilt f
 // Bad input
 // ---------------------------------------------------------------------------------------------------------
 
-TEST_CASE("RMSNorm rejects mismatched dimensions with a shape_error naming both, and writes nothing",
-          "[rms_norm][errors]") {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm rejects mismatched dimensions with a shape_error naming both, and writes nothing",
+                   "[trailing_norm][errors]", LayerNormKind, RMSNormKind) {
+  using Fn = typename TestType::template Fn<float>;
+  constexpr const char* kName = TestType::kName;
   const float sentinel = 42.5f;
-  Fn<float> ln3(3);
+  Fn ln3(3);
   Eigen::Tensor<float, 2, Eigen::RowMajor> x23(2, 3), dy23(2, 3);
   x23.setRandom();
   dy23.setRandom();
@@ -534,7 +666,7 @@ TEST_CASE("RMSNorm rejects mismatched dimensions with a shape_error naming both,
   SECTION("forward: y dims differ from x dims") {
     Eigen::Tensor<float, 2, Eigen::RowMajor> y24(2, 4);
     y24.setConstant(sentinel);
-    Fn<float> ln({3});
+    Fn ln({3});
     const auto msg = message_of([&] { ln.forward(x23, y24); });
     INFO(msg);
     CHECK(contains(msg, "shape_error"));
@@ -563,7 +695,7 @@ TEST_CASE("RMSNorm rejects mismatched dimensions with a shape_error naming both,
     CHECK((contains(msg, "[4]") || contains(msg, "[2, 4]")));
     CHECK(all_equal_to(y24, sentinel));
 
-    Fn<float> ln35({3, 5});
+    Fn ln35({3, 5});
     Eigen::Tensor<float, 4, Eigen::ColMajor> x4(2, 4, 3, 4), y4(2, 4, 3, 4);
     x4.setRandom();
     y4.setConstant(sentinel);
@@ -577,7 +709,7 @@ TEST_CASE("RMSNorm rejects mismatched dimensions with a shape_error naming both,
     CHECK_THROWS_AS(ln35(x4), normkit::shape_error);
   }
   SECTION("forward: rank smaller than the normalized rank") {
-    Fn<float> ln35({3, 5});
+    Fn ln35({3, 5});
     Eigen::Tensor<float, 1> x1(15), y1(15);
     x1.setRandom();
     y1.setConstant(sentinel);
@@ -632,11 +764,45 @@ TEST_CASE("RMSNorm rejects mismatched dimensions with a shape_error naming both,
   }
 }
 
-TEST_CASE("RMSNorm rejects invalid options with std::invalid_argument", "[rms_norm][errors]") {
+// LayerNorm only: RMSNorm's stats carry no mean (the empty rstd case above is common to both).
+TEST_CASE("LayerNorm backward rejects a mean or mean_lo of the wrong size, and writes nothing",
+          "[trailing_norm][layer_norm][errors]") {
+  const float sentinel = 42.5f;
+  normkit::LayerNorm<float> ln3(3);
+  Eigen::Tensor<float, 2, Eigen::RowMajor> x23(2, 3), dy23(2, 3), dx(2, 3);
+  x23.setRandom();
+  dy23.setRandom();
+  dx.setConstant(sentinel);
+  const auto stats = ln3.forward(x23, Eigen::Tensor<float, 2, Eigen::RowMajor>(2, 3));
+  auto bad_mean = stats;
+  bad_mean.mean = Eigen::Tensor<float, 1>(1);
+  bad_mean.mean.setZero();
+  const auto msg = message_of([&] { ln3.backward(x23, dy23, bad_mean, dx); });
+  INFO(msg);
+  CHECK(contains(msg, "shape_error"));
+  CHECK(contains(msg, "mean"));
+  CHECK(all_equal_to(dx, sentinel));
+
+  auto no_mean = stats;  // LayerNorm needs the mean: empty is the wrong size too
+  no_mean.mean = Eigen::Tensor<float, 1>();
+  CHECK_THROWS_AS(ln3.backward(x23, dy23, no_mean, dx), normkit::shape_error);
+  CHECK(all_equal_to(dx, sentinel));
+
+  auto bad_lo = stats;  // mean_lo may be empty, but a non-empty one must have one entry per row
+  bad_lo.mean_lo = Eigen::Tensor<float, 1>(5);
+  bad_lo.mean_lo.setZero();
+  CHECK_THROWS_AS(ln3.backward(x23, dy23, bad_lo, dx), normkit::shape_error);
+  CHECK(all_equal_to(dx, sentinel));
+}
+
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm rejects invalid options with std::invalid_argument",
+                   "[trailing_norm][errors]", LayerNormKind, RMSNormKind) {
+  using Opts = typename TestType::Opts;
+  using Fn = typename TestType::template Fn<float>;
   Eigen::Tensor<float, 2, Eigen::RowMajor> x(2, 3), y(2, 3);
   x.setRandom();
   auto construct_and_run = [&](Index features, Opts o) {
-    Fn<float> ln(features, o);
+    Fn ln(features, o);
     ln.forward(x, y);
   };
   Opts neg;
@@ -663,18 +829,18 @@ TEST_CASE("RMSNorm rejects invalid options with std::invalid_argument", "[rms_no
 
   Eigen::Tensor<float, 2, Eigen::RowMajor> e(2, 0), ey(2, 0);
   CHECK_THROWS_AS(([&] {
-                    Fn<float> ln(Index(0));
+                    Fn ln(Index(0));
                     ln.forward(e, ey);
                   }()),
                   std::invalid_argument);
   Eigen::Tensor<float, 3, Eigen::RowMajor> e3(2, 3, 0), ey3(2, 3, 0);
   CHECK_THROWS_AS(([&] {
-                    Fn<float> ln({3, 0});
+                    Fn ln({3, 0});
                     ln.forward(e3, ey3);
                   }()),
                   std::invalid_argument);
   CHECK_THROWS_AS(([&] {
-                    Fn<float> ln(Index(-2));
+                    Fn ln(Index(-2));
                     ln.forward(x, y);
                   }()),
                   std::invalid_argument);
