@@ -135,10 +135,16 @@ class GroupedCore {
     }
     const Index G = m.shape.groups;
     const auto off = [&](A* p, Index k) { return p ? p + k * G : nullptr; };
-    for (Index k = 0; k < m.calls; ++k)
-      core::forward_groups<A>(exec, x + k * m.stride, y + k * m.stride, m.shape, p_,
+    // Several calls (one per sample) are spread over the executor, each run serially: a sample's
+    // shape is often one chunk. The core's chunks depend on the shape only, so the bits do not
+    // depend on which executor runs a call.
+    const auto call = [&](const auto& ex, Index k) {
+      core::forward_groups<A>(ex, x + k * m.stride, y + k * m.stride, m.shape, p_,
                               core::StatsArrays<A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k), off(st.var, k)},
                               mode);
+    };
+    if (m.calls == 1) call(exec, 0);
+    else exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
   }
 
   // dweight/dbias: C values each, or null without affine; written (zeros for an empty batch).
@@ -158,16 +164,22 @@ class GroupedCore {
     const Index G = m.shape.groups, C = channels_;
     const auto off = [&](const A* p, Index k) { return p ? p + k * G : nullptr; };
     std::vector<A> dw(w_ ? std::size_t(C) : 0, A(0)), db(w_ ? std::size_t(C) : 0, A(0));
-    std::vector<A> dw_k(dw.size()), db_k(db.size());
-    for (Index k = 0; k < m.calls; ++k) {
-      // One call writes the gradients directly; several sum theirs in call (sample) order.
-      A* out_w = dw.empty() ? nullptr : (m.calls == 1 ? dw.data() : dw_k.data());
-      A* out_b = db.empty() ? nullptr : (m.calls == 1 ? db.data() : db_k.data());
-      core::backward_groups<A>(exec, x + k * m.stride, dy + k * m.stride, dx + k * m.stride, m.shape, p_,
+    // Per call (sample) gradients, summed in call order afterwards: the same bits for any executor.
+    const std::size_t per_call = m.calls > 1 ? dw.size() : 0;
+    std::vector<A> dw_k(per_call * std::size_t(m.calls)), db_k(dw_k.size());
+    const auto call = [&](const auto& ex, Index k) {
+      A* out_w = dw.empty() ? nullptr : (m.calls == 1 ? dw.data() : dw_k.data() + std::size_t(k) * per_call);
+      A* out_b = db.empty() ? nullptr : (m.calls == 1 ? db.data() : db_k.data() + std::size_t(k) * per_call);
+      core::backward_groups<A>(ex, x + k * m.stride, dy + k * m.stride, dx + k * m.stride, m.shape, p_,
                                core::StatsArrays<const A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k)}, origin,
                                out_w, out_b);
-      if (m.calls > 1)
-        for (std::size_t c = 0; c < dw.size(); ++c) dw[c] += dw_k[c], db[c] += db_k[c];
+    };
+    if (m.calls == 1) {
+      call(exec, 0);
+    } else {
+      exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
+      for (std::size_t k = 0; k < std::size_t(m.calls); ++k)
+        for (std::size_t c = 0; c < per_call; ++c) dw[c] += dw_k[k * per_call + c], db[c] += db_k[k * per_call + c];
     }
     if (!dw.empty()) {
       for (Index c = 0; c < C; ++c) {
