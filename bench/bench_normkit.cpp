@@ -6,6 +6,8 @@
 // Types: fp32 and fp64 run LayerNorm<T> etc. (parameters in T); bf16 runs the mixed-precision
 // LayerNorm<Eigen::bfloat16, float> / RMSNorm<Eigen::bfloat16, float> (float weight and bias).
 // Cases with an input_scale read x from a separate buffer holding x * scale (scaled_input).
+// GroupNorm/InstanceNorm: RowMajor (N, C, H, W) with channel_axis = 1 or (N, H, W, C) with -1; bf16
+// runs GroupNorm<bfloat16, float> / InstanceNorm<bfloat16, float>.
 #if __has_include(<normkit/normkit.hpp>)
 #include <normkit/normkit.hpp>  // first: it defines EIGEN_USE_THREADS before the Tensor module
 #define NKBENCH_HAVE_NORMKIT 1
@@ -104,11 +106,52 @@ void run_bn(benchmark::State& state, const Case c) {
   }
 }
 
+// GroupNorm (c.groups groups) and InstanceNorm, NCHW (channel_axis 1) or channels-last (-1), affine;
+// InstanceNorm tracks running statistics (fwd_train updates them, fwd_eval normalizes with them).
+template <class T, class P>
+void run_grouped(benchmark::State& state, const Case& c) {
+  const auto& d = c.dims;
+  const Eigen::array<Index, 4> dims{d[0], d[1], d[2], d[3]};
+  Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
+  Map<T, 4> x(buf.x, dims), y(buf.y, dims), dy(buf.dy, dims), dx(buf.dx, dims);
+  const Index axis = c.layout == BnLayout::NHWC ? -1 : 1, C = c.channels();
+  const auto time_layer = [&](auto& layer) {
+    fill_random(layer.weight().data(), static_cast<std::size_t>(C), 31, 0.5, 1.5);
+    fill_random(layer.bias().data(), static_cast<std::size_t>(C), 32, -0.5, 0.5);
+    const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward
+    if constexpr (std::is_same_v<std::decay_t<decltype(layer)>, normkit::InstanceNorm<T, P>>)
+      if (c.dir == Dir::FwdEval) layer.eval();
+    if (c.threads == 1) {
+      if (c.dir == Dir::Bwd)
+        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
+      else
+        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
+    } else {
+      const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
+      if (c.dir == Dir::Bwd)
+        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(dev, x, dy, stats, dx)); });
+      else
+        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
+    }
+  };
+  if (c.op == Op::GroupNorm) {
+    normkit::GroupNorm<T, P> gn(c.groups, C, normkit::GroupNormOptions{1e-5, true, axis});
+    time_layer(gn);
+  } else {
+    normkit::InstanceNormOptions o;
+    o.affine = true, o.track_running_stats = true, o.channel_axis = axis;
+    normkit::InstanceNorm<T, P> in(C, o);
+    time_layer(in);
+  }
+}
+
 // P: the parameters' type (T, or float beside bfloat16). The harness has no BatchNorm bf16 case.
 template <class T, class P = T>
 void run(benchmark::State& state, const Case c) {
   try {
-    if (c.op == Op::BatchNorm) {
+    if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) {
+      run_grouped<T, P>(state, c);
+    } else if (c.op == Op::BatchNorm) {
       if constexpr (std::is_same_v<T, P>)
         run_bn<T>(state, c);
       else

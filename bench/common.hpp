@@ -20,12 +20,14 @@ namespace nkbench {
 
 using Index = Eigen::Index;
 
-enum class Op { LayerNorm, RMSNorm, BatchNorm };
+enum class Op { LayerNorm, RMSNorm, BatchNorm, GroupNorm, InstanceNorm };
 // LayerNorm/RMSNorm use Fwd and Bwd. BatchNorm: Fwd = training forward (batch statistics +
 // running-stat update), Bwd = training backward (full batch gradient), FwdEval = eval forward.
+// GroupNorm/InstanceNorm the same way (InstanceNorm FwdEval: eval with running statistics).
 enum class Dir { Fwd, Bwd, FwdEval };
 // BatchNorm memory layouts. NCHW: RowMajor (N, C, H, W), channel_axis = 1. NHWC: the same data
 // channels-last, RowMajor (N, H, W, C), channel_axis = -1. NC: RowMajor (N, C), channel_axis = 1.
+// GroupNorm and InstanceNorm use NCHW and NHWC too.
 enum class BnLayout { None, NCHW, NHWC, NC };
 // Storage type of x, y, dy, dx. BF16 is Eigen::bfloat16; normkit runs it as LayerNorm<bfloat16,
 // float> (float weight and bias, statistics in float).
@@ -41,6 +43,9 @@ struct Case {
   // Inputs multiplied by this factor (1: the ordinary data). Only normkit runs scaled cases; the
   // shape token gets an "x<scale>" suffix, e.g. "4096x768x1e30".
   double input_scale = 1;
+  // GroupNorm's num_groups (0 otherwise); the shape token gets a "g<groups>" suffix, e.g.
+  // "nchw8x320x64x64g32".
+  Index groups = 0;
 
   // LayerNorm/RMSNorm view: rows x features (features = last dim).
   Index rows() const;

@@ -28,6 +28,8 @@ const char* op_name(Op op) {
     case Op::LayerNorm: return "LayerNorm";
     case Op::RMSNorm: return "RMSNorm";
     case Op::BatchNorm: return "BatchNorm";
+    case Op::GroupNorm: return "GroupNorm";
+    case Op::InstanceNorm: return "InstanceNorm";
   }
   return "?";
 }
@@ -106,12 +108,14 @@ std::string Case::shape_token() const {
     }
     s << 'x' << g;
   }
+  if (groups > 0) s << 'g' << groups;
   return s.str();
 }
 
 std::string Case::name(const std::string& impl) const {
   std::ostringstream s;
-  s << op_name(op) << '/' << (op == Op::BatchNorm && dir == Dir::Fwd ? "fwd_train" : dir_name(dir)) << '/'
+  const bool train_fwd = op != Op::LayerNorm && op != Op::RMSNorm && dir == Dir::Fwd;
+  s << op_name(op) << '/' << (train_fwd ? "fwd_train" : dir_name(dir)) << '/'
     << dtype_name(dtype) << '/' << shape_token() << "/t" << threads << '/' << impl;
   return s.str();
 }
@@ -312,6 +316,25 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
   // Rows of magnitude 1e30, whose squares overflow float: every row takes the rescaled path of the
   // statistics (normkit only; same bytes as the ordinary 4096x768 case, whose copy it shares).
   cases.push_back(Case{Op::LayerNorm, Dir::Fwd, Dtype::FP32, 1, BnLayout::None, {4096, 768}, 1e30});
+  // GroupNorm (a diffusion U-Net block (8, 320, 64, 64) and (16, 64, 56, 56), G = 32) and
+  // InstanceNorm (32, 64, 28, 28; also eval with running statistics), NCHW and channels-last
+  // (dims in memory order); fp32 on every thread count, bf16 (parameters float) on one thread.
+  struct GnShape {
+    Op op;
+    std::vector<Index> nchw;
+    Index groups;
+  };
+  for (const GnShape& s : {GnShape{Op::GroupNorm, {8, 320, 64, 64}, 32}, GnShape{Op::GroupNorm, {16, 64, 56, 56}, 32},
+                           GnShape{Op::InstanceNorm, {32, 64, 28, 28}, 0}})
+    for (Dir dir : {Dir::Fwd, Dir::Bwd, Dir::FwdEval}) {
+      if (dir == Dir::FwdEval && s.op != Op::InstanceNorm) continue;
+      for (BnLayout layout : {BnLayout::NCHW, BnLayout::NHWC}) {
+        const std::vector<Index> d = layout == BnLayout::NCHW ? s.nchw
+                                                              : std::vector<Index>{s.nchw[0], s.nchw[2], s.nchw[3], s.nchw[1]};
+        for (int t : threads) cases.push_back(Case{s.op, dir, Dtype::FP32, t, layout, d, 1, s.groups});
+        cases.push_back(Case{s.op, dir, Dtype::BF16, 1, layout, d, 1, s.groups});
+      }
+    }
   return cases;
 }
 

@@ -44,7 +44,7 @@ import tempfile
 
 IMPLS = ["normkit", "copy", "eigen", "scalar", "onednn", "torch"]
 BASELINES = ["copy", "unfused", "eigen", "scalar", "onednn", "torch"]
-OP_ORDER = {"LayerNorm": 0, "RMSNorm": 1, "BatchNorm": 2}
+OP_ORDER = {"LayerNorm": 0, "RMSNorm": 1, "BatchNorm": 2, "GroupNorm": 3, "InstanceNorm": 4}
 DIR_ORDER = {"fwd": 0, "fwd_train": 0, "bwd": 1, "fwd_eval": 2, "fwd_add": 3, "bwd_add": 4}
 
 
@@ -121,9 +121,13 @@ def split_scale(shape):
     return (shape[: m.start()], m.group(1)) if m else (shape, None)
 
 
+GROUPS_SUFFIX = re.compile(r"g\d+$")
+
+
 def elements(shape):
+    """Elements of a shape token; GroupNorm's "g<groups>" suffix is not a dimension."""
     n = 1
-    for d in re.findall(r"\d+", split_scale(shape)[0]):
+    for d in re.findall(r"\d+", GROUPS_SUFFIX.sub("", split_scale(shape)[0])):
         n *= int(d)
     return n
 

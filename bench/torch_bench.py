@@ -24,6 +24,13 @@ Same cases, names and byte convention as normkit_bench (see bench/README.md); na
                     of the graph at h, then dx + dh. bf16 runs with bf16 weight and bias (1.13 has
                     no float parameters beside bf16 data on CPU). Bytes: 4 arrays (x, r, h, y or h, dy,
                     dh, dx), as normkit_bench counts them.
+  GroupNorm     : fwd_train = F.group_norm (affine); bwd = torch.ops.aten.native_group_norm_backward (dx,
+                  dweight, dbias) from native_group_norm's mean and rstd; NCHW and channels_last
+                  (shape token with the g<groups> suffix of normkit_bench).
+  InstanceNorm  : fwd_train = F.instance_norm(use_input_stats=True) with running stats (updated);
+                  fwd_eval = F.instance_norm(use_input_stats=False); bwd = torch.autograd.grad of the
+                  training forward (retain_graph: PyTorch has no public instance-norm backward op;
+                  it runs batch_norm's on the (1, N*C, ...) view); NCHW and channels_last.
 PyTorch allocates its outputs on every call (that is how it is used); large CPU allocations are
 fresh mmaps, so the out-of-cache cases include page-fault cost. torch.set_num_threads(t) sets the
 intra-op threads. Each repetition runs the op until --min-time seconds have passed (after one
@@ -49,6 +56,9 @@ except ImportError:  # pragma: no cover
 LN_SHAPES = [(64, 768), (4096, 768), (2048, 4096), (512, 16384), (16384, 4096)]
 RES_SHAPES = [(64, 768), (4096, 768), (16384, 4096)]
 BN_SHAPES = [("nchw", (32, 64, 56, 56)), ("nhwc", (32, 64, 56, 56)), ("nc", (256, 1024))]
+# (op, NCHW shape, groups; 0 = InstanceNorm)
+GN_SHAPES = [("GroupNorm", (8, 320, 64, 64), 32), ("GroupNorm", (16, 64, 56, 56), 32),
+             ("InstanceNorm", (32, 64, 28, 28), 0)]
 
 
 def shape_token(layout, nchw):
@@ -84,9 +94,17 @@ def cases(threads):
             for dtype in ("fp32", "bf16"):
                 for shape in RES_SHAPES:
                     out.append(dict(op=op, dir=d, dtype=dtype, layout=None, shape=shape, threads=1))
+    for op, shape, groups in GN_SHAPES:
+        for d in ("fwd_train", "bwd", "fwd_eval"):
+            if d == "fwd_eval" and op != "InstanceNorm":
+                continue
+            for layout in ("nchw", "nhwc"):
+                for t in threads:
+                    out.append(dict(op=op, dir=d, dtype="fp32", layout=layout, shape=shape, threads=t, groups=groups))
     for c in out:
-        c["name"] = "%s/%s/%s/%s/t%d/torch" % (c["op"], c["dir"], c["dtype"], shape_token(c["layout"], c["shape"]),
-                                              c["threads"])
+        suffix = "g%d" % c["groups"] if c.get("groups") else ""
+        c["name"] = "%s/%s/%s/%s%s/t%d/torch" % (c["op"], c["dir"], c["dtype"], shape_token(c["layout"], c["shape"]),
+                                                suffix, c["threads"])
         n = 1
         for s in c["shape"]:
             n *= s
@@ -126,6 +144,8 @@ def make_call(c):
         wg = w.clone().requires_grad_(True)
         yg = rms(xg, wg)
         return lambda: torch.autograd.grad(yg, [xg, wg], dy, retain_graph=True)
+    if c["op"] in ("GroupNorm", "InstanceNorm"):
+        return make_grouped_call(c, x, dy, g, dtype)
     # BatchNorm
     ch = shape[1]
     if c["layout"] == "nhwc":
@@ -179,6 +199,36 @@ def make_residual_call(c, dtype, g):
         return dx + dh, dw
 
     return bwd
+def make_grouped_call(c, x, dy, g, dtype):
+    shape = c["shape"]
+    n, ch = shape[0], shape[1]
+    hw = 1
+    for s in shape[2:]:
+        hw *= s
+    if c["layout"] == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    w = torch.rand(ch, generator=g, dtype=dtype) + 0.5
+    b = torch.rand(ch, generator=g, dtype=dtype) - 0.5
+    eps = 1e-5
+    if c["op"] == "GroupNorm":
+        groups = c["groups"]
+        if c["dir"] == "fwd_train":
+            return lambda: F.group_norm(x, groups, w, b, eps)
+        y, mean, rstd = torch.native_group_norm(x, w, b, n, ch, hw, groups, eps)
+        mask = [True, True, True]
+        return lambda: torch.ops.aten.native_group_norm_backward(dy, x, mean, rstd, w, n, ch, hw, groups, mask)
+    rm = torch.zeros(ch, dtype=dtype)
+    rv = torch.ones(ch, dtype=dtype)
+    if c["dir"] == "fwd_train":
+        return lambda: F.instance_norm(x, rm, rv, w, b, use_input_stats=True, momentum=0.1, eps=eps)
+    if c["dir"] == "fwd_eval":
+        return lambda: F.instance_norm(x, rm, rv, w, b, use_input_stats=False, momentum=0.1, eps=eps)
+    xg = x.clone().requires_grad_(True)
+    wg = w.clone().requires_grad_(True)
+    bg = b.clone().requires_grad_(True)
+    yg = F.instance_norm(xg, rm, rv, wg, bg, use_input_stats=True, momentum=0.1, eps=eps)
+    return lambda: torch.autograd.grad(yg, [xg, wg, bg], dy, retain_graph=True)
 
 
 def time_case(c, min_time, repetitions):

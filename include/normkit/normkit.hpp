@@ -1,4 +1,5 @@
-// normkit/normkit.hpp — everything: LayerNorm, RMSNorm and BatchNorm for Eigen tensors.
+// normkit/normkit.hpp — everything: LayerNorm, RMSNorm, BatchNorm, GroupNorm and InstanceNorm for
+// Eigen tensors.
 //
 // Each functor has forward(x, y) -> NormStats, operator()(x) -> y, and
 // backward(x, dy, stats, dx) -> NormGrads, plus overloads taking an Eigen::ThreadPoolDevice first.
@@ -16,6 +17,8 @@
 #include "batch_norm.hpp"
 #include "deepnorm.hpp"
 #include "errors.hpp"
+#include "group_norm.hpp"
+#include "instance_norm.hpp"
 #include "layer_norm.hpp"
 #include "options.hpp"
 #include "rms_norm.hpp"

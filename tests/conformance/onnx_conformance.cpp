@@ -1,5 +1,5 @@
 // ONNX conformance: normkit against ONNX's own backend node tests for LayerNormalization,
-// RMSNormalization and BatchNormalization.
+// RMSNormalization, BatchNormalization, GroupNormalization and InstanceNormalization.
 //
 // The data is not in this repository. CMake passes the path of the read-only `cases.txt` (format
 // "NKONNX 1", described with the mapping of ONNX attributes onto normkit's API in the README.md next
@@ -8,11 +8,12 @@
 //   - a const RowMajor TensorMap in, a temporary RowMajor TensorMap out;
 //   - ColMajor Tensors in and out;
 //   - operator() on the RowMajor TensorMap (LayerNorm/RMSNorm), channels-last RowMajor data with
-//     channel_axis = -1 (BatchNorm);
+//     channel_axis = -1 (BatchNorm, GroupNorm, InstanceNorm);
 //   - the ThreadPoolDevice overload with mixed layouts: ColMajor in, RowMajor out (LayerNorm/RMSNorm),
-//     channels-last ColMajor with channel_axis = R - 1 (BatchNorm).
+//     channels-last ColMajor with channel_axis = R - 1 (BatchNorm, GroupNorm, InstanceNorm).
 // Tolerance: |got - want| <= 1e-5 + 1.3e-6 |want| (torch.testing.assert_close's float32 defaults).
-// GroupNormalization and InstanceNormalization are not in the contract: counted as skipped.
+// GroupNormalization's opset 18 per-group scale and bias are expanded to channels (opset 21's are per
+// channel); an op the harness does not know would be counted as skipped (none is: 46 of 46 run).
 #include <normkit/normkit.hpp>
 
 #include <catch2/catch.hpp>
@@ -467,12 +468,104 @@ void check_batchnorm(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatc
   }
 }
 
+
+// ================================================================================================
+// GroupNormalization (opsets 18 and 21) and InstanceNormalization (opset 22)
+// ================================================================================================
+// GroupNormalization: GroupNorm(num_groups, C) with per-channel weight/bias; opset 18's per-group
+// scale and bias (G values) are expanded to the C/G channels of each group, opset 21's are per
+// channel already. InstanceNormalization: InstanceNorm(C) with affine (per-channel scale and B),
+// instance statistics (no running statistics). Both: eps inside the sqrt, channel axis 1.
+template <int R>
+void check_group_or_instance(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatches& m) {
+  static_assert(R >= 3, "GroupNormalization/InstanceNormalization cases have rank >= 3");
+  const bool group = c.op == "GroupNormalization";
+  const OnnxTensor& X = c.inputs.at(0);
+  const Index C = X.dims.at(1);
+  const Index G = group ? static_cast<Index>(c.attr("num_groups")) : C;
+  const double eps = c.attr("epsilon");
+  // Per-channel weight and bias (opset 18's per-group ones expanded).
+  const auto per_channel = [&](const OnnxTensor& t) {
+    std::vector<float> v;
+    const Index n = static_cast<Index>(t.values.size());
+    if (n == C) return t.values;
+    if (!(group && n == G)) throw std::runtime_error(t.name + " has " + std::to_string(n) + " values for C " + std::to_string(C));
+    for (Index ch = 0; ch < C; ++ch) v.push_back(t.values[static_cast<std::size_t>(ch / (C / G))]);
+    return v;
+  };
+  const std::vector<float> weight = per_channel(c.inputs.at(1)), bias = per_channel(c.inputs.at(2));
+  const std::vector<float>& want_y = c.outputs.at(0).values;
+
+  // Runs one form: a functor with the given channel_axis, forward(x, y), Y compared in NCHW order.
+  const auto run = [&](const std::string& form, Index channel_axis, const auto& x, auto& y, const auto& to_nchw,
+                       bool pool) {
+    const auto forward = [&](auto& f) {
+      OnnxTensor w{"weight", {C}, weight}, b{"bias", {C}, bias};
+      set_parameter(f.weight(), w, "weight()");
+      set_parameter(f.bias(), b, "bias()");
+      const auto stats = pool ? f.forward(device, x, y) : f.forward(x, y);
+      if (stats.mean.size() != X.dims[0] * G)
+        m.messages.push_back(form + ": stats have " + std::to_string(stats.mean.size()) + " entries, want N * G");
+    };
+    if (group) {
+      normkit::GroupNorm<float> f(G, C, normkit::GroupNormOptions{eps, true, channel_axis});
+      forward(f);
+    } else {
+      normkit::InstanceNormOptions o;
+      o.eps = eps, o.affine = true, o.channel_axis = channel_axis;
+      normkit::InstanceNorm<float> f(C, o);
+      forward(f);
+    }
+    m.compare(form + ": Y", to_nchw(row_major_values(y)), want_y);
+  };
+
+  const auto d = as_dims<R>(X.dims);
+  const auto same = [](const std::vector<double>& v) { return v; };
+  // Channels-last: (N, C, D1, ...) -> (N, D1, ..., C), and back.
+  Eigen::array<Index, static_cast<std::size_t>(R)> to_last, from_last, d_last, d_back;
+  to_last[0] = 0;
+  for (int i = 1; i < R - 1; ++i) to_last[static_cast<std::size_t>(i)] = i + 1;
+  to_last[R - 1] = 1;
+  for (int i = 0; i < R; ++i) from_last[static_cast<std::size_t>(to_last[static_cast<std::size_t>(i)])] = i;
+  const std::vector<float> x_last = permute<R>(X.values, d, to_last, d_last);
+  const auto back_from_last = [&](const std::vector<double>& y_last) { return permute<R>(y_last, d_last, from_last, d_back); };
+
+  {  // 1. const RowMajor TensorMap in, temporary RowMajor TensorMap out; channel_axis = 1
+    const Eigen::TensorMap<const RowT<R>> x(X.values.data(), d);
+    RowT<R> y(d);
+    Eigen::TensorMap<RowT<R>> ym(y.data(), d);
+    run("RowMajor TensorMap", 1, x, ym, same, false);
+  }
+  {  // 2. ColMajor Tensors; channel_axis = 1
+    const ColT<R> x = to_col_major<R>(X.values, d);
+    ColT<R> y(d);
+    run("ColMajor Tensor", 1, x, y, same, false);
+  }
+  {  // 3. channels-last RowMajor; channel_axis = -1
+    const Eigen::TensorMap<const RowT<R>> x(x_last.data(), d_last);
+    RowT<R> y(d_last);
+    run("channels-last RowMajor, channel_axis -1", -1, x, y, back_from_last, false);
+  }
+  {  // 4. ThreadPoolDevice, channels-last ColMajor; channel_axis = R - 1
+    const ColT<R> x = to_col_major<R>(x_last, d_last);
+    ColT<R> y(d_last);
+    run("ThreadPoolDevice channels-last ColMajor, channel_axis R-1", R - 1, x, y, back_from_last, true);
+  }
+}
+
 // ================================================================================================
 // Dispatch on rank
 // ================================================================================================
 void check_case(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatches& m) {
   const std::size_t rank = c.inputs.at(0).dims.size();
-  if (c.op == "BatchNormalization") {
+  if (c.op == "GroupNormalization" || c.op == "InstanceNormalization") {
+    switch (rank) {
+      case 3: return check_group_or_instance<3>(c, device, m);
+      case 4: return check_group_or_instance<4>(c, device, m);
+      case 5: return check_group_or_instance<5>(c, device, m);
+      default: break;
+    }
+  } else if (c.op == "BatchNormalization") {
     switch (rank) {
       case 2: return check_batchnorm<2>(c, device, m);
       case 3: return check_batchnorm<3>(c, device, m);
@@ -493,18 +586,21 @@ void check_case(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatches& 
 }
 
 bool is_contract_op(const std::string& op) {
-  return op == "LayerNormalization" || op == "RMSNormalization" || op == "BatchNormalization";
+  return op == "LayerNormalization" || op == "RMSNormalization" || op == "BatchNormalization" ||
+         op == "GroupNormalization" || op == "InstanceNormalization";
 }
 
 }  // namespace
 
-TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchNormalization", "[onnx][conformance]") {
+TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchNormalization, GroupNormalization, "
+          "InstanceNormalization",
+          "[onnx][conformance]") {
   long declared = -1;
   const std::vector<OnnxCase> cases = read_cases(NORMKIT_ONNX_CASES, declared);
   INFO("cases file: " << NORMKIT_ONNX_CASES);
   CHECK(static_cast<long>(cases.size()) == declared);
 
-  std::size_t expected = 0;  // LN + RMS + BN cases in the file
+  std::size_t expected = 0;  // LN + RMS + BN + GN + IN cases in the file
   for (const OnnxCase& c : cases) expected += is_contract_op(c.op) ? 1u : 0u;
 
   Eigen::ThreadPool pool(2);
@@ -537,13 +633,16 @@ TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchN
 
   std::cout << "ONNX conformance: LayerNormalization " << checked_per_op["LayerNormalization"]
             << ", RMSNormalization " << checked_per_op["RMSNormalization"] << ", BatchNormalization "
-            << checked_per_op["BatchNormalization"] << " cases checked\n";
+            << checked_per_op["BatchNormalization"] << ", GroupNormalization " << checked_per_op["GroupNormalization"]
+            << ", InstanceNormalization " << checked_per_op["InstanceNormalization"] << " cases checked\n";
   std::cout << passed << " passed, " << failed << " failed, " << skipped << " skipped" << std::endl;
 
   const std::size_t checked = passed + failed;
   REQUIRE(checked > 0);
   CHECK(checked == expected);
-  // The data's README lists 19 LayerNormalization + 19 RMSNormalization + 4 BatchNormalization cases.
-  CHECK(expected == 42);
+  // The data's README lists 19 LayerNormalization + 19 RMSNormalization + 4 BatchNormalization +
+  // 2 GroupNormalization + 2 InstanceNormalization cases.
+  CHECK(expected == 46);
+  CHECK(skipped == 0);
   CHECK(failed == 0);
 }

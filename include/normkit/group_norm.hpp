@@ -1,0 +1,348 @@
+// normkit/group_norm.hpp — GroupNorm<T, P = T>: per-sample normalization over groups of channels
+// (Wu & He, 2018), with PyTorch's semantics (torch.nn.GroupNorm).
+//
+// x is (N, C, spatial...) with C on channel_axis (1; or -1, channels-last), rank >= 2. The C channels
+// form G = num_groups groups of C/G consecutive channels; for every sample n and group g, over the
+// C/G * (spatial size) values of that group:
+//     mean, var = the group's (var biased),   xhat = (x - mean) / sqrt(var + eps)
+//     y = xhat * weight[c] + bias[c]          (per channel, as PyTorch; weight 1 and bias 0 without affine)
+// backward: dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy weight[c], the means over the group;
+// dweight[c] = sum dy xhat, dbias[c] = sum dy over every sample and spatial position of channel c.
+// eps is always inside the sqrt. Statistics have N * G entries, ordered n * G + g.
+// Built on the core (core/groups.hpp) with the per-channel-in-group affine: NCHW is the shape
+// [1][N*G][C/G*spatial] (one call). Channels-last with one channel per group (InstanceNorm) is one
+// call per sample of shape [spatial][C][1], the column kernels (statistics offset per sample,
+// per-channel gradients summed in sample order, so the results do not depend on the thread count);
+// with several channels per group it is reordered to (N, C, spatial) and back around the NCHW call
+// (its runs of C/G values would be walked one cache line at a time). A ColMajor tensor runs through
+// a RowMajor copy (same results).
+// Types: T (x, y, dy, dx) is float, double, Eigen::bfloat16 or Eigen::half; statistics and gradient
+// sums are accum_t<T>; P (weight, bias, gradients) is T or float beside bfloat16/half.
+// InstanceNorm (instance_norm.hpp) is the same map with one channel per group, plus running statistics.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/groups.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+#include "state.hpp"
+#include "tensor_view.hpp"
+#include "thread_pool.hpp"
+
+namespace normkit {
+
+struct GroupNormOptions {
+  double eps = 1e-5;
+  bool affine = true;             // learnable per-channel weight (1) and bias (0)
+  Eigen::Index channel_axis = 1;  // (N, C, ...) as PyTorch; -1 = last axis (channels-last)
+};
+
+namespace detail {
+
+// How an (N, C, spatial...) tensor with G groups of C/G channels is seen by the core: `calls` calls
+// of `shape`, `stride` elements and shape.groups statistics apart (RowMajor memory).
+struct GroupedMap {
+  core::GroupShape shape;
+  Index calls = 0, stride = 0;
+  // Channels-last with several channels per group: the data is reordered to (N, C, S) and runs on
+  // the NCHW shape (the per-sample [S][G][C/G] shape would walk runs of C/G values S apart, one
+  // cache line per run and group: measured 30x slower than the reorder). N, S, C of the reorder.
+  bool reorder = false;
+  Index N = 0, S = 0, C = 0;
+  Index stats_size() const { return calls * shape.groups; }
+};
+
+// Checks x's rank, channel axis and channel count; maps it. `name` heads messages, min_rank is the
+// functor's.
+template <class X>
+GroupedMap grouped_map(const std::string& where, const char* name, const X& x, Index channels, Index groups,
+                       Index channel_axis, Index min_rank) {
+  constexpr Index rank = rank_v<X>;
+  const auto dims = dims_of(x);
+  if (rank < min_rank)
+    throw_shape(where, "x has dimensions " + dims_string(dims) + " (rank " + std::to_string(rank) + ") but " + name +
+                           " needs rank >= " + std::to_string(min_rank) + " (N, C" + (min_rank > 2 ? ", spatial...)" : ", ...)"));
+  const Index axis = channel_axis < 0 ? channel_axis + rank : channel_axis;
+  if (axis != 1 && axis != rank - 1)
+    throw_invalid(where, "channel_axis " + std::to_string(channel_axis) + " must be 1 or the last axis (-1 or " +
+                             std::to_string(rank - 1) + ") for x of rank " + std::to_string(rank));
+  const Index c = dims[std::size_t(axis)];
+  if (c != channels)
+    throw_shape(where, "x has dimensions " + dims_string(dims) + " with " + std::to_string(c) + " channels on axis " +
+                           std::to_string(axis) + " but num_channels is " + std::to_string(channels) + " (expected [" +
+                           std::to_string(channels) + "] there)");
+  // S: the spatial size, the product of every axis but N and C.
+  Index S = 1;
+  for (Index a = 1; a < rank; ++a)
+    if (a != axis) S *= dims[std::size_t(a)];
+  const Index N = dims[0];
+  const Index cpg = channels / groups;
+  GroupedMap m;
+  m.N = N, m.S = S, m.C = channels;
+  m.reorder = axis != 1 && S > 1 && cpg > 1;
+  // NCHW (or one spatial position, where both layouts are (N, C)): each group is a contiguous run,
+  // one call for the batch, unless a group holds one value (the core's column shape, per sample).
+  if ((axis == 1 || S == 1 || m.reorder) && cpg * S != 1) {
+    m.shape = core::GroupShape{1, N * groups, cpg * S};
+    m.calls = 1, m.stride = N * channels * S;
+  } else {
+    m.shape = core::GroupShape{S, groups, cpg};
+    m.calls = N, m.stride = S * channels;
+  }
+  return m;
+}
+
+// GroupNorm and InstanceNorm's core calls over a GroupedMap, on RowMajor memory. The parameters are
+// read as A (a copy of C values for 16-bit P), so that per-sample gradients sum in A and round once.
+template <class T, class P>
+class GroupedCore {
+  using A = accum_t<T>;
+
+ public:
+  GroupedCore(const Eigen::Tensor<P, 1>& weight, const Eigen::Tensor<P, 1>& bias, Index channels, Index groups,
+              double eps) {
+    if constexpr (std::is_same_v<P, A>) {
+      w_ = weight.size() ? weight.data() : nullptr, b_ = bias.size() ? bias.data() : nullptr;
+    } else {
+      wa_.resize(std::size_t(weight.size())), ba_.resize(std::size_t(bias.size()));
+      for (Index i = 0; i < weight.size(); ++i) wa_[std::size_t(i)] = static_cast<A>(weight(i));
+      for (Index i = 0; i < bias.size(); ++i) ba_[std::size_t(i)] = static_cast<A>(bias(i));
+      w_ = wa_.empty() ? nullptr : wa_.data(), b_ = ba_.empty() ? nullptr : ba_.data();
+    }
+    p_.eps = eps;
+    p_.affine_axis = core::AffineAxis::Channel;
+    p_.weight = w_, p_.bias = b_;
+    p_.channel_groups = groups, p_.group_channels = channels / groups;
+    channels_ = channels;
+  }
+
+  template <class Exec>
+  void forward(const Exec& exec, const GroupedMap& m, const T* x, T* y, const core::StatsArrays<A>& st,
+               core::StatsMode mode) const {
+    if (m.reorder) {  // through (N, C, S) copies; x is read whole before y is written (in place)
+      Eigen::Tensor<T, 1> xt(m.stride), yt(m.stride);  // uninitialized
+      channels_to_front(exec, x, xt.data(), m.N, m.S, m.C);
+      GroupedMap front = m;
+      front.reorder = false;
+      forward(exec, front, xt.data(), yt.data(), st, mode);
+      channels_to_back(exec, yt.data(), y, m.N, m.S, m.C);
+      return;
+    }
+    const Index G = m.shape.groups;
+    const auto off = [&](A* p, Index k) { return p ? p + k * G : nullptr; };
+    // Several calls (one per sample) are spread over the executor, each run serially: a sample's
+    // shape is often one chunk. The core's chunks depend on the shape only, so the bits do not
+    // depend on which executor runs a call.
+    const auto call = [&](const auto& ex, Index k) {
+      core::forward_groups<A>(ex, x + k * m.stride, y + k * m.stride, m.shape, p_,
+                              core::StatsArrays<A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k), off(st.var, k)},
+                              mode);
+    };
+    if (m.calls == 1) call(exec, 0);
+    else exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
+  }
+
+  // dweight/dbias: C values each, or null without affine; written (zeros for an empty batch).
+  template <class Exec>
+  void backward(const Exec& exec, const GroupedMap& m, const T* x, const T* dy, T* dx,
+                const core::StatsArrays<const A>& st, core::StatsOrigin origin, P* dweight, P* dbias) const {
+    if (m.reorder) {  // as forward: x and dy are read whole before dx is written
+      Eigen::Tensor<T, 1> xt(m.stride), dyt(m.stride), dxt(m.stride);
+      channels_to_front(exec, x, xt.data(), m.N, m.S, m.C);
+      channels_to_front(exec, dy, dyt.data(), m.N, m.S, m.C);
+      GroupedMap front = m;
+      front.reorder = false;
+      backward(exec, front, xt.data(), dyt.data(), dxt.data(), st, origin, dweight, dbias);
+      channels_to_back(exec, dxt.data(), dx, m.N, m.S, m.C);
+      return;
+    }
+    const Index G = m.shape.groups, C = channels_;
+    const auto off = [&](const A* p, Index k) { return p ? p + k * G : nullptr; };
+    std::vector<A> dw(w_ ? std::size_t(C) : 0, A(0)), db(w_ ? std::size_t(C) : 0, A(0));
+    // Per call (sample) gradients, summed in call order afterwards: the same bits for any executor.
+    const std::size_t per_call = m.calls > 1 ? dw.size() : 0;
+    std::vector<A> dw_k(per_call * std::size_t(m.calls)), db_k(dw_k.size());
+    const auto call = [&](const auto& ex, Index k) {
+      A* out_w = dw.empty() ? nullptr : (m.calls == 1 ? dw.data() : dw_k.data() + std::size_t(k) * per_call);
+      A* out_b = db.empty() ? nullptr : (m.calls == 1 ? db.data() : db_k.data() + std::size_t(k) * per_call);
+      core::backward_groups<A>(ex, x + k * m.stride, dy + k * m.stride, dx + k * m.stride, m.shape, p_,
+                               core::StatsArrays<const A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k)}, origin,
+                               out_w, out_b);
+    };
+    if (m.calls == 1) {
+      call(exec, 0);
+    } else {
+      exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
+      for (std::size_t k = 0; k < std::size_t(m.calls); ++k)
+        for (std::size_t c = 0; c < per_call; ++c) dw[c] += dw_k[k * per_call + c], db[c] += db_k[k * per_call + c];
+    }
+    if (!dw.empty()) {
+      for (Index c = 0; c < C; ++c) {
+        if (dweight) dweight[c] = static_cast<P>(dw[std::size_t(c)]);
+        if (dbias) dbias[c] = static_cast<P>(db[std::size_t(c)]);
+      }
+    }
+  }
+
+ private:
+  std::vector<A> wa_, ba_;
+  const A* w_ = nullptr;
+  const A* b_ = nullptr;
+  core::NormParams<A> p_;
+  Index channels_ = 0;
+};
+
+// x, dy in RowMajor memory (their own, or a reordered copy), y, dx written through OutputIn.
+template <class X>
+using RowMajorCopy = Eigen::Tensor<scalar_t<X>, rank_v<X>, Eigen::RowMajor>;
+
+// Checks of backward's statistics: N * G entries (mean_lo may be empty).
+template <class S>
+void check_grouped_stats(const std::string& where, const S& stats, Index expected) {
+  check_size(where, "stats.mean", expected, stats.mean.size());
+  check_size(where, "stats.rstd", expected, stats.rstd.size());
+  if (stats.mean_lo.size() != 0) check_size(where, "stats.mean_lo", expected, stats.mean_lo.size());
+}
+
+}  // namespace detail
+
+template <class T, class P = T>
+class GroupNorm {
+  static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
+  using A = accum_t<T>;
+  using Index = Eigen::Index;
+
+ public:
+  GroupNorm(Index num_groups, Index num_channels, GroupNormOptions options = {})
+      : options_(options), groups_(num_groups), channels_(num_channels) {
+    if (num_groups < 1) detail::throw_invalid("GroupNorm", "num_groups must be >= 1, got " + std::to_string(num_groups));
+    if (num_channels < 1)
+      detail::throw_invalid("GroupNorm", "num_channels must be >= 1, got " + std::to_string(num_channels));
+    if (num_channels % num_groups != 0)
+      detail::throw_invalid("GroupNorm", "num_channels (" + std::to_string(num_channels) +
+                                             ") must be divisible by num_groups (" + std::to_string(num_groups) + ")");
+    detail::check_eps("GroupNorm", options_.eps);
+    if (options_.affine) {
+      weight_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
+      bias_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
+    }
+  }
+
+  Index num_groups() const { return groups_; }
+  Index num_channels() const { return channels_; }
+  const GroupNormOptions& options() const { return options_; }
+  Eigen::Tensor<P, 1>& weight() { return weight_; }
+  const Eigen::Tensor<P, 1>& weight() const { return weight_; }
+  Eigen::Tensor<P, 1>& bias() { return bias_; }
+  const Eigen::Tensor<P, 1>& bias() const { return bias_; }
+
+  // State in PyTorch's names (state.hpp): "weight", "bias" (affine).
+  StateDict<P> state_dict() const { return detail::state_of<P>(slots_of(*this), std::nullopt); }
+  void load_state_dict(const StateDict<P>& state, bool strict = true) {
+    detail::load_state("GroupNorm::load_state_dict", slots_of(*this), state, nullptr, strict);
+  }
+  void set_weight(const P* data, Index size) { detail::set_param("GroupNorm::set_weight", slots_of(*this)[0], data, size); }
+  void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
+  void set_bias(const P* data, Index size) { detail::set_param("GroupNorm::set_bias", slots_of(*this)[1], data, size); }
+  void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
+
+  template <class X, class Y>
+  NormStats<T> forward(const X& x, Y&& y) const { return forward_on(core::SerialExecutor{}, x, y); }
+  template <class X, class Y>
+  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
+    return forward_on(detail::PoolExecutor{device}, x, y);
+  }
+  template <class X>
+  auto operator()(const X& x) const {
+    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
+    forward(x, y);
+    return y;
+  }
+
+  template <class X, class DY, class DX>
+  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
+    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
+  }
+  template <class X, class DY, class DX>
+  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
+                        DX&& dx) const {
+    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
+  }
+
+ private:
+  template <class Self>
+  static auto slots_of(Self& self) {
+    using Tensor = std::conditional_t<std::is_const_v<Self>, const Eigen::Tensor<P, 1>, Eigen::Tensor<P, 1>>;
+    const Index affine = self.options_.affine ? self.channels_ : 0;
+    return std::array<detail::ParamSlot<Tensor>, 2>{{{"weight", &self.weight_, affine}, {"bias", &self.bias_, affine}}};
+  }
+  void check_params(const std::string& where) const {
+    for (const auto& slot : slots_of(*this)) detail::check_param(where, slot.name, slot.size, slot.tensor->size());
+  }
+
+  template <class Exec, class X, class Y>
+  NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) const {
+    static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<Y>, T>,
+                  "normkit: x and y must hold T");
+    static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
+    const std::string where = "GroupNorm::forward";
+    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis, 2);
+    detail::check_same_dims(where, "y", y, "x", x);
+    check_params(where);
+
+    NormStats<T> stats;
+    const Index n = m.stats_size();
+    stats.mean.resize(n), stats.mean_lo.resize(n), stats.rstd.resize(n);
+    detail::RowMajorCopy<X> x_copy;
+    const T* xp = detail::in_layout<Eigen::RowMajor>(x, x_copy);
+    detail::OutputIn<Eigen::RowMajor, Y> out(y);
+    const detail::GroupedCore<T, P> core(weight_, bias_, channels_, groups_, options_.eps);
+    core.forward(exec, m, xp, out.data(), core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()},
+                 core::StatsMode::Compute);
+    out.commit();
+    return stats;
+  }
+
+  template <class Exec, class X, class DY, class DX>
+  NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+    static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
+                      std::is_same_v<detail::scalar_t<DX>, T>,
+                  "normkit: x, dy and dx must hold T");
+    static_assert(detail::rank_v<X> == detail::rank_v<DY> && detail::rank_v<X> == detail::rank_v<DX>,
+                  "normkit: x, dy and dx must have the same rank");
+    const std::string where = "GroupNorm::backward";
+    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis, 2);
+    detail::check_same_dims(where, "dy", dy, "x", x);
+    detail::check_same_dims(where, "dx", dx, "x", x);
+    check_params(where);
+    detail::check_grouped_stats(where, stats, m.stats_size());
+
+    NormGrads<P> grads;
+    if (options_.affine) grads.weight.resize(channels_), grads.bias.resize(channels_);
+    detail::RowMajorCopy<X> x_copy;
+    detail::RowMajorCopy<DY> dy_copy;
+    const T* xp = detail::in_layout<Eigen::RowMajor>(x, x_copy);
+    const T* dyp = detail::in_layout<Eigen::RowMajor>(dy, dy_copy);
+    detail::OutputIn<Eigen::RowMajor, DX> out(dx);
+    const detail::GroupedCore<T, P> core(weight_, bias_, channels_, groups_, options_.eps);
+    core.backward(exec, m, xp, dyp, out.data(),
+                  core::StatsArrays<const A>{stats.mean.data(), stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
+                                             stats.rstd.data()},
+                  core::StatsOrigin::Batch, options_.affine ? grads.weight.data() : nullptr,
+                  options_.affine ? grads.bias.data() : nullptr);
+    out.commit();
+    return grads;
+  }
+
+  GroupNormOptions options_;
+  Index groups_, channels_;
+  Eigen::Tensor<P, 1> weight_, bias_;
+};
+
+}  // namespace normkit
