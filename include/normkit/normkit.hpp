@@ -14,9 +14,11 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "batch_norm.hpp"
+#include "cross_entropy.hpp"
 #include "deepnorm.hpp"
 #include "errors.hpp"
 #include "layer_norm.hpp"
 #include "options.hpp"
 #include "rms_norm.hpp"
 #include "simd_path.hpp"
+#include "softmax.hpp"
