@@ -59,11 +59,11 @@ class CrossEntropyLoss {
 
   template <class L, class Y>
   Eigen::Tensor<A, 1> forward(const L& logits, const Y& target) const {
-    return run(core::SerialExecutor{}, "forward", logits, target, nullptr, static_cast<NoGrad*>(nullptr));
+    return run(core::SerialExecutor{}, "forward", logits, target, static_cast<const NoGrad*>(nullptr), static_cast<NoGrad*>(nullptr));
   }
   template <class L, class Y>
   Eigen::Tensor<A, 1> forward(const Eigen::ThreadPoolDevice& device, const L& logits, const Y& target) const {
-    return run(detail::PoolExecutor{device}, "forward", logits, target, nullptr, static_cast<NoGrad*>(nullptr));
+    return run(detail::PoolExecutor{device}, "forward", logits, target, static_cast<const NoGrad*>(nullptr), static_cast<NoGrad*>(nullptr));
   }
   template <class L, class Y, class DL, class DX>
   void backward(const L& logits, const Y& target, const DL& dloss, DX&& dlogits) const {

@@ -198,22 +198,35 @@ EIGEN_STRONG_INLINE V log_diff(const V& x, const V& m, const V& l, const V& l_lo
 
 }  // namespace simd
 
-// The statistics of a group (or part of one): max, sum of exp(x - max), and aux = sum(w[c] * x)
-// (cross-entropy's label smoothing; 0 when not asked for). The default is the empty group.
-// The sum is a double also for float data: lanes and runs merge in double, with each lane's Kahan
-// compensation, so that S - 1 keeps its digits when one logit dominates (log S near 0).
+// The statistics of a group (or part of one): max and sum of exp(x - max). The default is the empty
+// group.
+// The sum is a pair of doubles, sum + lo (lanes and runs merge in double with the rounding error of
+// each addition kept): log-softmax of a dominant value is -log S with S = 1 + tiny, and the tiny part
+// must keep its digits through the merges (log S = log(sum) + lo / sum).
 template <class A>
 struct MaxSum {
   A max = std::numeric_limits<A>::lowest();
-  double sum = 0;
-  A aux = A(0);
+  double sum = 0, lo = 0;
 };
 
-// Merging with the empty group gives the other one bit for bit (exp(0) = 1 exactly).
+// sum + lo += v, with the rounding error kept in lo (TwoSum).
+inline void add_to(double& sum, double& lo, double v) {
+  const double total = sum + v, bb = total - sum;
+  lo += (sum - (total - bb)) + (v - bb);
+  sum = total;
+}
+
+// The group with the larger max keeps its sum; the other's is scaled by exp(its max - that max) and
+// added. Merging with the empty group gives the other one bit for bit. A NaN max gives a NaN sum.
 template <class A>
 MaxSum<A> merge(const MaxSum<A>& a, const MaxSum<A>& b) {
-  const A m = std::max(a.max, b.max);
-  return {m, a.sum * double(simd::exp(A(a.max - m))) + b.sum * double(simd::exp(A(b.max - m))), a.aux + b.aux};
+  const bool a_big = a.max >= b.max;
+  const MaxSum<A>& big = a_big ? a : b;
+  const MaxSum<A>& small = a_big ? b : a;
+  MaxSum<A> r = big;
+  const double e = double(simd::exp(A(small.max - big.max)));
+  if (small.sum != 0 || e != e) add_to(r.sum, r.lo, (small.sum + small.lo) * e);
+  return r;
 }
 
 namespace detail {
@@ -225,10 +238,14 @@ EIGEN_STRONG_INLINE void online_add(V& m, V& s, V& c, const V (&x)[K]) {
   using namespace simd;
   V mb = m;
   for (std::size_t k = 0; k < K; ++k) mb = max(mb, x[k]);
-  const V e = exp(sub(m, mb));
+  using A = lane_t<V>;
+  const V one = splat<V>(A(1)), zero = splat<V>(A(0));
+  // differences to the max taken exactly (exp_diff): log-softmax of the max value is -log S, and
+  // S - 1 must keep the digits of its small terms
+  const V e = exp_diff(m, mb, one, zero);
   s = mul(s, e), c = mul(c, e);
   V t[K];
-  for (std::size_t k = 0; k < K; ++k) t[k] = exp(sub(x[k], mb));
+  for (std::size_t k = 0; k < K; ++k) t[k] = exp_diff(x[k], mb, one, zero);
   for (std::size_t k = 0; k < K; ++k) {  // TwoSum, value by value: the max's 1 may follow tiny ones
     const V total = simd::add(s, t[k]), bb = sub(total, s);
     c = simd::add(c, simd::add(sub(s, sub(total, bb)), sub(t[k], bb)));
@@ -237,73 +254,73 @@ EIGEN_STRONG_INLINE void online_add(V& m, V& s, V& c, const V (&x)[K]) {
   m = mb;
 }
 
-// The lanes of (m, s + c, aux) as one MaxSum.
+// The lanes of (m, s + c) as one MaxSum.
 template <class V>
-MaxSum<simd::lane_t<V>> online_reduce(const V& m, const V& s, const V& c, const V& aux) {
+MaxSum<simd::lane_t<V>> online_reduce(const V& m, const V& s, const V& c) {
   using A = simd::lane_t<V>;
   using namespace simd;
   if constexpr (is_scalar<V>) {
-    return {m, double(s) + double(c), aux};
+    MaxSum<A> r{m, double(s), 0};
+    add_to(r.sum, r.lo, double(c));
+    return r;
   } else {
     constexpr std::size_t n = Eigen::internal::unpacket_traits<V>::size;
     const A top = max_lane(m);
+    const A one = A(1), zero = A(0);
     A ls[n], lc[n], le[n];
-    storev(ls, s), storev(lc, c), storev(le, exp(sub(m, set1<A>(top))));
-    double total = 0;
-    for (std::size_t l = 0; l < n; ++l) total += (double(ls[l]) + double(lc[l])) * double(le[l]);
-    return {top, total, simd::sum(aux)};
+    storev(ls, s), storev(lc, c), storev(le, exp_diff(m, set1<A>(top), set1<A>(one), set1<A>(zero)));
+    MaxSum<A> r{top, 0, 0};
+    for (std::size_t l = 0; l < n; ++l) {
+      add_to(r.sum, r.lo, double(ls[l]) * double(le[l]));
+      add_to(r.sum, r.lo, double(lc[l]) * double(le[l]));
+    }
+    return r;
   }
 }
 
 }  // namespace detail
 
-// MaxSum of a run of n values; Aux: also sum(w[i] * x[i]) (w null: sum(x)).
-template <bool Aux, class A, class Load, class P>
-MaxSum<A> run_max_sum(const Load& x, Index n, const P* w) {
+// MaxSum of a run of n values.
+template <class A, class Load>
+MaxSum<A> run_max_sum(const Load& x, Index n) {
   using namespace simd;
   constexpr Index W = width<A>;
   constexpr std::size_t B = tuning::kSoftmaxBlock;
-  const auto block = [&](Index i, auto count, auto& m, auto& s, auto& c, auto& aux) {
+  const auto block = [&](Index i, auto count, auto& m, auto& s, auto& c) {
     using V = std::decay_t<decltype(m)>;
     constexpr std::size_t K = decltype(count)::value;
     constexpr Index L = lanes<V>;
     V v[K];
     for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>(i + Index(k) * L);
     detail::online_add(m, s, c, v);
-    if constexpr (Aux)
-      for (std::size_t k = 0; k < K; ++k) aux = w ? madd(loadv<V>(w + i + Index(k) * L), v[k], aux) : add(aux, v[k]);
   };
   const A lowest = std::numeric_limits<A>::lowest();
-  packet<A> m = set1<A>(lowest), s = set1<A>(A(0)), c = s, aux = s;
+  packet<A> m = set1<A>(lowest), s = set1<A>(A(0)), c = s;
   Index i = 0;
-  for (; i + Index(B) * W <= n; i += Index(B) * W) block(i, std::integral_constant<std::size_t, B>{}, m, s, c, aux);
-  for (; i + W <= n; i += W) block(i, std::integral_constant<std::size_t, 1>{}, m, s, c, aux);
-  A tm = lowest, ts = A(0), tc = A(0), taux = A(0);
-  for (; i < n; ++i) block(i, std::integral_constant<std::size_t, 1>{}, tm, ts, tc, taux);
-  return merge(detail::online_reduce(m, s, c, aux), detail::online_reduce(tm, ts, tc, taux));
+  for (; i + Index(B) * W <= n; i += Index(B) * W) block(i, std::integral_constant<std::size_t, B>{}, m, s, c);
+  for (; i + W <= n; i += W) block(i, std::integral_constant<std::size_t, 1>{}, m, s, c);
+  A tm = lowest, ts = A(0), tc = A(0);
+  for (; i < n; ++i) block(i, std::integral_constant<std::size_t, 1>{}, tm, ts, tc);
+  return merge(detail::online_reduce(m, s, c), detail::online_reduce(tm, ts, tc));
 }
 
-// out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c;
-// Aux: also sum(w[r] * x) (w null: sum(x)).
-template <bool Aux, class A, class Load, class P>
-void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, const P* w, MaxSum<A>* out) {
+// out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
+template <class A, class Load>
+void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
   using namespace simd;
   constexpr Index B = tuning::kSoftmaxBlock;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
-    V m[N], s[N], cc[N], aux[N];
-    for (std::size_t j = 0; j < N; ++j)
-      m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j], aux[j] = s[j];
+    V m[N], s[N], cc[N];
+    for (std::size_t j = 0; j < N; ++j) m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j];
     const auto block = [&](Index r, auto count) {
       constexpr std::size_t K = decltype(count)::value;
       for (Index j = 0; j < S; ++j) {
         V v[K];
         for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>((r + Index(k)) * stride + c + j * L);
         detail::online_add(m[j], s[j], cc[j], v);
-        if constexpr (Aux)
-          for (std::size_t k = 0; k < K; ++k) aux[j] = madd(splat<V>(w ? load_scalar<A>(w + r + Index(k)) : A(1)), v[k], aux[j]);
       }
     };
     Index r = 0;
@@ -311,11 +328,13 @@ void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, const P* 
     for (; r < rows; ++r) block(r, std::integral_constant<std::size_t, 1>{});
     constexpr std::size_t NL = std::size_t(L);
     for (Index j = 0; j < S; ++j) {
-      A lm[NL], ls[NL], lc[NL], la[NL];
-      storev(lm, m[j]), storev(ls, s[j]), storev(lc, cc[j]), storev(la, aux[j]);
-      for (std::size_t l = 0; l < NL; ++l)
-        out[c + j * L + Index(l)] =
-            merge(out[c + j * L + Index(l)], MaxSum<A>{lm[l], double(ls[l]) + double(lc[l]), la[l]});
+      A lm[NL], ls[NL], lc[NL];
+      storev(lm, m[j]), storev(ls, s[j]), storev(lc, cc[j]);
+      for (std::size_t l = 0; l < NL; ++l) {
+        MaxSum<A> col{lm[l], double(ls[l]), 0};
+        add_to(col.sum, col.lo, double(lc[l]));
+        out[c + j * L + Index(l)] = merge(out[c + j * L + Index(l)], col);
+      }
     }
   });
 }

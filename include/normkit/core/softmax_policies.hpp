@@ -3,7 +3,7 @@
 //
 // A group is the set of values one softmax runs over (a row of logits, or a column when the class
 // axis is not the fastest in memory). Forward, per group:
-//   reduce:  MaxSum{max, sum exp(x - max), aux} per run (run_max_sum) or per panel column
+//   reduce:  MaxSum{max, sum exp(x - max)} per run (run_max_sum) or per panel column
 //            (cols_max_sum); combine = merge (rescale both sums to the larger max)
 //   finish:  the sweep's coefficients: {max, 1/sum} (softmax), {max, log sum} (log-softmax), or
 //            cross-entropy's loss and gradient factors (below)
@@ -12,7 +12,7 @@
 // sweep dx = y * (dy - s) or dy - exp(y) * s.
 // Cross-entropy, per group with target t, class weights w (1 without), W = sum(w), C classes,
 // eps = label smoothing, L = log sum:
-//   loss = (1 - eps) * w[t] * (max + L - x[t]) + eps / C * ((max + L) * W - sum(w * x))
+//   loss = (1 - eps) * w[t] * ((max - x[t]) + L) + eps / C * sum_c w[c] * ((max - x[c]) + L)
 //   dlogits[c] = g * ((a + b W) * p[c] - b * w[c] - a * [c == t]),  a = (1 - eps) w[t], b = eps / C,
 // g the group's share of the upstream gradient (dloss / weight sum for Mean); an ignored target has
 // loss 0 and g = 0. The sweep writes every class with the first two terms; the target's element is
@@ -69,26 +69,25 @@ struct SoftmaxForward {
   Index partial_size() const { return 0; }
   void merge_partials(const A*) const {}
   void empty(Passes) const {}
-  bool aux() const { return CE && ce.smoothing != 0; }
 
   Coef start(Index) const { return Coef{}; }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
-    return aux() ? run_max_sum<true, A>(x.at(at), s.inner, ce.weight)
-                 : run_max_sum<false, A>(x.at(at), s.inner, static_cast<const P*>(nullptr));
+    return run_max_sum<A>(x.at(at), s.inner);
   }
   void reduce_panel(const Coef*, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
-    if (aux()) cols_max_sum<true, A>(x.at(at), rows, cols, s.groups, ce.weight ? ce.weight + r0 : ce.weight, out);
-    else cols_max_sum<false, A>(x.at(at), rows, cols, s.groups, static_cast<const P*>(nullptr), out);
+    cols_max_sum<A>(x.at(at), rows, cols, s.groups, out);
   }
   Coef finish(Index g, const Coef&, const Partial& p) const {
     Coef c;
     c.max = p.max;
-    if constexpr (Mode == SoftmaxSweep::Softmax) set_k(c, 1 / p.sum, true);
-    else if constexpr (Mode == SoftmaxSweep::LogSoftmax) set_k(c, std::log(p.sum), false);
+    if constexpr (Mode == SoftmaxSweep::Softmax) set_k(c, 1 / (p.sum + p.lo), true);
+    else if constexpr (Mode == SoftmaxSweep::LogSoftmax) set_k(c, log_sum(p), false);
     else return finish_ce(g, p, c);
     return c;
   }
+  // log(sum + lo), keeping lo's digits when sum is near 1
+  static double log_sum(const Partial& p) { return std::log(p.sum) + p.lo / p.sum; }
   // k rounded to A, and its rounding error (relative to k for the exp sweeps; 0 where not finite).
   static void set_k(Coef& c, double k, bool relative) {
     c.k = static_cast<A>(k);
@@ -105,15 +104,22 @@ struct SoftmaxForward {
     const Index at = s.inner > 1 ? s.run_at(0, g) + ti : s.run_at(ti, g);
     const A xt = x.template load<A>(at);
     const double eps = ce.smoothing, wt = ce.weight ? static_cast<double>(static_cast<A>(ce.weight[ti])) : 1.0;
-    const double ml = static_cast<double>(p.max) + std::log(p.sum);
-    if (ce.loss) {
-      double loss = (1 - eps) * wt * (ml - static_cast<double>(xt));
-      if (eps != 0) loss += eps / static_cast<double>(s.group_size()) * (ml * ce.weight_sum - static_cast<double>(p.aux));
+    const double m = static_cast<double>(p.max), l = log_sum(p);
+    if (ce.loss) {  // max - x taken before adding log S: logits of 1e30 leave their loss's digits
+      double loss = (1 - eps) * wt * ((m - static_cast<double>(xt)) + l);
+      if (eps != 0) {  // sum_c w[c] (max - x[c] + log S), read back from the group (in cache)
+        double smooth = 0;
+        for (Index k = 0; k < s.group_size(); ++k) {
+          const double wk = ce.weight ? static_cast<double>(static_cast<A>(ce.weight[k])) : 1.0;
+          smooth += wk * (m - static_cast<double>(x.template load<A>(s.inner > 1 ? s.run_at(0, g) + k : s.run_at(k, g))));
+        }
+        loss += eps / static_cast<double>(s.group_size()) * (smooth + l * ce.weight_sum);
+      }
       ce.loss[g] = loss;
     }
     if (!ce.scale) return c;
     const double gs = static_cast<double>(ce.scale[g]), a = (1 - eps) * wt, b = eps / static_cast<double>(s.group_size());
-    set_k(c, gs * (a + b * ce.weight_sum) / p.sum, true);
+    set_k(c, gs * (a + b * ce.weight_sum) / (p.sum + p.lo), true);
     c.beta = static_cast<A>(gs * b);
     c.gamma = static_cast<A>(gs * a);
     c.target_x = xt;
