@@ -14,6 +14,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -78,30 +79,36 @@ void cross_entropy_case(benchmark::State& state, Index N, Index V) {
   state.SetBytesProcessed(state.iterations() * 2 * N * V * Index(sizeof(float)));
 }
 
+// Real time (the machine may be shared: CPU time would flatter every case alike, but hide waits).
+template <class F>
+void reg(const std::string& name, F&& f) {
+  benchmark::RegisterBenchmark(name.c_str(), std::forward<F>(f))->UseRealTime();
+}
+
 const int registered = [] {
   const Index shapes[][2] = {{4096, 1024}, {512, 32000}, {64, 128256}};
   for (const auto& s : shapes) {
     const Index N = s[0], C = s[1];
-    benchmark::RegisterBenchmark(("Softmax/fwd/fp32/" + shape(N, C) + "/t1").c_str(),
-                                 [N, C](benchmark::State& st) { softmax_case<float, normkit::Softmax<float>>(st, N, C); });
-    benchmark::RegisterBenchmark(("LogSoftmax/fwd/fp32/" + shape(N, C) + "/t1").c_str(), [N, C](benchmark::State& st) {
+    reg("Softmax/fwd/fp32/" + shape(N, C) + "/t1",
+        [N, C](benchmark::State& st) { softmax_case<float, normkit::Softmax<float>>(st, N, C); });
+    reg("LogSoftmax/fwd/fp32/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) {
       softmax_case<float, normkit::LogSoftmax<float>>(st, N, C);
     });
-    benchmark::RegisterBenchmark(("Softmax/fwd/bf16/" + shape(N, C) + "/t1").c_str(), [N, C](benchmark::State& st) {
+    reg("Softmax/fwd/bf16/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) {
       softmax_case<Eigen::bfloat16, normkit::Softmax<Eigen::bfloat16>>(st, N, C);
     });
-    benchmark::RegisterBenchmark(("Copy/fp32/" + shape(N, C) + "/t1").c_str(),
-                                 [N, C](benchmark::State& st) { copy_case<float>(st, N, C); });
-    benchmark::RegisterBenchmark(("Copy/bf16/" + shape(N, C) + "/t1").c_str(),
-                                 [N, C](benchmark::State& st) { copy_case<Eigen::bfloat16>(st, N, C); });
+    reg("Copy/fp32/" + shape(N, C) + "/t1",
+        [N, C](benchmark::State& st) { copy_case<float>(st, N, C); });
+    reg("Copy/bf16/" + shape(N, C) + "/t1",
+        [N, C](benchmark::State& st) { copy_case<Eigen::bfloat16>(st, N, C); });
   }
   const Index ce_shapes[][2] = {{2048, 32000}, {512, 128256}};
   for (const auto& s : ce_shapes) {
     const Index N = s[0], V = s[1];
-    benchmark::RegisterBenchmark(("CrossEntropy/fwd_bwd/fp32/" + shape(N, V) + "/t1").c_str(),
-                                 [N, V](benchmark::State& st) { cross_entropy_case(st, N, V); });
-    benchmark::RegisterBenchmark(("Copy/fp32/" + shape(N, V) + "/t1").c_str(),
-                                 [N, V](benchmark::State& st) { copy_case<float>(st, N, V); });
+    reg("CrossEntropy/fwd_bwd/fp32/" + shape(N, V) + "/t1",
+        [N, V](benchmark::State& st) { cross_entropy_case(st, N, V); });
+    reg("Copy/fp32/" + shape(N, V) + "/t1",
+        [N, V](benchmark::State& st) { copy_case<float>(st, N, V); });
   }
   return 0;
 }();
