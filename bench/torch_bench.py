@@ -14,6 +14,9 @@ Same cases, names and byte convention as normkit_bench (see bench/README.md); na
   LayerNorm bwd : torch.ops.aten.native_layer_norm_backward (dx, dweight, dbias)
   RMSNorm fwd   : x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w (no RMSNorm op in 1.13)
   RMSNorm bwd   : torch.autograd.grad of that graph (retain_graph), dx and dweight
+  Softmax, LogSoftmax fwd: torch.softmax / torch.log_softmax(x, -1) (fp32; Softmax also bf16)
+  CrossEntropy fwd_bwd : F.cross_entropy(x, t) then torch.autograd.grad (loss and dlogits);
+                  bytes = 2 * N * V * 4 (read logits, write dlogits), as normkit_bench_softmax
   BatchNorm     : fwd_train = F.batch_norm(training=True) (updates running stats),
                   bwd = torch.ops.aten.native_batch_norm_backward (train=True, dx, dweight, dbias),
                   fwd_eval = F.batch_norm(training=False); NCHW contiguous, channels-last as
@@ -55,6 +58,8 @@ except ImportError:  # pragma: no cover
 
 LN_SHAPES = [(64, 768), (4096, 768), (2048, 4096), (512, 16384), (16384, 4096)]
 RES_SHAPES = [(64, 768), (4096, 768), (16384, 4096)]
+SOFTMAX_SHAPES = [(4096, 1024), (512, 32000), (64, 128256)]
+CE_SHAPES = [(2048, 32000), (512, 128256)]
 BN_SHAPES = [("nchw", (32, 64, 56, 56)), ("nhwc", (32, 64, 56, 56)), ("nc", (256, 1024))]
 # (op, NCHW shape, groups; 0 = InstanceNorm)
 GN_SHAPES = [("GroupNorm", (8, 320, 64, 64), 32), ("GroupNorm", (16, 64, 56, 56), 32),
@@ -101,6 +106,16 @@ def cases(threads):
             for layout in ("nchw", "nhwc"):
                 for t in threads:
                     out.append(dict(op=op, dir=d, dtype="fp32", layout=layout, shape=shape, threads=t, groups=groups))
+    for op in ("Softmax", "LogSoftmax"):
+        for shape in SOFTMAX_SHAPES:
+            for dtype in ("fp32", "bf16"):
+                if dtype == "bf16" and op == "LogSoftmax":
+                    continue
+                for t in threads:
+                    out.append(dict(op=op, dir="fwd", dtype=dtype, layout=None, shape=shape, threads=t))
+    for shape in CE_SHAPES:
+        for t in threads:
+            out.append(dict(op="CrossEntropy", dir="fwd_bwd", dtype="fp32", layout=None, shape=shape, threads=t))
     for c in out:
         suffix = "g%d" % c["groups"] if c.get("groups") else ""
         c["name"] = "%s/%s/%s/%s%s/t%d/torch" % (c["op"], c["dir"], c["dtype"], shape_token(c["layout"], c["shape"]),
@@ -120,6 +135,18 @@ def make_call(c):
     shape = c["shape"]
     if c["dir"] in ("fwd_add", "bwd_add"):
         return make_residual_call(c, dtype, g)
+    if c["op"] in ("Softmax", "LogSoftmax"):  # torch.softmax / log_softmax over the last axis
+        x = (torch.randn(shape, generator=g) * 3).to(torch.bfloat16 if c["dtype"] == "bf16" else dtype)
+        op = torch.softmax if c["op"] == "Softmax" else torch.log_softmax
+        return lambda: op(x, -1)
+    if c["op"] == "CrossEntropy":  # F.cross_entropy forward + backward (autograd): loss, then dlogits
+        x = (torch.randn(shape, generator=g) * 3).requires_grad_(True)
+        t = torch.randint(0, shape[1], (shape[0],), generator=g)
+
+        def fwd_bwd():
+            loss = F.cross_entropy(x, t)
+            return torch.autograd.grad(loss, [x])
+        return fwd_bwd
     x = (torch.rand(shape, generator=g, dtype=dtype) * 4 - 1.5)
     dy = (torch.rand(shape, generator=g, dtype=dtype) * 2 - 1)
     if c["op"] in ("LayerNorm", "RMSNorm"):
@@ -234,7 +261,7 @@ def make_grouped_call(c, x, dy, g, dtype):
 def time_case(c, min_time, repetitions):
     torch.set_num_threads(c["threads"])
     fn = make_call(c)
-    with torch.no_grad() if c["dir"] not in ("bwd", "bwd_add") else _nullctx():
+    with torch.no_grad() if c["dir"] not in ("bwd", "bwd_add", "fwd_bwd") else _nullctx():
         fn()  # warm-up
         reps = []
         for _ in range(repetitions):

@@ -3,7 +3,7 @@
 //
 //   x (B x 2) -> Linear(2, 64)  -> Norm(64) -> ReLU
 //             -> Linear(64, 64) -> Norm(64) -> ReLU
-//             -> Linear(64, 4)  -> softmax cross-entropy
+//             -> Linear(64, 4)  -> softmax cross-entropy (normkit::CrossEntropyLoss)
 //
 // Data: four interleaved spiral arms in the plane, one class per arm, generated from a fixed seed.
 // Everything except the norms is written out below as plain loops over Eigen matrices (row-major,
@@ -128,27 +128,32 @@ inline Mat relu_backward(const Mat& x, const Mat& dy) {
   return dx;
 }
 
-// Softmax cross-entropy, averaged over the batch of `batch` rows (these rows, unless they are one
-// process's share of a larger batch).
+// Softmax cross-entropy by normkit::CrossEntropyLoss, averaged over the batch of `batch` rows (these
+// rows, unless they are one process's share of a larger batch).
 //   p = softmax(logits row),  loss = -mean log p[label],  dlogits = (p - onehot(label)) / batch.
-// Returns the summed loss (not the mean, so that epochs can average over samples); counts hits.
+// Reduction::None gives each row's loss; backward with dloss = 1 / batch per row gives dlogits of
+// the mean over the whole batch. Returns the summed loss (not the mean, so that epochs can average
+// over samples); counts hits.
 inline double softmax_cross_entropy(const Mat& logits, const std::vector<int>& labels, Mat& dlogits, int& correct,
                                     Index batch = -1) {
   const Index B = logits.rows(), K = logits.cols(), divisor = batch < 0 ? B : batch;
   dlogits.resize(B, K);
+  const Eigen::TensorMap<const Eigen::Tensor<float, 2, Eigen::RowMajor>> x(logits.data(), B, K);
+  Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> dx(dlogits.data(), B, K);
+  Eigen::Tensor<std::int64_t, 1> target(B);
+  for (Index r = 0; r < B; ++r) target(r) = labels[static_cast<std::size_t>(r)];
+  const normkit::CrossEntropyLoss<float> ce({-100, 0.0, normkit::Reduction::None});
+  const Eigen::Tensor<float, 1> loss = ce.forward(x, target);
+  Eigen::Tensor<float, 1> dloss(B);
+  dloss.setConstant(1.0f / static_cast<float>(divisor));
+  ce.backward(x, target, dloss, dx);
   double loss_sum = 0.0;
   for (Index r = 0; r < B; ++r) {
-    const int label = labels[static_cast<std::size_t>(r)];
-    Index argmax = 0;  // the max is subtracted before exp, so exp cannot overflow
+    loss_sum += static_cast<double>(loss(r));
+    Index argmax = 0;
     for (Index k = 1; k < K; ++k)
       if (logits(r, k) > logits(r, argmax)) argmax = k;
-    float sum = 0.0f;
-    for (Index k = 0; k < K; ++k) sum += (dlogits(r, k) = std::exp(logits(r, k) - logits(r, argmax)));
-    for (Index k = 0; k < K; ++k) dlogits(r, k) /= sum;  // dlogits now holds p
-    loss_sum -= std::log(std::max(dlogits(r, label), 1e-30f));
-    correct += (argmax == label);
-    dlogits(r, label) -= 1.0f;
-    for (Index k = 0; k < K; ++k) dlogits(r, k) /= static_cast<float>(divisor);
+    correct += (argmax == labels[static_cast<std::size_t>(r)]);
   }
   return loss_sum;
 }

@@ -1,7 +1,8 @@
 // train_mlp — a small classifier trained by plain SGD, with normkit's LayerNorm or BatchNorm in it.
 //
 // The model, data and training loop are in mlp.hpp (shared with train_mlp_mpi, its data-parallel
-// twin): a 2-64-64-4 MLP with a norm after each hidden Linear, trained on four 2-D spiral arms.
+// twin): a 2-64-64-4 MLP with a norm after each hidden Linear and normkit's CrossEntropyLoss on its
+// logits, trained on four 2-D spiral arms.
 // BatchNorm trains in training mode (batch statistics) and is evaluated in eval mode (running
 // statistics).
 //

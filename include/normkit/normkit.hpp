@@ -15,6 +15,7 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 #include "batch_norm.hpp"
+#include "cross_entropy.hpp"
 #include "deepnorm.hpp"
 #include "errors.hpp"
 #include "group_norm.hpp"
@@ -23,3 +24,4 @@
 #include "options.hpp"
 #include "rms_norm.hpp"
 #include "simd_path.hpp"
+#include "softmax.hpp"

@@ -68,4 +68,11 @@ inline constexpr Index kStreamBytes = Index(8) << 20;
 // (16-bit data): several rows' half-written lines interleave in the write-combining buffers.
 inline constexpr Index kCacheLineBytes = 64;
 
+// --- Softmax (softmax_kernels.hpp) ---------------------------------------------------------------
+// The online max-and-sum pass takes the max of this many packets (of a run), or rows (of a panel
+// strip), before rescaling its running sum by exp(old max - new max): one extra exp per block
+// instead of one per packet, so 1 + 1/4 exps per value, while the block's four exps stay
+// independent (they fill the FMA pipes) and the block's values stay in registers.
+inline constexpr Index kSoftmaxBlock = 4;
+
 }  // namespace normkit::core::tuning

@@ -1,0 +1,479 @@
+// normkit/core/softmax_kernels.hpp — the kernels of softmax, log-softmax and cross-entropy: an
+// online max and sum of exponentials along a run or down the columns of a panel, and the sweeps.
+//
+// Statistics of a group of values x:  M = max x,  S = sum exp(x - M)   (a MaxSum; two of them merge
+// as M = max(Ma, Mb), S = Sa exp(Ma - M) + Sb exp(Mb - M)). One pass: the running (max, sum) of
+// each lane takes a block of kSoftmaxBlock packets (or rows), rescales its sum by exp(old - new max)
+// once per block and adds the block's exponentials, with Kahan compensation. The max starts at the
+// lowest finite value, not -Inf, so that -Inf logits add exp(-Inf) = 0 and a row of only -Inf ends
+// with S = 0 (then 1/S = Inf and log S = -Inf give NaN, as PyTorch).
+// Sweeps:  softmax     y = exp(x - M) / S                 (as exp(x - M) * (1/S))
+//          log-softmax y = x - M - log S
+//          CE dlogits  dx = exp(x - M) * k - beta * w[c]   (k, beta per group; the caller fixes the
+//                                                           target's element)
+//          backward    softmax dx = y * (dy - sum(dy * y)),  log-softmax dx = dy - exp(y) * sum(dy)
+// x - M is taken exactly, as a rounded difference d plus its rounding error (TwoSum), and the error
+// enters as exp(d) * (1 + err) (or is added for log-softmax): a float difference of logits far apart
+// would otherwise cost |x - M| * 2^-24 of relative error in y. Every exponential is simd::exp_diff:
+// Eigen's packet exp on a packet, the same packet code on a one-value packet for heads and tails, so
+// an element gets the same bits in the body and at an edge (where the edges fall depends on the
+// output's alignment for streaming stores; a row's values must not).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+#include "col_kernels.hpp"
+#include "fusion.hpp"
+#include "simd.hpp"
+#include "tuning.hpp"
+
+namespace normkit::core {
+
+namespace simd {
+
+template <class A>
+inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-708.3964185322641);  // ln(min normal)
+
+// exp(x) as scale * (1 + q): scale = 2^n, q = exp(r) - 1 with r = x - n ln2 in [-ln2/2, ln2/2]
+// (Cody-Waite reduction in two constants, then Cephes' degree-7 fit of exp, the one Eigen's pexp
+// uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
+// one final rounding. Results below the smallest normal are flushed (scale 0); a NaN x gives q NaN.
+// x is clamped to [-88, 88] (softmax only ever asks x <= 0). P is a packet of float (on AVX-512
+// written on intrinsics in their zero-masked forms: Eigen's AVX-512 pfloor, pcast and pselect carry
+// an _mm512_undefined operand that GCC 12 reports as maybe-uninitialized, bug 105593), or float
+// itself on targets without SIMD.
+template <class P>
+struct ExpParts {
+  P scale, q;
+};
+template <class P>
+EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
+  namespace ei = Eigen::internal;
+  const auto c = [](float v) { return set1<float>(v); };
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (sizeof(P) == 64) {
+    const __m512 xc = _mm512_maskz_max_ps(0xFFFF, _mm512_maskz_min_ps(0xFFFF, x, c(88.0f)), c(-88.0f));
+    const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_fmadd_ps(xc, c(1.44269504088896341f), c(0.5f)),
+                                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, c(-0.693359375f), xc);
+    r = _mm512_fmadd_ps(n, c(2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, c(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, c(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, c(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, c(5.0000001201E-1f));
+    __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    q = _mm512_mask_mov_ps(q, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+    const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvttps_epi32(0xFFFF, _mm512_add_ps(n, c(127.0f))), 23);
+    const __m512 scale =
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ), _mm512_castsi512_ps(e));
+    return {scale, q};
+  }
+#endif
+  if constexpr (std::is_floating_point_v<P>) {  // no SIMD: the same steps on one float
+    const float xc = std::max(std::min(x, 88.0f), -88.0f);
+    const float n = std::floor(madd(xc, 1.44269504088896341f, 0.5f));
+    float r = madd(n, -0.693359375f, xc);
+    r = madd(n, 2.12194440e-4f, r);
+    float p = madd(1.9875691500E-4f, r, 1.3981999507E-3f);
+    p = madd(p, r, 8.3334519073E-3f);
+    p = madd(p, r, 4.1665795894E-2f);
+    p = madd(p, r, 1.6666665459E-1f);
+    p = madd(p, r, 5.0000001201E-1f);
+    const float q = x == x ? madd(p, r * r, r) : x;
+    return {x >= kExpFlush<float> ? std::ldexp(1.0f, static_cast<int>(n)) : 0.0f, q};
+  } else {
+    using PI = typename ei::unpacket_traits<P>::integer_packet;
+    const P xc = ei::pmax(ei::pmin(x, c(88.0f)), c(-88.0f));
+    const P n = ei::pfloor(ei::pmadd(xc, c(1.44269504088896341f), c(0.5f)));
+    P r = ei::pmadd(n, c(-0.693359375f), xc);
+    r = ei::pmadd(n, c(2.12194440e-4f), r);
+    P p = ei::pmadd(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
+    p = ei::pmadd(p, r, c(8.3334519073E-3f));
+    p = ei::pmadd(p, r, c(4.1665795894E-2f));
+    p = ei::pmadd(p, r, c(1.6666665459E-1f));
+    p = ei::pmadd(p, r, c(5.0000001201E-1f));
+    P q = ei::pmadd(p, ei::pmul(r, r), r);
+    q = ei::pselect(ei::pcmp_eq(x, x), q, x);
+    const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::pcast<P, PI>(ei::padd(n, c(127.0f)))));
+    return {ei::pand(ei::pcmp_le(c(kExpFlush<float>), x), scale), q};
+  }
+}
+
+// exp(x) on a packet of A. double: std::exp lane by lane (double softmax is not where speed matters).
+template <class P>
+EIGEN_STRONG_INLINE P exp_packet(const P& x) {
+  namespace ei = Eigen::internal;
+  using A = lane_t<P>;
+  if constexpr (std::is_same_v<A, double>) {
+    constexpr std::size_t n = ei::unpacket_traits<P>::size;
+    A lanes[n];
+    ei::pstoreu(lanes, x);
+    for (std::size_t i = 0; i < n; ++i) lanes[i] = lanes[i] < kExpFlush<A> ? A(0) : std::exp(lanes[i]);
+    return ei::ploadu<P>(lanes);
+  } else {
+    const ExpParts<P> e = exp_parts(x);
+    return ei::pmadd(e.scale, e.q, e.scale);
+  }
+}
+
+// v where a < b, else 0 (also where either is NaN).
+template <class P>
+EIGEN_STRONG_INLINE P keep_where_less(const P& a, const P& b, const P& v) {
+  namespace ei = Eigen::internal;
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (sizeof(P) == 64) {
+    if constexpr (std::is_same_v<lane_t<P>, float>) return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), v);
+    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), v);
+  }
+#endif
+  return ei::pand(ei::pcmp_lt(a, b), v);
+}
+
+// exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is above the
+// flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
+// (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
+// first and only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
+template <class P>
+EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const P& k_rel) {
+  namespace ei = Eigen::internal;
+  using A = lane_t<P>;
+  const P d = ei::psub(x, m), bb = ei::psub(d, x);
+  P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
+  err = keep_where_less(set1<A>(kExpFlush<A>), d, err);
+  const P v = ei::padd(err, k_rel);
+  if constexpr (std::is_same_v<A, double>) {
+    const P ek = ei::pmul(exp_packet(d), k);
+    return ei::pmadd(ek, v, ek);
+  } else {
+    const ExpParts<P> e = exp_parts(d);
+    const P ks = ei::pmul(e.scale, k), u = ei::padd(e.q, ei::pmadd(v, e.q, v));
+    return ei::pmadd(ks, u, ks);
+  }
+}
+
+// x - m - (l + l_lo) with x - m taken exactly (err kept where d is finite).
+template <class P>
+EIGEN_STRONG_INLINE P log_diff_packet(const P& x, const P& m, const P& l, const P& l_lo) {
+  namespace ei = Eigen::internal;
+  using A = lane_t<P>;
+  const P d = ei::psub(x, m), bb = ei::psub(d, x);
+  P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
+  err = keep_where_less(ei::pabs(d), set1<A>(std::numeric_limits<A>::infinity()), err);
+  return ei::padd(ei::psub(d, l), ei::psub(err, l_lo));
+}
+
+// Lane 0 (not Eigen's pfirst: on AVX-512 it carries the _mm_undefined_ps operand GCC 12 flags).
+template <class P>
+EIGEN_STRONG_INLINE lane_t<P> first_lane(const P& v) {
+#if defined(__GNUC__)
+  return v[0];
+#else
+  lane_t<P> lanes[Eigen::internal::unpacket_traits<P>::size];
+  Eigen::internal::pstoreu(lanes, v);
+  return lanes[0];
+#endif
+}
+
+// Over V (packet or one value): one value goes through a packet, so both compute the same function.
+template <class V>
+EIGEN_STRONG_INLINE V exp(const V& x) {
+  if constexpr (is_scalar<V>) return first_lane(exp_packet(set1<V>(x)));
+  else return exp_packet(x);
+}
+template <class V>
+EIGEN_STRONG_INLINE V exp_diff(const V& x, const V& m, const V& k, const V& k_rel) {
+  if constexpr (is_scalar<V>) return first_lane(exp_diff_packet(set1<V>(x), set1<V>(m), set1<V>(k), set1<V>(k_rel)));
+  else return exp_diff_packet(x, m, k, k_rel);
+}
+template <class V>
+EIGEN_STRONG_INLINE V log_diff(const V& x, const V& m, const V& l, const V& l_lo) {
+  if constexpr (is_scalar<V>) return first_lane(log_diff_packet(set1<V>(x), set1<V>(m), set1<V>(l), set1<V>(l_lo)));
+  else return log_diff_packet(x, m, l, l_lo);
+}
+
+}  // namespace simd
+
+// The statistics of a group (or part of one): max and sum of exp(x - max). The default is the empty
+// group.
+// The sum is a pair of doubles, sum + lo (lanes and runs merge in double with the rounding error of
+// each addition kept): log-softmax of a dominant value is -log S with S = 1 + tiny, and the tiny part
+// must keep its digits through the merges (log S = log(sum) + lo / sum).
+template <class A>
+struct MaxSum {
+  A max = std::numeric_limits<A>::lowest();
+  double sum = 0, lo = 0;
+};
+
+// sum + lo += v, with the rounding error kept in lo (TwoSum).
+inline void add_to(double& sum, double& lo, double v) {
+  const double total = sum + v, bb = total - sum;
+  lo += (sum - (total - bb)) + (v - bb);
+  sum = total;
+}
+
+// The group with the larger max keeps its sum; the other's is scaled by exp(its max - that max) and
+// added. Merging with the empty group gives the other one bit for bit. A NaN max gives a NaN sum.
+template <class A>
+MaxSum<A> merge(const MaxSum<A>& a, const MaxSum<A>& b) {
+  const bool a_big = a.max >= b.max;
+  const MaxSum<A>& big = a_big ? a : b;
+  const MaxSum<A>& small = a_big ? b : a;
+  MaxSum<A> r = big;
+  // the difference of the maxima taken exactly too: a lane or run merged later (the scalar tail of
+  // a row, another chunk of a column) holds terms as small as those summed in the lanes
+  const double e = double(simd::exp_diff(small.max, big.max, A(1), A(0)));
+  if (small.sum != 0 || e != e) add_to(r.sum, r.lo, (small.sum + small.lo) * e);
+  return r;
+}
+
+namespace detail {
+
+// The running max m, sum s and compensation c (the sum is s + c) of lanes of V take one block of K
+// values of V.
+template <class V, std::size_t K>
+EIGEN_STRONG_INLINE void online_add(V& m, V& s, V& c, const V (&x)[K]) {
+  using namespace simd;
+  V mb = m;
+  for (std::size_t k = 0; k < K; ++k) mb = max(mb, x[k]);
+  using A = lane_t<V>;
+  const V one = splat<V>(A(1)), zero = splat<V>(A(0));
+  // differences to the max taken exactly (exp_diff): log-softmax of the max value is -log S, and
+  // S - 1 must keep the digits of its small terms
+  const V e = exp_diff(m, mb, one, zero);
+  s = mul(s, e), c = mul(c, e);
+  V t[K];
+  for (std::size_t k = 0; k < K; ++k) t[k] = exp_diff(x[k], mb, one, zero);
+  for (std::size_t k = 0; k < K; ++k) {  // TwoSum, value by value: the max's 1 may follow tiny ones
+    const V total = simd::add(s, t[k]), bb = sub(total, s);
+    c = simd::add(c, simd::add(sub(s, sub(total, bb)), sub(t[k], bb)));
+    s = total;
+  }
+  m = mb;
+}
+
+// The lanes of (m, s + c) as one MaxSum.
+template <class V>
+MaxSum<simd::lane_t<V>> online_reduce(const V& m, const V& s, const V& c) {
+  using A = simd::lane_t<V>;
+  using namespace simd;
+  if constexpr (is_scalar<V>) {
+    MaxSum<A> r{m, double(s), 0};
+    add_to(r.sum, r.lo, double(c));
+    return r;
+  } else {
+    constexpr std::size_t n = Eigen::internal::unpacket_traits<V>::size;
+    const A top = max_lane(m);
+    const A one = A(1), zero = A(0);
+    A ls[n], lc[n], le[n];
+    storev(ls, s), storev(lc, c), storev(le, exp_diff(m, set1<A>(top), set1<A>(one), set1<A>(zero)));
+    MaxSum<A> r{top, 0, 0};
+    for (std::size_t l = 0; l < n; ++l) {
+      add_to(r.sum, r.lo, double(ls[l]) * double(le[l]));
+      add_to(r.sum, r.lo, double(lc[l]) * double(le[l]));
+    }
+    return r;
+  }
+}
+
+}  // namespace detail
+
+// MaxSum of a run of n values.
+template <class A, class Load>
+MaxSum<A> run_max_sum(const Load& x, Index n) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  constexpr std::size_t B = tuning::kSoftmaxBlock;
+  const auto block = [&](Index i, auto count, auto& m, auto& s, auto& c) {
+    using V = std::decay_t<decltype(m)>;
+    constexpr std::size_t K = decltype(count)::value;
+    constexpr Index L = lanes<V>;
+    V v[K];
+    for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>(i + Index(k) * L);
+    detail::online_add(m, s, c, v);
+  };
+  const A lowest = std::numeric_limits<A>::lowest();
+  packet<A> m = set1<A>(lowest), s = set1<A>(A(0)), c = s;
+  Index i = 0;
+  for (; i + Index(B) * W <= n; i += Index(B) * W) block(i, std::integral_constant<std::size_t, B>{}, m, s, c);
+  for (; i + W <= n; i += W) block(i, std::integral_constant<std::size_t, 1>{}, m, s, c);
+  A tm = lowest, ts = A(0), tc = A(0);
+  for (; i < n; ++i) block(i, std::integral_constant<std::size_t, 1>{}, tm, ts, tc);
+  return merge(detail::online_reduce(m, s, c), detail::online_reduce(tm, ts, tc));
+}
+
+// out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
+template <class A, class Load>
+void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
+  using namespace simd;
+  constexpr Index B = tuning::kSoftmaxBlock;
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+    using V = decltype(lane);
+    constexpr Index S = decltype(strip)::value, L = lanes<V>;
+    constexpr std::size_t N = S;
+    V m[N], s[N], cc[N];
+    for (std::size_t j = 0; j < N; ++j) m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j];
+    const auto block = [&](Index r, auto count) {
+      constexpr std::size_t K = decltype(count)::value;
+      for (Index j = 0; j < S; ++j) {
+        V v[K];
+        for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>((r + Index(k)) * stride + c + j * L);
+        detail::online_add(m[j], s[j], cc[j], v);
+      }
+    };
+    Index r = 0;
+    for (; r + B <= rows; r += B) block(r, std::integral_constant<std::size_t, std::size_t(B)>{});
+    for (; r < rows; ++r) block(r, std::integral_constant<std::size_t, 1>{});
+    constexpr std::size_t NL = std::size_t(L);
+    for (Index j = 0; j < S; ++j) {
+      A lm[NL], ls[NL], lc[NL];
+      storev(lm, m[j]), storev(ls, s[j]), storev(lc, cc[j]);
+      for (std::size_t l = 0; l < NL; ++l) {
+        MaxSum<A> col{lm[l], double(ls[l]), 0};
+        add_to(col.sum, col.lo, double(lc[l]));
+        out[c + j * L + Index(l)] = merge(out[c + j * L + Index(l)], col);
+      }
+    }
+  });
+}
+
+// What a sweep writes.
+enum class SoftmaxSweep { Softmax, LogSoftmax, CrossEntropy };
+
+// Per-group coefficients of the forward sweeps: max; k = 1/S (softmax), log S (log-softmax), or the
+// probability's factor (cross-entropy), rounded, and k_lo its rounding error: relative (k_lo / k)
+// for the exp sweeps, absolute for log-softmax; beta the class-weight term (cross-entropy).
+template <class A>
+struct SoftmaxCoef {
+  A max = A(0), k = A(0), k_lo = A(0), beta = A(0);
+};
+
+// The sweep of one run: y[i] from x[i] (w: cross-entropy's class weights, per element; may be null).
+template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
+void softmax_sweep_run(const Load& x, const Store& y, Index n, const SoftmaxCoef<A>& c, const P* w, bool stream) {
+  using namespace simd;
+  const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
+  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) {
+    using V = decltype(lane);
+    const V xv = x.template load<V>(i);
+    if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
+      y.store(i, log_diff(xv, as<V>(m), as<V>(k), as<V>(k_lo)), stream);
+    } else {
+      const V p = exp_diff(xv, as<V>(m), as<V>(k), as<V>(k_lo));
+      if constexpr (Mode == SoftmaxSweep::Softmax) y.store(i, p, stream);
+      else y.store(i, w ? madd(loadv<V>(w + i), as<V>(neg_beta), p) : add(p, as<V>(neg_beta)), stream);
+    }
+  });
+}
+
+// The sweep of a panel: column c with coefficients c[c], class weight w[r] per row (may be null).
+template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
+void softmax_sweep_cols(const Load& x, const Store& y, Index rows, Index cols, Index stride, const A* max, const A* k,
+                        const A* k_lo, const A* neg_beta, const P* w, bool stream) {
+  using namespace simd;
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+    using V = decltype(lane);
+    constexpr Index S = decltype(strip)::value, L = lanes<V>;
+    constexpr std::size_t N = S;
+    V m[N], kk[N], kl[N], nb[N];
+    for (Index j = 0; j < S; ++j) {
+      const Index at = c + j * L;
+      m[j] = loadv<V>(max + at), kk[j] = loadv<V>(k + at), kl[j] = loadv<V>(k_lo + at), nb[j] = loadv<V>(neg_beta + at);
+    }
+    for (Index r = 0; r < rows; ++r) {
+      const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1));
+      for (Index j = 0; j < S; ++j) {
+        const Index at = r * stride + c + j * L;
+        const V xv = x.template load<V>(at);
+        if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
+          y.store(at, log_diff(xv, m[j], kk[j], kl[j]), stream);
+        } else {
+          const V p = exp_diff(xv, m[j], kk[j], kl[j]);
+          if constexpr (Mode == SoftmaxSweep::Softmax) y.store(at, p, stream);
+          else y.store(at, madd(wr, nb[j], p), stream);
+        }
+      }
+    }
+  });
+}
+
+// Backward. Softmax: s = sum(dy * y), dx = y * (dy - s). LogSoftmax: s = sum(dy), dx = dy - exp(y) * s.
+template <bool Softmax, class A, class T>
+A run_grad_sum(const T* y, const T* dy, Index n) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const auto step = [&](Index i, auto& acc) {
+    using V = std::decay_t<decltype(acc)>;
+    if constexpr (Softmax) acc = madd(loadv<V>(dy + i), loadv<V>(y + i), acc);
+    else acc = add(acc, loadv<V>(dy + i));
+  };
+  packet<A> a[4];
+  for (int j = 0; j < 4; ++j) a[j] = set1<A>(A(0));
+  Index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int j = 0; j < 4; ++j) step(i + j * W, a[j]);
+  for (; i + W <= n; i += W) step(i, a[0]);
+  A r = simd::sum(add(add(a[0], a[1]), add(a[2], a[3])));
+  for (; i < n; ++i) step(i, r);
+  return r;
+}
+
+template <bool Softmax, class A, class T>
+void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride, A* out) {
+  using namespace simd;
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+    using V = decltype(lane);
+    constexpr Index S = decltype(strip)::value, L = lanes<V>;
+    constexpr std::size_t N = S;
+    V a[N];
+    for (Index j = 0; j < S; ++j) a[j] = loadv<V>(out + c + j * L);
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < S; ++j) {
+        const Index at = r * stride + c + j * L;
+        if constexpr (Softmax) a[j] = madd(loadv<V>(dy + at), loadv<V>(y + at), a[j]);
+        else a[j] = add(a[j], loadv<V>(dy + at));
+      }
+    for (Index j = 0; j < S; ++j) storev(out + c + j * L, a[j]);
+  });
+}
+
+template <bool Softmax, class V>
+EIGEN_STRONG_INLINE V grad_value(const V& y, const V& dy, const V& s) {
+  using namespace simd;
+  if constexpr (Softmax) return mul(y, sub(dy, s));
+  else return madd(Eigen::internal::pnegate(exp(y)), s, dy);
+}
+
+template <bool Softmax, class A, class T, class Store>
+void grad_sweep_run(const T* y, const T* dy, const Store& dx, Index n, A s, bool stream) {
+  using namespace simd;
+  const Splat<A> sum(s);
+  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) {
+    using V = decltype(lane);
+    dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), stream);
+  });
+}
+
+template <bool Softmax, class A, class T, class Store>
+void grad_sweep_cols(const T* y, const T* dy, const Store& dx, Index rows, Index cols, Index stride, const A* s,
+                     bool stream) {
+  using namespace simd;
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+    using V = decltype(lane);
+    constexpr Index S = decltype(strip)::value, L = lanes<V>;
+    constexpr std::size_t N = S;
+    V sum[N];
+    for (Index j = 0; j < S; ++j) sum[j] = loadv<V>(s + c + j * L);
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < S; ++j) {
+        const Index at = r * stride + c + j * L;
+        dx.store(at, grad_value<Softmax>(loadv<V>(y + at), loadv<V>(dy + at), sum[j]), stream);
+      }
+  });
+}
+
+}  // namespace normkit::core
