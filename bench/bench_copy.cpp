@@ -124,10 +124,8 @@ void run_copy(benchmark::State& state, Index floats, int threads, int reads, Var
         case Variant::Memcpy: std::memcpy(out + b, x + b, static_cast<std::size_t>(e - b) * sizeof(float)); break;
       }
     } else {
-      if (v == Variant::NT)
-        add_nt(x + b, dy + b, out + b, e - b);
-      else
-        add_loop(x + b, dy + b, out + b, e - b);
+      if (v == Variant::NT) add_nt(x + b, dy + b, out + b, e - b);
+      else add_loop(x + b, dy + b, out + b, e - b);
     }
   };
   if (warm_up(bytes)) parallel_run(threads, body);  // warm-up, outside the timed loop

@@ -90,10 +90,12 @@ void run_rows(benchmark::State& state, const Case c) {
   auto call = [&] {
     if (c.threads == 1) {
       const Eigen::DefaultDevice d;
-      if (c.dir == Dir::Fwd) ln_fwd(d, rms, x, y, s, eps); else ln_bwd(d, rms, x, dy, dx, s);
+      if (c.dir == Dir::Fwd) ln_fwd(d, rms, x, y, s, eps);
+      else ln_bwd(d, rms, x, dy, dx, s);
     } else {
       const Eigen::ThreadPoolDevice& d = pool_device(c.threads);
-      if (c.dir == Dir::Fwd) ln_fwd(d, rms, x, y, s, eps); else ln_bwd(d, rms, x, dy, dx, s);
+      if (c.dir == Dir::Fwd) ln_fwd(d, rms, x, y, s, eps);
+      else ln_bwd(d, rms, x, dy, dx, s);
     }
   };
   ln_fwd(Eigen::DefaultDevice(), rms, x, y, s, eps);  // statistics for backward
@@ -185,13 +187,11 @@ void run_bn_impl(benchmark::State& state, const Case& c, MapT x, MapT y, MapT dy
     }
   };
   auto call = [&] {
-    if (c.threads == 1)
-      call_on(Eigen::DefaultDevice());
-    else
-      call_on(pool_device(c.threads));
+    if (c.threads == 1) call_on(Eigen::DefaultDevice());
+    else call_on(pool_device(c.threads));
   };
   bn_fwd_train(Eigen::DefaultDevice(), x, y, s, bc, eps, n);  // statistics for backward / eval
-  if (warm_up(c.bytes())) call();                               // warm-up
+  if (warm_up(c.bytes())) call();                             // warm-up
   for (auto _ : state) {
     call();
     benchmark::ClobberMemory();
@@ -207,17 +207,15 @@ void run_bn(benchmark::State& state, const Case c) {
     run_bn_impl<T>(state, c, Map3<T>(buf.x, O, C, I), Map3<T>(buf.y, O, C, I), Map3<T>(buf.dy, O, C, I),
                    Map3<T>(buf.dx, O, C, I), Bc<T, 3>{O, C, I});
   } else {
-    run_bn_impl<T>(state, c, Map2<T>(buf.x, O, C), Map2<T>(buf.y, O, C), Map2<T>(buf.dy, O, C),
-                   Map2<T>(buf.dx, O, C), Bc<T, 2>{O, C});
+    run_bn_impl<T>(state, c, Map2<T>(buf.x, O, C), Map2<T>(buf.y, O, C), Map2<T>(buf.dy, O, C), Map2<T>(buf.dx, O, C),
+                   Bc<T, 2>{O, C});
   }
 }
 
 template <class T>
 void run(benchmark::State& state, const Case c) {
-  if (c.op == Op::BatchNorm)
-    run_bn<T>(state, c);
-  else
-    run_rows<T>(state, c);
+  if (c.op == Op::BatchNorm) run_bn<T>(state, c);
+  else run_rows<T>(state, c);
 }
 
 }  // namespace
@@ -227,7 +225,8 @@ void register_eigen(const Case& c) {
   if (c.dtype == Dtype::BF16 || c.input_scale != 1) return;
   if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) return;  // copy and PyTorch are their baselines
   configure(benchmark::RegisterBenchmark(c.name("eigen").c_str(), [c](benchmark::State& st) {
-    if (c.dtype == Dtype::FP64) run<double>(st, c); else run<float>(st, c);
+    if (c.dtype == Dtype::FP64) run<double>(st, c);
+    else run<float>(st, c);
   }));
 }
 

@@ -70,9 +70,9 @@ void register_moments() {
     double scale;
     const char* suffix;
   };
-  for (Entry e : {Entry{"run_one_pass", Variant::OnePass, 1, ""}, Entry{"run_moments", Variant::Moments, 1, ""},
-                  Entry{"run_moments", Variant::Moments, 1e30, "x1e30"},
-                  Entry{"run_max_abs", Variant::MaxAbs, 1e30, "x1e30"}}) {
+  for (Entry e :
+       {Entry{"run_one_pass", Variant::OnePass, 1, ""}, Entry{"run_moments", Variant::Moments, 1, ""},
+        Entry{"run_moments", Variant::Moments, 1e30, "x1e30"}, Entry{"run_max_abs", Variant::MaxAbs, 1e30, "x1e30"}}) {
     const std::string name = std::string("Moments/") + e.fn + "/fp32/" + shape + e.suffix + "/t1";
     configure(benchmark::RegisterBenchmark(name.c_str(), [e](benchmark::State& st) { run_rows(st, e.v, e.scale); }));
   }

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   normkit::NormStats<float> s_local = local.forward(x, y), s_alone = alone.forward(x, y), s_sync = sync.forward(x, y);
   local.backward(x, dy, s_local, dx), alone.backward(x, dy, s_alone, dx), sync.backward(x, dy, s_sync, dx);  // warm up
 
-  double fwd[3], bwd[3];  // BatchNorm, SyncBatchNorm alone, SyncBatchNorm over the ranks
+  double fwd[3], bwd[3];                     // BatchNorm, SyncBatchNorm alone, SyncBatchNorm over the ranks
   for (int round = 0; round < 3; ++round) {  // interleaved, so that drifting load hits all three alike
     const double f[3] = {best_us(repetitions, [&] { s_local = local.forward(x, y); }),
                          best_us(repetitions, [&] { s_alone = alone.forward(x, y); }),
@@ -94,24 +94,28 @@ int main(int argc, char** argv) {
     const double b[3] = {best_us(repetitions, [&] { local.backward(x, dy, s_local, dx); }),
                          best_us(repetitions, [&] { alone.backward(x, dy, s_alone, dx); }),
                          best_us(repetitions, [&] { sync.backward(x, dy, s_sync, dx); })};
-    for (int i = 0; i < 3; ++i) fwd[i] = round ? std::min(fwd[i], f[i]) : f[i], bwd[i] = round ? std::min(bwd[i], b[i]) : b[i];
+    for (int i = 0; i < 3; ++i)
+      fwd[i] = round ? std::min(fwd[i], f[i]) : f[i], bwd[i] = round ? std::min(bwd[i], b[i]) : b[i];
   }
   const double coll_fwd = forward_collectives_us(C, 200), coll_bwd = backward_collective_us(C, 200);
 
   if (rank_ == 0) {
-    std::printf("SyncBatchNorm vs BatchNorm, float, (%ld, %ld, %ld, %ld) per rank, %d ranks, 1 thread each, "
-                "best of %d x 3 (slowest rank)\n",
-                long(d[0]), long(d[1]), long(d[2]), long(d[3]), ranks_, repetitions);
-    std::printf("          BatchNorm   Sync on SELF   Sync on WORLD   split cost       communication     collectives alone\n");
+    std::printf(
+        "SyncBatchNorm vs BatchNorm, float, (%ld, %ld, %ld, %ld) per rank, %d ranks, 1 thread each, "
+        "best of %d x 3 (slowest rank)\n",
+        long(d[0]), long(d[1]), long(d[2]), long(d[3]), ranks_, repetitions);
+    std::printf(
+        "          BatchNorm   Sync on SELF   Sync on WORLD   split cost       communication     collectives alone\n");
     const char* names[2] = {"forward ", "backward"};
     for (int k = 0; k < 2; ++k) {
       const double* t = k ? bwd : fwd;
-      std::printf("%s  %7.0f us  %10.0f us  %11.0f us  %+6.0f us (%+5.1f%%)  %+6.0f us (%+5.1f%%)  %8.1f us\n", names[k], t[0],
-                  t[1], t[2], t[1] - t[0], 100.0 * (t[1] - t[0]) / t[0], t[2] - t[1], 100.0 * (t[2] - t[1]) / t[0],
-                  k ? coll_bwd : coll_fwd);
+      std::printf("%s  %7.0f us  %10.0f us  %11.0f us  %+6.0f us (%+5.1f%%)  %+6.0f us (%+5.1f%%)  %8.1f us\n",
+                  names[k], t[0], t[1], t[2], t[1] - t[0], 100.0 * (t[1] - t[0]) / t[0], t[2] - t[1],
+                  100.0 * (t[2] - t[1]) / t[0], k ? coll_bwd : coll_fwd);
     }
-    std::printf("\ncollectives alone by C (best of 200): forward = 2 all-gathers (3 int64; 4C floats per rank), "
-                "backward = 1 all-gather (2C + 3 doubles per rank)\n");
+    std::printf(
+        "\ncollectives alone by C (best of 200): forward = 2 all-gathers (3 int64; 4C floats per rank), "
+        "backward = 1 all-gather (2C + 3 doubles per rank)\n");
   }
   for (const Index c : {Index(64), Index(256), Index(1024), Index(4096)}) {
     const double f = forward_collectives_us(c, 200), b = backward_collective_us(c, 200);

@@ -46,16 +46,12 @@ void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
   if (layer.bias().size() > 0) fill_random(layer.bias().data(), static_cast<std::size_t>(F), 12, -0.5, 0.5);
   const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward
   if (c.threads == 1) {
-    if (c.dir == Dir::Fwd)
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
-    else
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
+    if (c.dir == Dir::Fwd) time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
+    else time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
   } else {
     const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
-    if (c.dir == Dir::Fwd)
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
-    else
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(dev, x, dy, stats, dx)); });
+    if (c.dir == Dir::Fwd) time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
+    else time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(dev, x, dy, stats, dx)); });
   }
 }
 
@@ -71,7 +67,8 @@ void run_rows(benchmark::State& state, const Case c) {
 }
 
 template <class T, int R>
-void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis) {
+void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Index, static_cast<std::size_t>(R)>& dims,
+                 Index channel_axis) {
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
   Map<T, R> x(buf.x, dims), y(buf.y, dims), dy(buf.dy, dims), dx(buf.dx, dims);
   normkit::BatchNormOptions opt;
@@ -82,16 +79,12 @@ void run_bn_rank(benchmark::State& state, const Case& c, const Eigen::array<Inde
   const normkit::NormStats<T> stats = bn.forward(x, y);  // statistics for backward; running stats for eval
   if (c.dir == Dir::FwdEval) bn.eval();
   if (c.threads == 1) {
-    if (c.dir == Dir::Bwd)
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(x, dy, stats, dx)); });
-    else
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(x, y)); });
+    if (c.dir == Dir::Bwd) time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(x, dy, stats, dx)); });
+    else time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(x, y)); });
   } else {
     const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
-    if (c.dir == Dir::Bwd)
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(dev, x, dy, stats, dx)); });
-    else
-      time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(dev, x, y)); });
+    if (c.dir == Dir::Bwd) time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.backward(dev, x, dy, stats, dx)); });
+    else time_loop(state, c, [&] { benchmark::DoNotOptimize(bn.forward(dev, x, y)); });
   }
 }
 
@@ -122,16 +115,13 @@ void run_grouped(benchmark::State& state, const Case& c) {
     if constexpr (std::is_same_v<std::decay_t<decltype(layer)>, normkit::InstanceNorm<T, P>>)
       if (c.dir == Dir::FwdEval) layer.eval();
     if (c.threads == 1) {
-      if (c.dir == Dir::Bwd)
-        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
-      else
-        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
+      if (c.dir == Dir::Bwd) time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(x, dy, stats, dx)); });
+      else time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(x, y)); });
     } else {
       const Eigen::ThreadPoolDevice& dev = pool_device(c.threads);
       if (c.dir == Dir::Bwd)
         time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.backward(dev, x, dy, stats, dx)); });
-      else
-        time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
+      else time_loop(state, c, [&] { benchmark::DoNotOptimize(layer.forward(dev, x, y)); });
     }
   };
   if (c.op == Op::GroupNorm) {
@@ -152,10 +142,8 @@ void run(benchmark::State& state, const Case c) {
     if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) {
       run_grouped<T, P>(state, c);
     } else if (c.op == Op::BatchNorm) {
-      if constexpr (std::is_same_v<T, P>)
-        run_bn<T>(state, c);
-      else
-        state.SkipWithError("no mixed-precision BatchNorm case in this harness");
+      if constexpr (std::is_same_v<T, P>) run_bn<T>(state, c);
+      else state.SkipWithError("no mixed-precision BatchNorm case in this harness");
     } else {
       run_rows<T, P>(state, c);
     }

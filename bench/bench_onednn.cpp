@@ -59,9 +59,9 @@ void run_ln_impl(benchmark::State& state, const Case& c) {
   dnnl::layer_normalization_forward::primitive_desc fwd_pd(
       dnnl::layer_normalization_forward::desc(dnnl::prop_kind::forward_training, data_md, stat_md, eps, flags), eng);
   dnnl::layer_normalization_forward fwd(fwd_pd);
-  std::unordered_map<int, dnnl::memory> fwd_args = {{DNNL_ARG_SRC, x},       {DNNL_ARG_DST, y},
-                                                    {DNNL_ARG_MEAN, mmean},  {DNNL_ARG_VARIANCE, mvar},
-                                                    {DNNL_ARG_SCALE, mw},    {DNNL_ARG_SHIFT, mb}};
+  std::unordered_map<int, dnnl::memory> fwd_args = {{DNNL_ARG_SRC, x},      {DNNL_ARG_DST, y},
+                                                    {DNNL_ARG_MEAN, mmean}, {DNNL_ARG_VARIANCE, mvar},
+                                                    {DNNL_ARG_SCALE, mw},   {DNNL_ARG_SHIFT, mb}};
   fwd.execute(s, fwd_args);  // statistics for backward
   s.wait();
 
@@ -69,12 +69,12 @@ void run_ln_impl(benchmark::State& state, const Case& c) {
   std::unordered_map<int, dnnl::memory> args = fwd_args;
   if (c.dir == Dir::Bwd) {
     dnnl::layer_normalization_backward::primitive_desc bwd_pd(
-        dnnl::layer_normalization_backward::desc(dnnl::prop_kind::backward, data_md, data_md, stat_md, eps, flags),
-        eng, fwd_pd);
+        dnnl::layer_normalization_backward::desc(dnnl::prop_kind::backward, data_md, data_md, stat_md, eps, flags), eng,
+        fwd_pd);
     prim = dnnl::layer_normalization_backward(bwd_pd);
-    args = {{DNNL_ARG_SRC, x},           {DNNL_ARG_DIFF_DST, dy},          {DNNL_ARG_DIFF_SRC, dx},
-            {DNNL_ARG_MEAN, mmean},      {DNNL_ARG_VARIANCE, mvar},        {DNNL_ARG_SCALE, mw},
-            {DNNL_ARG_SHIFT, mb},        {DNNL_ARG_DIFF_SCALE, mdw},       {DNNL_ARG_DIFF_SHIFT, mdb}};
+    args = {{DNNL_ARG_SRC, x},      {DNNL_ARG_DIFF_DST, dy},    {DNNL_ARG_DIFF_SRC, dx},
+            {DNNL_ARG_MEAN, mmean}, {DNNL_ARG_VARIANCE, mvar},  {DNNL_ARG_SCALE, mw},
+            {DNNL_ARG_SHIFT, mb},   {DNNL_ARG_DIFF_SCALE, mdw}, {DNNL_ARG_DIFF_SHIFT, mdb}};
   }
   if (warm_up(c.bytes())) {  // warm-up
     prim.execute(s, args);
@@ -95,9 +95,18 @@ void run_bn_impl(benchmark::State& state, const Case& c) {
   dims_t dims;
   tag fmt = tag::nchw;
   switch (c.layout) {
-    case BnLayout::NCHW: dims = {c.dims[0], c.dims[1], c.dims[2], c.dims[3]}; fmt = tag::nchw; break;
-    case BnLayout::NHWC: dims = {c.dims[0], c.dims[3], c.dims[1], c.dims[2]}; fmt = tag::nhwc; break;
-    case BnLayout::NC: dims = {c.dims[0], c.dims[1]}; fmt = tag::nc; break;
+    case BnLayout::NCHW:
+      dims = {c.dims[0], c.dims[1], c.dims[2], c.dims[3]};
+      fmt = tag::nchw;
+      break;
+    case BnLayout::NHWC:
+      dims = {c.dims[0], c.dims[3], c.dims[1], c.dims[2]};
+      fmt = tag::nhwc;
+      break;
+    case BnLayout::NC:
+      dims = {c.dims[0], c.dims[1]};
+      fmt = tag::nc;
+      break;
     case BnLayout::None: return;
   }
   const Index C = c.channels();
@@ -126,12 +135,11 @@ void run_bn_impl(benchmark::State& state, const Case& c) {
   std::unordered_map<int, dnnl::memory> args = fwd_args;
   if (c.dir == Dir::Bwd) {
     dnnl::batch_normalization_backward::primitive_desc bwd_pd(
-        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data_md, data_md, eps, flags), eng,
-        fwd_pd);
+        dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data_md, data_md, eps, flags), eng, fwd_pd);
     prim = dnnl::batch_normalization_backward(bwd_pd);
-    args = {{DNNL_ARG_SRC, x},          {DNNL_ARG_DIFF_DST, dy},         {DNNL_ARG_DIFF_SRC, dx},
-            {DNNL_ARG_MEAN, mmean},     {DNNL_ARG_VARIANCE, mvar},       {DNNL_ARG_SCALE, mw},
-            {DNNL_ARG_SHIFT, mb},       {DNNL_ARG_DIFF_SCALE, mdw},      {DNNL_ARG_DIFF_SHIFT, mdb}};
+    args = {{DNNL_ARG_SRC, x},      {DNNL_ARG_DIFF_DST, dy},    {DNNL_ARG_DIFF_SRC, dx},
+            {DNNL_ARG_MEAN, mmean}, {DNNL_ARG_VARIANCE, mvar},  {DNNL_ARG_SCALE, mw},
+            {DNNL_ARG_SHIFT, mb},   {DNNL_ARG_DIFF_SCALE, mdw}, {DNNL_ARG_DIFF_SHIFT, mdb}};
   } else if (c.dir == Dir::FwdEval) {  // mean/variance from the training pass above are the global stats
     dnnl::batch_normalization_forward::primitive_desc inf_pd(
         dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_inference, data_md, eps,
@@ -159,8 +167,12 @@ void guarded(benchmark::State& state, Fn&& fn) {
   }
 }
 
-void run_ln(benchmark::State& state, const Case c) { guarded(state, [&] { run_ln_impl(state, c); }); }
-void run_bn(benchmark::State& state, const Case c) { guarded(state, [&] { run_bn_impl(state, c); }); }
+void run_ln(benchmark::State& state, const Case c) {
+  guarded(state, [&] { run_ln_impl(state, c); });
+}
+void run_bn(benchmark::State& state, const Case c) {
+  guarded(state, [&] { run_bn_impl(state, c); });
+}
 
 }  // namespace
 
@@ -172,8 +184,7 @@ void register_onednn(const Case& c) {
   if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) return;  // not wired here (oneDNN's GN bwd is reference-only)
   if (c.op == Op::LayerNorm)
     configure(benchmark::RegisterBenchmark(c.name("onednn").c_str(), [c](benchmark::State& st) { run_ln(st, c); }));
-  else
-    configure(benchmark::RegisterBenchmark(c.name("onednn").c_str(), [c](benchmark::State& st) { run_bn(st, c); }));
+  else configure(benchmark::RegisterBenchmark(c.name("onednn").c_str(), [c](benchmark::State& st) { run_bn(st, c); }));
 }
 
 }  // namespace nkbench

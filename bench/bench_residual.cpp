@@ -39,14 +39,16 @@ namespace nkbench {
 namespace {
 
 // The copies work on floats over the same bytes (a bf16 case moves half the floats).
-void r2w2_loop(const float* __restrict a, const float* __restrict b, float* __restrict h, float* __restrict y, Index n) {
+void r2w2_loop(const float* __restrict a, const float* __restrict b, float* __restrict h, float* __restrict y,
+               Index n) {
   for (Index i = 0; i < n; ++i) {
     h[i] = a[i] + b[i];
     y[i] = a[i];
   }
 }
 
-void r3w1_loop(const float* __restrict a, const float* __restrict b, const float* __restrict c, float* __restrict d, Index n) {
+void r3w1_loop(const float* __restrict a, const float* __restrict b, const float* __restrict c, float* __restrict d,
+               Index n) {
   for (Index i = 0; i < n; ++i) d[i] = a[i] + b[i] + c[i];
 }
 
@@ -76,14 +78,17 @@ void r2w2_nt(const float* __restrict a, const float* __restrict b, float* __rest
   _mm_sfence();
 }
 
-void r3w1_nt(const float* __restrict a, const float* __restrict b, const float* __restrict c, float* __restrict d, Index n) {
+void r3w1_nt(const float* __restrict a, const float* __restrict b, const float* __restrict c, float* __restrict d,
+             Index n) {
   Index i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16)
-    _mm512_stream_ps(d + i, _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)), _mm512_loadu_ps(c + i)));
+    _mm512_stream_ps(d + i, _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)),
+                                          _mm512_loadu_ps(c + i)));
 #elif defined(__AVX__)
   for (; i + 8 <= n; i += 8)
-    _mm256_stream_ps(d + i, _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i)));
+    _mm256_stream_ps(d + i, _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)),
+                                          _mm256_loadu_ps(c + i)));
 #else
   for (; i + 4 <= n; i += 4)
     _mm_stream_ps(d + i, _mm_add_ps(_mm_add_ps(_mm_loadu_ps(a + i), _mm_loadu_ps(b + i)), _mm_loadu_ps(c + i)));
@@ -110,10 +115,8 @@ void timed(benchmark::State& state, std::int64_t bytes, Fn&& call) {
 void run_copy(benchmark::State& state, Index floats, bool fwd, bool nt, std::int64_t bytes) {
   Buffers<float> buf = buffers<float>(static_cast<std::size_t>(floats));
   timed(state, bytes, [&] {
-    if (fwd)
-      (nt ? r2w2_nt : r2w2_loop)(buf.x, buf.dy, buf.dx, buf.y, floats);
-    else
-      (nt ? r3w1_nt : r3w1_loop)(buf.x, buf.dy, buf.y, buf.dx, floats);
+    if (fwd) (nt ? r2w2_nt : r2w2_loop)(buf.x, buf.dy, buf.dx, buf.y, floats);
+    else (nt ? r3w1_nt : r3w1_loop)(buf.x, buf.dy, buf.y, buf.dx, floats);
   });
 }
 
@@ -181,19 +184,18 @@ void register_residual() {
       const std::string tail = std::string("/") + dtype_name(dt) + "/" + s.token() + "/t1/";
       for (const bool fwd : {true, false}) {
         for (const bool nt : {false, true}) {
-          configure(benchmark::RegisterBenchmark((std::string("Copy/") + (fwd ? "r2w2" : "r3w1") + tail + (nt ? "nt" : "loop")).c_str(),
-                                                 [=](benchmark::State& st) { run_copy(st, floats, fwd, nt, bytes); }));
+          configure(benchmark::RegisterBenchmark(
+              (std::string("Copy/") + (fwd ? "r2w2" : "r3w1") + tail + (nt ? "nt" : "loop")).c_str(),
+              [=](benchmark::State& st) { run_copy(st, floats, fwd, nt, bytes); }));
         }
 #if defined(NKBENCH_HAVE_NORMKIT)
         for (const bool ln : {true, false}) {
           for (const bool fused : {true, false}) {
-            const std::string name = std::string(ln ? "LayerNorm" : "RMSNorm") + (fwd ? "/fwd_add" : "/bwd_add") + tail +
-                                     (fused ? "normkit" : "unfused");
+            const std::string name = std::string(ln ? "LayerNorm" : "RMSNorm") + (fwd ? "/fwd_add" : "/bwd_add") +
+                                     tail + (fused ? "normkit" : "unfused");
             configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
-              if (dt == Dtype::BF16)
-                run_norm<Eigen::bfloat16, float>(st, ln, s, fwd, fused, bytes);
-              else
-                run_norm<float, float>(st, ln, s, fwd, fused, bytes);
+              if (dt == Dtype::BF16) run_norm<Eigen::bfloat16, float>(st, ln, s, fwd, fused, bytes);
+              else run_norm<float, float>(st, ln, s, fwd, fused, bytes);
             }));
           }
         }

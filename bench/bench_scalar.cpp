@@ -101,10 +101,8 @@ void run_rows(benchmark::State& state, const Case c) {
   auto body = [&](int tid, int parts) {
     Index r0 = 0, r1 = 0;
     split_range(R, tid, parts, 1, r0, r1);
-    if (c.dir == Dir::Fwd)
-      ln_fwd_rows(rms, buf.x, buf.y, r0, r1, F, p, eps);
-    else
-      ln_bwd_rows(rms, buf.x, buf.dy, buf.dx, r0, r1, F, p, tid);
+    if (c.dir == Dir::Fwd) ln_fwd_rows(rms, buf.x, buf.y, r0, r1, F, p, eps);
+    else ln_bwd_rows(rms, buf.x, buf.dy, buf.dx, r0, r1, F, p, tid);
   };
   auto call = [&] {
     parallel_run(c.threads, body);
@@ -228,7 +226,7 @@ void run_bn(benchmark::State& state, const Case c) {
       case Dir::FwdEval: bn_fwd_eval(v, buf.x, buf.y, c0, c1, p, eps); break;
     }
   };
-  bn_fwd_train(v, buf.x, buf.y, 0, v.C, p, eps);  // statistics for backward / eval
+  bn_fwd_train(v, buf.x, buf.y, 0, v.C, p, eps);          // statistics for backward / eval
   if (warm_up(c.bytes())) parallel_run(c.threads, body);  // warm-up
   for (auto _ : state) {
     parallel_run(c.threads, body);
@@ -239,18 +237,16 @@ void run_bn(benchmark::State& state, const Case c) {
 
 template <class T>
 void run(benchmark::State& state, const Case c) {
-  if (c.op == Op::BatchNorm)
-    run_bn<T>(state, c);
-  else
-    run_rows<T>(state, c);
+  if (c.op == Op::BatchNorm) run_bn<T>(state, c);
+  else run_rows<T>(state, c);
 }
 
 }  // namespace
 
 void register_scalar(const Case& c) {
-  if (c.input_scale != 1) return;                              // scaled inputs are normkit-only
+  if (c.input_scale != 1) return;                                 // scaled inputs are normkit-only
   if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) return;  // copy and PyTorch are their baselines
-  if (c.dtype == Dtype::BF16 && c.op == Op::BatchNorm) return;  // bf16: LayerNorm/RMSNorm loops only
+  if (c.dtype == Dtype::BF16 && c.op == Op::BatchNorm) return;    // bf16: LayerNorm/RMSNorm loops only
   configure(benchmark::RegisterBenchmark(c.name("scalar").c_str(), [c](benchmark::State& st) {
     switch (c.dtype) {
       case Dtype::FP32: run<float>(st, c); break;

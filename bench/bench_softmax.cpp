@@ -91,24 +91,19 @@ const int registered = [] {
     const Index N = s[0], C = s[1];
     reg("Softmax/fwd/fp32/" + shape(N, C) + "/t1",
         [N, C](benchmark::State& st) { softmax_case<float, normkit::Softmax<float>>(st, N, C); });
-    reg("LogSoftmax/fwd/fp32/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) {
-      softmax_case<float, normkit::LogSoftmax<float>>(st, N, C);
-    });
-    reg("Softmax/fwd/bf16/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) {
-      softmax_case<Eigen::bfloat16, normkit::Softmax<Eigen::bfloat16>>(st, N, C);
-    });
-    reg("Copy/fp32/" + shape(N, C) + "/t1",
-        [N, C](benchmark::State& st) { copy_case<float>(st, N, C); });
-    reg("Copy/bf16/" + shape(N, C) + "/t1",
-        [N, C](benchmark::State& st) { copy_case<Eigen::bfloat16>(st, N, C); });
+    reg("LogSoftmax/fwd/fp32/" + shape(N, C) + "/t1",
+        [N, C](benchmark::State& st) { softmax_case<float, normkit::LogSoftmax<float>>(st, N, C); });
+    reg("Softmax/fwd/bf16/" + shape(N, C) + "/t1",
+        [N, C](benchmark::State& st) { softmax_case<Eigen::bfloat16, normkit::Softmax<Eigen::bfloat16>>(st, N, C); });
+    reg("Copy/fp32/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) { copy_case<float>(st, N, C); });
+    reg("Copy/bf16/" + shape(N, C) + "/t1", [N, C](benchmark::State& st) { copy_case<Eigen::bfloat16>(st, N, C); });
   }
   const Index ce_shapes[][2] = {{2048, 32000}, {512, 128256}};
   for (const auto& s : ce_shapes) {
     const Index N = s[0], V = s[1];
     reg("CrossEntropy/fwd_bwd/fp32/" + shape(N, V) + "/t1",
         [N, V](benchmark::State& st) { cross_entropy_case(st, N, V); });
-    reg("Copy/fp32/" + shape(N, V) + "/t1",
-        [N, V](benchmark::State& st) { copy_case<float>(st, N, V); });
+    reg("Copy/fp32/" + shape(N, V) + "/t1", [N, V](benchmark::State& st) { copy_case<float>(st, N, V); });
   }
   return 0;
 }();

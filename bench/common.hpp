@@ -63,7 +63,7 @@ struct Case {
   std::int64_t bytes() const {
     return static_cast<std::int64_t>(elements()) * static_cast<std::int64_t>(elem_bytes()) * (reads() + 1);
   }
-  std::string shape_token() const;                 // "4096x768", "nchw32x64x56x56", "4096x768x1e30"
+  std::string shape_token() const;                  // "4096x768", "nchw32x64x56x56", "4096x768x1e30"
   std::string name(const std::string& impl) const;  // "LayerNorm/fwd/fp32/4096x768/t1/normkit"
 };
 

@@ -4,8 +4,8 @@
 // (Google Benchmark appends "/real_time"). Copy ceilings are shared by every case with the same
 // bytes: Copy/<r1w1|r2w1>/<dtype>/<shape of the first case>/t<threads>/<loop|nt|memcpy>.
 // dtype: fp32, fp64, bf16. The residual add + norm group (bench_residual.cpp) adds <Op>/fwd_add|bwd_add/...
-// with normkit and unfused, and Copy/r2w2|r3w1/... The statistics group (bench_moments.cpp) is Moments/<function>/fp32/<shape>/t1.
-// See bench/README.md.
+// with normkit and unfused, and Copy/r2w2|r3w1/... The statistics group (bench_moments.cpp) is
+// Moments/<function>/fp32/<shape>/t1. See bench/README.md.
 #include "common.hpp"
 
 #include <algorithm>
@@ -115,8 +115,8 @@ std::string Case::shape_token() const {
 std::string Case::name(const std::string& impl) const {
   std::ostringstream s;
   const bool train_fwd = op != Op::LayerNorm && op != Op::RMSNorm && dir == Dir::Fwd;
-  s << op_name(op) << '/' << (train_fwd ? "fwd_train" : dir_name(dir)) << '/'
-    << dtype_name(dtype) << '/' << shape_token() << "/t" << threads << '/' << impl;
+  s << op_name(op) << '/' << (train_fwd ? "fwd_train" : dir_name(dir)) << '/' << dtype_name(dtype) << '/'
+    << shape_token() << "/t" << threads << '/' << impl;
   return s.str();
 }
 
@@ -279,8 +279,7 @@ std::vector<int> thread_counts() {
 
 std::vector<Case> make_cases(const std::vector<int>& threads) {
   std::vector<Case> cases;
-  const std::vector<std::vector<Index>> ln_shapes = {
-      {64, 768}, {4096, 768}, {2048, 4096}, {512, 16384}, {16384, 4096}};
+  const std::vector<std::vector<Index>> ln_shapes = {{64, 768}, {4096, 768}, {2048, 4096}, {512, 16384}, {16384, 4096}};
   for (Op op : {Op::LayerNorm, Op::RMSNorm}) {
     for (Dir dir : {Dir::Fwd, Dir::Bwd}) {
       for (const auto& shape : ln_shapes) {
@@ -329,8 +328,9 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
     for (Dir dir : {Dir::Fwd, Dir::Bwd, Dir::FwdEval}) {
       if (dir == Dir::FwdEval && s.op != Op::InstanceNorm) continue;
       for (BnLayout layout : {BnLayout::NCHW, BnLayout::NHWC}) {
-        const std::vector<Index> d = layout == BnLayout::NCHW ? s.nchw
-                                                              : std::vector<Index>{s.nchw[0], s.nchw[2], s.nchw[3], s.nchw[1]};
+        const std::vector<Index> d = layout == BnLayout::NCHW
+                                         ? s.nchw
+                                         : std::vector<Index>{s.nchw[0], s.nchw[2], s.nchw[3], s.nchw[1]};
         for (int t : threads) cases.push_back(Case{s.op, dir, Dtype::FP32, t, layout, d, 1, s.groups});
         cases.push_back(Case{s.op, dir, Dtype::BF16, 1, layout, d, 1, s.groups});
       }

@@ -50,7 +50,9 @@ constexpr int kFF = 64;
 constexpr float kAdamLr = 1e-3f;
 
 enum class Variant { PostLN, PreLN, DeepNorm };
-const char* variant_name(Variant v) { return v == Variant::PostLN ? "Post-LN" : v == Variant::PreLN ? "Pre-LN" : "DeepNorm"; }
+const char* variant_name(Variant v) {
+  return v == Variant::PostLN ? "Post-LN" : v == Variant::PreLN ? "Pre-LN" : "DeepNorm";
+}
 
 // Adam over one parameter array (moments kept beside it).
 struct AdamSlot {
@@ -150,12 +152,14 @@ struct Model {
           b.h = x0;
           b.norm.stats = b.norm.ln.forward(as_tensor(b.h), as_tensor(b.y));
         } else {  // h_l = h_{l-1} + f_{l-1}, y_l = LN(h_l), one call
-          b.norm.stats = b.norm.ln.forward_add(as_tensor(blocks[l - 1].h), as_tensor(blocks[l - 1].f), as_tensor(b.h), as_tensor(b.y));
+          b.norm.stats = b.norm.ln.forward_add(as_tensor(blocks[l - 1].h), as_tensor(blocks[l - 1].f), as_tensor(b.h),
+                                               as_tensor(b.y));
         }
         b.branch_forward(b.y);
       }
       hf.resize(B, kDim), yf.resize(B, kDim);
-      final_norm.stats = final_norm.ln.forward_add(as_tensor(blocks.back().h), as_tensor(blocks.back().f), as_tensor(hf), as_tensor(yf));
+      final_norm.stats = final_norm.ln.forward_add(as_tensor(blocks.back().h), as_tensor(blocks.back().f),
+                                                   as_tensor(hf), as_tensor(yf));
       return head.forward(yf);
     }
     const Mat* x = &x0;
@@ -178,18 +182,21 @@ struct Model {
     Mat dh(dy.rows(), kDim);
     if (variant == Variant::PreLN) {
       // dh: the gradient of the residual stream h_{l+1} = h_l + f_l, which is also f_l's gradient.
-      final_norm.grads = final_norm.ln.backward_add(as_tensor(hf), as_tensor(dy), as_tensor(none), final_norm.stats, as_tensor(dh));
+      final_norm.grads = final_norm.ln.backward_add(as_tensor(hf), as_tensor(dy), as_tensor(none), final_norm.stats,
+                                                    as_tensor(dh));
       for (std::size_t l = blocks.size(); l-- > 0;) {
         Block& b = blocks[l];
         const Mat dy_norm = b.branch_backward(dh);
         Mat dh_prev(dy.rows(), kDim);
-        b.norm.grads = b.norm.ln.backward_add(as_tensor(b.h), as_tensor(dy_norm), as_tensor(dh), b.norm.stats, as_tensor(dh_prev));
+        b.norm.grads = b.norm.ln.backward_add(as_tensor(b.h), as_tensor(dy_norm), as_tensor(dh), b.norm.stats,
+                                              as_tensor(dh_prev));
         dh.swap(dh_prev);
       }
     } else {
       for (std::size_t l = blocks.size(); l-- > 0;) {
         Block& b = blocks[l];
-        b.norm.grads = b.norm.ln.backward_add(as_tensor(b.h), as_tensor(dy), as_tensor(none), b.norm.stats, as_tensor(dh));
+        b.norm.grads = b.norm.ln.backward_add(as_tensor(b.h), as_tensor(dy), as_tensor(none), b.norm.stats,
+                                              as_tensor(dh));
         // h = x + f (Post-LN) or f + alpha x (DeepNorm): f gets dh, x gets alpha dh plus the branch's.
         dy = b.branch_backward(dh);
         dy += static_cast<float>(alpha) * dh;
@@ -303,7 +310,8 @@ int main(int argc, char** argv) {
         if (layers <= 6 && !trained) ok = false;
       }
     }
-    std::printf("\ndeep_residual: %s\n", ok ? "ok" : "FAILED (a shallow run did not train, or a Pre-LN/DeepNorm loss was not finite)");
+    std::printf("\ndeep_residual: %s\n",
+                ok ? "ok" : "FAILED (a shallow run did not train, or a Pre-LN/DeepNorm loss was not finite)");
     return ok ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "deep_residual: unexpected exception: %s\n", e.what());

@@ -10,12 +10,12 @@
 // Exits nonzero when a difference exceeds 1e-5 (float32 rounding is ~1e-7 here).
 #include <normkit/normkit.hpp>
 
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <array>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -132,7 +132,8 @@ class HeaderParser {
   }
   void expect(char c) {
     space();
-    if (i_ >= s_.size() || s_[i_] != c) throw std::runtime_error(std::string("safetensors header: expected '") + c + "'");
+    if (i_ >= s_.size() || s_[i_] != c)
+      throw std::runtime_error(std::string("safetensors header: expected '") + c + "'");
     ++i_;
   }
 
@@ -192,7 +193,8 @@ normkit::StateDict<float> state_with_prefix(const std::map<std::string, Entry>& 
     if (name.rfind(prefix + ".", 0) != 0) continue;
     const std::string key = name.substr(prefix.size() + 1);
     if (key == "num_batches_tracked") s.num_batches_tracked = static_cast<std::int64_t>(e.values.at(0));
-    else if (key == "weight" || key == "bias" || key == "running_mean" || key == "running_var") s.tensors[key] = flat(e);
+    else if (key == "weight" || key == "bias" || key == "running_mean" || key == "running_var")
+      s.tensors[key] = flat(e);
   }
   return s;
 }

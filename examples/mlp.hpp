@@ -164,7 +164,9 @@ inline double softmax_cross_entropy(const Mat& logits, const std::vector<int>& l
 inline Eigen::TensorMap<const Eigen::Tensor<float, 2, Eigen::RowMajor>> as_tensor(const Mat& m) {
   return {m.data(), m.rows(), m.cols()};
 }
-inline Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> as_tensor(Mat& m) { return {m.data(), m.rows(), m.cols()}; }
+inline Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> as_tensor(Mat& m) {
+  return {m.data(), m.rows(), m.cols()};
+}
 
 template <class Norm>
 struct NormLayer {
@@ -204,10 +206,7 @@ struct MLP {
 
   template <class... NormArgs>
   explicit MLP(Rng& rng, NormArgs... args)
-      : fc1(2, kHidden, rng),
-        fc2(kHidden, kHidden, rng),
-        fc3(kHidden, kClasses, rng),
-        norm1(kHidden, args...),
+      : fc1(2, kHidden, rng), fc2(kHidden, kHidden, rng), fc3(kHidden, kClasses, rng), norm1(kHidden, args...),
         norm2(kHidden, args...) {}
 
   Mat forward(const Mat& input) {
@@ -235,9 +234,11 @@ struct MLP {
   // Every parameter gradient as (data, size), for data-parallel training to all-reduce.
   std::vector<std::pair<float*, Index>> gradients() {
     std::vector<std::pair<float*, Index>> g;
-    for (Linear* fc : {&fc1, &fc2, &fc3}) g.push_back({fc->dW.data(), fc->dW.size()}), g.push_back({fc->db.data(), fc->db.size()});
+    for (Linear* fc : {&fc1, &fc2, &fc3})
+      g.push_back({fc->dW.data(), fc->dW.size()}), g.push_back({fc->db.data(), fc->db.size()});
     for (NormLayer<Norm>* n : {&norm1, &norm2})
-      g.push_back({n->grads.weight.data(), n->grads.weight.size()}), g.push_back({n->grads.bias.data(), n->grads.bias.size()});
+      g.push_back({n->grads.weight.data(), n->grads.weight.size()}),
+          g.push_back({n->grads.bias.data(), n->grads.bias.size()});
     return g;
   }
 };
@@ -251,7 +252,6 @@ void evaluate(MLP<Norm>& model, const Dataset& d, double& loss, double& accuracy
   loss = softmax_cross_entropy(model.forward(d.x), d.y, dlogits, correct) / static_cast<double>(d.x.rows());
   accuracy = static_cast<double>(correct) / static_cast<double>(d.x.rows());
 }
-
 
 // One process: the whole batch is its own, and there is nothing to add up.
 struct SingleProcess {
@@ -270,8 +270,8 @@ template <class Norm, class Parallel, class... NormArgs>
 std::vector<double> train(const char* name, const Dataset& train, const Dataset& test, const Parallel& parallel,
                           NormArgs... norm_args) {
   if (parallel.prints()) {
-    std::printf("\n== MLP 2-%d-%d-%d with %s, SGD lr %.2g, batch %d, %zu train / %zu test points ==\n", kHidden, kHidden,
-                kClasses, name, static_cast<double>(kLearningRate), kBatch, train.y.size(), test.y.size());
+    std::printf("\n== MLP 2-%d-%d-%d with %s, SGD lr %.2g, batch %d, %zu train / %zu test points ==\n", kHidden,
+                kHidden, kClasses, name, static_cast<double>(kLearningRate), kBatch, train.y.size(), test.y.size());
     std::printf("epoch  train loss  train acc  |  eval loss  eval acc\n");
   }
   Rng rng(3);
@@ -309,8 +309,8 @@ std::vector<double> train(const char* name, const Dataset& train, const Dataset&
     double eval_loss = 0.0, eval_acc = 0.0;
     evaluate(model, test, eval_loss, eval_acc);  // every process the whole test set: eval mode is local
     if (parallel.prints())
-      std::printf("%5d  %10.4f  %8.1f%%  |  %9.4f  %7.1f%%\n", epoch, train_loss, 100.0 * hits / static_cast<double>(seen),
-                  eval_loss, 100.0 * eval_acc);
+      std::printf("%5d  %10.4f  %8.1f%%  |  %9.4f  %7.1f%%\n", epoch, train_loss,
+                  100.0 * hits / static_cast<double>(seen), eval_loss, 100.0 * eval_acc);
     losses.push_back(train_loss);
   }
   return losses;

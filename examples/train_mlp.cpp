@@ -25,8 +25,8 @@ bool run(const char* name, const Dataset& train, const Dataset& test) {
   const std::vector<double> losses = mlp::train<Norm>(name, train, test, SingleProcess{});
   const double first_loss = losses.front(), last_loss = losses.back();
   const bool fell = last_loss < 0.8 * first_loss;
-  std::printf("%s: train loss %.4f -> %.4f (%s: must end below 0.8 x the first epoch's)\n", name, first_loss,
-              last_loss, fell ? "ok" : "FAILED");
+  std::printf("%s: train loss %.4f -> %.4f (%s: must end below 0.8 x the first epoch's)\n", name, first_loss, last_loss,
+              fell ? "ok" : "FAILED");
   return fell;
 }
 

@@ -23,9 +23,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <utility>
 #include <exception>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -35,9 +35,7 @@ using mlp::Index;
 // This rank's rows of a batch (contiguous shares, as even as they come) and sums over the ranks.
 struct MpiRanks {
   int rank = 0, size = 1;
-  std::pair<Index, Index> rows(Index batch) const {
-    return {batch * rank / size, batch * (rank + 1) / size};
-  }
+  std::pair<Index, Index> rows(Index batch) const { return {batch * rank / size, batch * (rank + 1) / size}; }
   void sum(float* data, Index n) const {
     MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   }
@@ -53,11 +51,13 @@ int run(const MpiRanks& ranks, bool unsynced) {
   const mlp::Dataset test = mlp::make_spirals(250, 2);
   const std::vector<double> synced =
       unsynced ? mlp::train<normkit::BatchNorm<float>>("BatchNorm on each rank's share (unsynced)", train, test, ranks)
-               : mlp::train<normkit::SyncBatchNorm<float>>("SyncBatchNorm over MPI ranks", train, test, ranks, MPI_COMM_WORLD);
+               : mlp::train<normkit::SyncBatchNorm<float>>("SyncBatchNorm over MPI ranks", train, test, ranks,
+                                                           MPI_COMM_WORLD);
   if (ranks.rank != 0) return 0;
 
   std::printf("\nThe same training in one process (BatchNorm on whole batches), for comparison:\n");
-  const std::vector<double> single = mlp::train<normkit::BatchNorm<float>>("BatchNorm", train, test, mlp::SingleProcess{});
+  const std::vector<double> single = mlp::train<normkit::BatchNorm<float>>("BatchNorm", train, test,
+                                                                           mlp::SingleProcess{});
   double worst = 0;
   std::printf("\nepoch  %d ranks (%s)  1 process (BatchNorm)  relative difference\n", ranks.size,
               unsynced ? "BatchNorm, unsynced" : "SyncBatchNorm");

@@ -117,8 +117,7 @@ std::vector<double> batchnorm_example() {
                           variance_from_rstd(stats.rstd(1), options.eps, EpsPlacement::InsideSqrt)};
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 2; ++j) out.push_back(yt(i, j));
-  out.insert(out.end(), {norm.running_mean()(0), norm.running_mean()(1), norm.running_var()(0),
-                         norm.running_var()(1)});
+  out.insert(out.end(), {norm.running_mean()(0), norm.running_mean()(1), norm.running_var()(0), norm.running_var()(1)});
   return out;
 }
 
@@ -161,8 +160,9 @@ int main() {
     row("run_mean[1]", 0.1 * mu_doc[1], b[11], std::nullopt);
     row("run_var[0]", 0.9 + 0.1 * var_doc * 3.0 / 2.0, b[12], std::nullopt);
     row("run_var[1]", 0.9 + 0.1 * var_doc * 3.0 / 2.0, b[13], std::nullopt);
-    std::printf("  (BatchNorm has no eps placement option: eps is inside the sqrt; run_* rows: the contract's\n"
-                "   momentum-0.1 update applied to the document's statistics, not a document number)\n");
+    std::printf(
+        "  (BatchNorm has no eps placement option: eps is inside the sqrt; run_* rows: the contract's\n"
+        "   momentum-0.1 update applied to the document's statistics, not a document number)\n");
 
     if (g_differing > 0) {
       std::printf("\nFAILED: %d of %d values differ from the documents by more than %.0e\n", g_differing, g_values,

@@ -97,17 +97,20 @@ void check_close(double got, double ref, double terms, const std::string& what) 
 
 // Element-wise: fold_into on a weight with C on out_axis (any rank, layout L) against the reference.
 template <class P, int R, int L>
-void check_fold_into_elementwise(std::array<Index, static_cast<std::size_t>(R)> dims, Index out_axis, bool affine, std::uint64_t seed) {
+void check_fold_into_elementwise(std::array<Index, static_cast<std::size_t>(R)> dims, Index out_axis, bool affine,
+                                 std::uint64_t seed) {
   const Index C = dims[static_cast<std::size_t>(out_axis)];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec w = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<R>(dims))), -1, 1, seed ^ 0x55));
+  const Vec w = bnref::rounded<P>(
+      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<R>(dims))), -1, 1, seed ^ 0x55));
   const Vec b = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(C), -1, 1, seed ^ 0x66));
   auto wt = bnref::make_tensor<P, R, L>(dims, w);
   Eigen::Tensor<P, 1> bt = bnref::tensor1<P>(b);
   bn.fold_into(wt, bt, out_axis);
 
-  INFO("rank " << R << (L == kRow ? " RowMajor" : " ColMajor") << ", out_axis " << out_axis << (affine ? "" : ", no affine"));
+  INFO("rank " << R << (L == kRow ? " RowMajor" : " ColMajor") << ", out_axis " << out_axis
+               << (affine ? "" : ", no affine"));
   // Channel of logical row-major index k: (k / inner) % C, inner = product of the dims after out_axis.
   Index inner = 1;
   for (std::size_t a = static_cast<std::size_t>(out_axis) + 1; a < static_cast<std::size_t>(R); ++a) inner *= dims[a];
@@ -120,14 +123,16 @@ void check_fold_into_elementwise(std::array<Index, static_cast<std::size_t>(R)> 
   for (std::size_t c = 0; c < b.size(); ++c) {
     const double s = ref_scale(p, 1e-3, c);
     check_close<P>(static_cast<double>(bt(static_cast<Index>(c))), (b[c] - p.mean[c]) * s + p.bias[c],
-                   std::abs(b[c] * s) + std::abs(p.mean[c] * s) + std::abs(p.bias[c]), "bias'[" + std::to_string(c) + "]");
+                   std::abs(b[c] * s) + std::abs(p.mean[c] * s) + std::abs(p.bias[c]),
+                   "bias'[" + std::to_string(c) + "]");
   }
 }
 
 // A Linear layer y[n][c] = b[c] + sum_k W[c][k] x[n][k] (W stored as (C, K) for out_axis 0, as (K, C)
 // for out_axis 1), accumulated in P in a plain loop; also returns sum_k |W x| per output.
 template <class P>
-void linear(const Vec& x, const Vec& w, const Vec& b, Index N, Index K, Index C, Index out_axis, Vec& y, Vec& abs_terms) {
+void linear(const Vec& x, const Vec& w, const Vec& b, Index N, Index K, Index C, Index out_axis, Vec& y,
+            Vec& abs_terms) {
   y.assign(static_cast<std::size_t>(N * C), 0), abs_terms.assign(y.size(), 0);
   for (Index n = 0; n < N; ++n)
     for (Index c = 0; c < C; ++c) {
@@ -176,8 +181,9 @@ void conv2d(const Vec& x, const Vec& w, const Vec& b, std::array<Index, 4> xd, s
 // unfolded = BatchNorm(eval) applied to the layer's output (dims `yd`, channel axis 1, layout L);
 // folded = the folded layer's output. Compared with the per-element bound of the header comment.
 template <class P, int R, int L>
-void check_against_unfolded(BatchNorm<P>& bn, const BnParams& p, const Vec& y, const Vec& layer_bias, const Vec& abs_terms,
-                            const Vec& folded_y, std::array<Index, static_cast<std::size_t>(R)> yd, Index K) {
+void check_against_unfolded(BatchNorm<P>& bn, const BnParams& p, const Vec& y, const Vec& layer_bias,
+                            const Vec& abs_terms, const Vec& folded_y,
+                            std::array<Index, static_cast<std::size_t>(R)> yd, Index K) {
   const auto yt = bnref::make_tensor<P, R, L>(yd, y);
   auto bn_y = bnref::filled<P, R, L>(yd, P(-777));
   bn.forward(yt, bn_y);
@@ -219,7 +225,8 @@ void check_linear(Index out_axis, bool affine, std::uint64_t seed) {
   Vec folded_y, unused;
   linear<P>(x, bnref::values(wt), bnref::values1(bt), N, K, C, out_axis, folded_y, unused);
 
-  INFO((L == kRow ? "RowMajor" : "ColMajor") << " Linear weight, out_axis " << out_axis << (affine ? "" : ", no affine"));
+  INFO((L == kRow ? "RowMajor" : "ColMajor")
+       << " Linear weight, out_axis " << out_axis << (affine ? "" : ", no affine"));
   check_against_unfolded<P, 2, L>(bn, p, y, b, abs_terms, folded_y, {N, C}, K);
 }
 
@@ -229,8 +236,10 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
   const Index C = wd[0], K = wd[1] * wd[2] * wd[3];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec x = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(xd))), -1, 1, seed ^ 0x77));
-  const Vec w = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(wd))), -0.4, 0.4, seed ^ 0x88));
+  const Vec x = bnref::rounded<P>(
+      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(xd))), -1, 1, seed ^ 0x77));
+  const Vec w = bnref::rounded<P>(
+      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(wd))), -0.4, 0.4, seed ^ 0x88));
   const Vec b = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(C), -1, 1, seed ^ 0x99));
   Vec y, abs_terms;
   conv2d<P>(x, w, b, xd, wd, y, abs_terms);
@@ -241,7 +250,8 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
   for (std::size_t c = 0; c < bbuf.size(); ++c) bbuf[c] = static_cast<P>(b[c]);
   Eigen::Tensor<P, 1> bt = bnref::tensor1<P>(b);
   if (as_map) {
-    bn.fold_into(Eigen::TensorMap<Eigen::Tensor<P, 4, L>>(wbuf.data(), wd), Eigen::TensorMap<Eigen::Tensor<P, 1>>(bbuf.data(), C));
+    bn.fold_into(Eigen::TensorMap<Eigen::Tensor<P, 4, L>>(wbuf.data(), wd),
+                 Eigen::TensorMap<Eigen::Tensor<P, 1>>(bbuf.data(), C));
     std::copy(wbuf.begin(), wbuf.end(), wt.data());
     for (Index c = 0; c < C; ++c) bt(c) = bbuf[static_cast<std::size_t>(c)];
   } else {
@@ -250,9 +260,10 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
   Vec folded_y, unused;
   conv2d<P>(x, bnref::values(wt), bnref::values1(bt), xd, wd, folded_y, unused);
 
-  INFO((L == kRow ? "RowMajor" : "ColMajor") << " OIHW conv weight" << (as_map ? " (TensorMap)" : "")
-                                             << (affine ? "" : ", no affine"));
-  check_against_unfolded<P, 4, L>(bn, p, y, b, abs_terms, folded_y, {xd[0], C, xd[2] - wd[2] + 1, xd[3] - wd[3] + 1}, K);
+  INFO((L == kRow ? "RowMajor" : "ColMajor")
+       << " OIHW conv weight" << (as_map ? " (TensorMap)" : "") << (affine ? "" : ", no affine"));
+  check_against_unfolded<P, 4, L>(bn, p, y, b, abs_terms, folded_y, {xd[0], C, xd[2] - wd[2] + 1, xd[3] - wd[3] + 1},
+                                  K);
 }
 
 template <class P>
@@ -276,7 +287,8 @@ TEMPLATE_TEST_CASE("BatchNorm folded() equals the float64 reference", "[batch_no
     INFO((affine ? "affine" : "no affine"));
     for (std::size_t c = 0; c < static_cast<std::size_t>(C); ++c) {
       const double s = ref_scale(p, 1e-3, c);
-      check_close<P>(static_cast<double>(f.scale(static_cast<Index>(c))), s, std::abs(s), "scale[" + std::to_string(c) + "]");
+      check_close<P>(static_cast<double>(f.scale(static_cast<Index>(c))), s, std::abs(s),
+                     "scale[" + std::to_string(c) + "]");
       check_close<P>(static_cast<double>(f.shift(static_cast<Index>(c))), p.bias[c] - p.mean[c] * s,
                      std::abs(p.bias[c]) + std::abs(p.mean[c] * s), "shift[" + std::to_string(c) + "]");
     }
@@ -290,8 +302,8 @@ TEMPLATE_TEST_CASE("BatchNorm folded() equals the float64 reference", "[batch_no
   BatchNorm<P> bn(1, options(true, 0.25));
   bn.weight()(0) = P(3), bn.bias()(0) = P(1), bn.running_mean()(0) = P(2), bn.running_var()(0) = P(0);
   const auto f = bn.folded();
-  CHECK(f.scale(0) == P(6));   // 3 / sqrt(0.25)
-  CHECK(f.shift(0) == P(-11)); // 1 - 2 * 6
+  CHECK(f.scale(0) == P(6));    // 3 / sqrt(0.25)
+  CHECK(f.shift(0) == P(-11));  // 1 - 2 * 6
 }
 
 TEST_CASE("BatchNorm folded() applied to x equals the eval forward", "[batch_norm][fold]") {
@@ -315,8 +327,8 @@ TEST_CASE("BatchNorm folded() applied to x equals the eval forward", "[batch_nor
   }
 }
 
-TEMPLATE_TEST_CASE("BatchNorm fold_into a Linear: Linear + BatchNorm(eval) equals the folded Linear", "[batch_norm][fold]",
-                   float, double) {
+TEMPLATE_TEST_CASE("BatchNorm fold_into a Linear: Linear + BatchNorm(eval) equals the folded Linear",
+                   "[batch_norm][fold]", float, double) {
   using P = TestType;
   std::uint64_t seed = 100;
   for (bool affine : {true, false})
@@ -423,9 +435,9 @@ TEST_CASE("BatchNorm folding errors: the kind, the message, and nothing written"
     for (Index axis : {Index(2), Index(-1), Index(100)}) {
       INFO("out_axis " << axis);
       CHECK_THROWS_AS(bn.fold_into(w, b, axis), std::invalid_argument);
-      CHECK_THROWS_WITH(bn.fold_into(w, b, axis),
-                        Contains("normkit::BatchNorm::fold_into") && Contains("out_axis " + std::to_string(axis)) &&
-                            Contains("[0, 2)"));
+      CHECK_THROWS_WITH(bn.fold_into(w, b, axis), Contains("normkit::BatchNorm::fold_into") &&
+                                                      Contains("out_axis " + std::to_string(axis)) &&
+                                                      Contains("[0, 2)"));
       bool shape = false;
       try {
         bn.fold_into(w, b, axis);

@@ -37,9 +37,9 @@ namespace {
 using nkref::Index;
 using nkref::max_rel_diff;
 using nkref::RefBatchNorm;
+using nkref::Vec;
 using normkit::BatchNorm;
 using normkit::BatchNormOptions;
-using nkref::Vec;
 
 constexpr int kRow = Eigen::RowMajor;
 constexpr int kCol = Eigen::ColMajor;
@@ -68,7 +68,8 @@ std::string dims_str(const std::array<Index, R>& d) {
 }
 
 inline std::string opt_str(const BatchNormOptions& o) {
-  std::string s = "eps=" + std::to_string(o.eps) + " momentum=" + (o.momentum ? std::to_string(*o.momentum) : "cumulative") +
+  std::string s = "eps=" + std::to_string(o.eps) +
+                  " momentum=" + (o.momentum ? std::to_string(*o.momentum) : "cumulative") +
                   " affine=" + std::to_string(o.affine) + " track=" + std::to_string(o.track_running_stats) +
                   " channel_axis=" + std::to_string(o.channel_axis);
   return s;
@@ -91,7 +92,8 @@ struct Bwd {
 // forward through an Eigen::Tensor (x layout LX, y layout LY) or through TensorMaps over std::vectors
 // (a const map for x and a temporary map for y).
 template <class T, int R, int LX, int LY = LX>
-Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, Kind kind = Kind::Tensor) {
+Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x,
+                   Kind kind = Kind::Tensor) {
   Fwd<T> r;
   if (kind == Kind::Tensor) {
     auto xt = nkref::make_tensor<T, R, LX>(dims, x);
@@ -109,8 +111,8 @@ Fwd<T> run_forward(BatchNorm<T>& bn, const std::array<Index, static_cast<std::si
 }
 
 template <class T, int R, int L>
-Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, const Vec& dy,
-                    const normkit::NormStats<T>& stats, Kind kind = Kind::Tensor) {
+Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x,
+                    const Vec& dy, const normkit::NormStats<T>& stats, Kind kind = Kind::Tensor) {
   Bwd<T> r;
   if (kind == Kind::Tensor) {
     auto xt = nkref::make_tensor<T, R, L>(dims, x);
@@ -130,8 +132,8 @@ Bwd<T> run_backward(const BatchNorm<T>& bn, const std::array<Index, static_cast<
 }
 
 template <class T, int R, int L>
-Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
-                       const Vec& x) {
+Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev,
+                       const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x) {
   Fwd<T> r;
   auto xt = nkref::make_tensor<T, R, L>(dims, x);
   auto yt = nkref::filled_tensor<T, R, L>(dims, T(-777));
@@ -141,8 +143,9 @@ Fwd<T> run_forward_dev(BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, con
 }
 
 template <class T, int R, int L>
-Bwd<T> run_backward_dev(const BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev, const std::array<Index, static_cast<std::size_t>(R)>& dims,
-                        const Vec& x, const Vec& dy, const normkit::NormStats<T>& stats) {
+Bwd<T> run_backward_dev(const BatchNorm<T>& bn, const Eigen::ThreadPoolDevice& dev,
+                        const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, const Vec& dy,
+                        const normkit::NormStats<T>& stats) {
   Bwd<T> r;
   auto xt = nkref::make_tensor<T, R, L>(dims, x);
   auto dyt = nkref::make_tensor<T, R, L>(dims, dy);
@@ -205,8 +208,8 @@ struct SequenceResult {
 // `train_batches` training forwards then one eval forward, each checked against the reference; the
 // eval forward must leave the running statistics and the counter untouched.
 template <class T, int R, int L>
-SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt, std::uint64_t seed,
-                            int train_batches, Kind kind) {
+SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt,
+                            std::uint64_t seed, int train_batches, Kind kind) {
   INFO(type_name<T>() << ' ' << layout_name(L) << (kind == Kind::Map ? " TensorMap" : " Tensor") << " dims "
                       << dims_str(dims) << ' ' << opt_str(opt));
   const int axis = nkref::normalize_axis(opt.channel_axis, R);
@@ -255,8 +258,8 @@ SequenceResult run_sequence(const std::array<Index, static_cast<std::size_t>(R)>
 // The same sequence through RowMajor/ColMajor Tensors and TensorMaps: each against the reference,
 // and all four against each other.
 template <class T, int R>
-void run_all_layouts(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt, std::uint64_t seed, int batches,
-                     bool maps = true) {
+void run_all_layouts(const std::array<Index, static_cast<std::size_t>(R)>& dims, const BatchNormOptions& opt,
+                     std::uint64_t seed, int batches, bool maps = true) {
   std::vector<SequenceResult> res;
   res.push_back(run_sequence<T, R, kRow>(dims, opt, seed, batches, Kind::Tensor));
   res.push_back(run_sequence<T, R, kCol>(dims, opt, seed, batches, Kind::Tensor));
@@ -321,8 +324,8 @@ TEMPLATE_TEST_CASE("BatchNorm starts in PyTorch's initial state", "[batch_norm]"
   CHECK(untracked.num_batches_tracked() == 0);
 }
 
-TEMPLATE_TEST_CASE("BatchNorm forward matches the float64 reference for every option, layout and map",
-                   "[batch_norm]", float, double) {
+TEMPLATE_TEST_CASE("BatchNorm forward matches the float64 reference for every option, layout and map", "[batch_norm]",
+                   float, double) {
   using T = TestType;
   SECTION("(N, C), C = 3") { option_sweep<T, 2>({6, 3}, 1, 11); }
   SECTION("(N, C, L), C = 3, L = 7") { option_sweep<T, 3>({4, 3, 7}, 1, 21); }
@@ -546,7 +549,8 @@ namespace {
 // L(x, weight, bias) = sum_k y_k * dy_k through the library's forward, on a copy of `bn` (so the
 // running statistics of `bn` are not disturbed).
 template <int R, int L>
-double loss(const BatchNorm<double>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x, const Vec& dy) {
+double loss(const BatchNorm<double>& bn, const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& x,
+            const Vec& dy) {
   BatchNorm<double> probe = bn;
   const auto f = run_forward<double, R, L>(probe, dims, x);
   double s = 0;
@@ -555,7 +559,8 @@ double loss(const BatchNorm<double>& bn, const std::array<Index, static_cast<std
 }
 
 template <int R, int L>
-void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
+void fd_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training,
+              std::uint64_t seed) {
   INFO("double " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                  << (training ? " training" : " eval"));
   const int axis = nkref::normalize_axis(opt.channel_axis, R);
@@ -637,7 +642,8 @@ void fd_suite(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index 
 // Float backward against the float64 analytic reference (at the float64 statistics of the same,
 // float-rounded, input).
 template <int R, int L>
-void float_backward_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt, bool training, std::uint64_t seed) {
+void float_backward_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, BatchNormOptions opt,
+                          bool training, std::uint64_t seed) {
   using T = float;
   INFO("float " << layout_name(L) << " dims " << dims_str(dims) << ' ' << opt_str(opt)
                 << (training ? " training" : " eval"));
@@ -842,7 +848,8 @@ TEMPLATE_TEST_CASE("BatchNorm on an empty batch changes no state", "[batch_norm]
     const std::array<Index, 3> good = axis == 1 ? std::array<Index, 3>{4, 3, 5} : std::array<Index, 3>{4, 5, 3};
     const std::array<Index, 3> empty = axis == 1 ? std::array<Index, 3>{0, 3, 5} : std::array<Index, 3>{0, 5, 3};
     BatchNorm<T> bn(3, o);
-    (void)run_forward<T, 3, kRow>(bn, good, nkref::round_to<T>(nkref::channel_input(nkref::dims_vec(good, 3), axis == 1 ? 1 : 2, 6)));
+    (void)run_forward<T, 3, kRow>(
+        bn, good, nkref::round_to<T>(nkref::channel_input(nkref::dims_vec(good, 3), axis == 1 ? 1 : 2, 6)));
     const Vec rm = nkref::vec1(bn.running_mean()), rv = nkref::vec1(bn.running_var());
     REQUIRE(bn.num_batches_tracked() == 1);
 
@@ -973,8 +980,8 @@ std::vector<S> raw(const TensorLike& t) {
 }
 
 template <class T, int R, int L>
-void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, T bad, std::uint64_t seed,
-                     bool track = true) {
+void nonfinite_check(const std::array<Index, static_cast<std::size_t>(R)>& dims, Index channel_axis, T bad,
+                     std::uint64_t seed, bool track = true) {
   INFO(type_name<T>() << ' ' << layout_name(L) << " dims " << dims_str(dims) << " channel_axis " << channel_axis
                       << " bad value " << bad << " track " << track);
   const int axis = nkref::normalize_axis(channel_axis, R);

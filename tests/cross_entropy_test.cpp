@@ -26,9 +26,9 @@ namespace {
 using I64 = std::int64_t;
 
 struct Ref {
-  Vec per;        // per target element (row-major over (N, d...))
-  double total;   // Mean / Sum
-  Vec dlogits;    // row-major (N, C, d...)
+  Vec per;       // per target element (row-major over (N, d...))
+  double total;  // Mean / Sum
+  Vec dlogits;   // row-major (N, C, d...)
 };
 
 // x row-major (N, C, inner), t row-major (N, inner); dloss: 1 value (Mean/Sum) or one per target.
@@ -77,7 +77,8 @@ Ref reference(const Vec& x, Index N, Index C, Index inner, const std::vector<I64
 std::vector<I64> targets(std::size_t n, Index C, std::uint32_t seed, I64 ignore, int ignore_every) {
   std::mt19937 gen(seed);
   std::vector<I64> t(n);
-  for (std::size_t j = 0; j < n; ++j) t[j] = ignore_every && j % std::size_t(ignore_every) == 1 ? ignore : I64(gen() % std::uint32_t(C));
+  for (std::size_t j = 0; j < n; ++j)
+    t[j] = ignore_every && j % std::size_t(ignore_every) == 1 ? ignore : I64(gen() % std::uint32_t(C));
   return t;
 }
 
@@ -220,7 +221,8 @@ TEST_CASE("cross-entropy: bad targets, all ignored, shape errors", "[cross_entro
   Eigen::Tensor<float, 1> dl2(2);
   dl2.setConstant(1.f);
   REQUIRE_THROWS_AS(ce.backward(x, t, dl2, dx), normkit::shape_error);
-  REQUIRE_THROWS_AS(CrossEntropyLoss<float>({-100, 0.0, Reduction::None}).backward(x, t, dl2, dx), normkit::shape_error);
+  REQUIRE_THROWS_AS(CrossEntropyLoss<float>({-100, 0.0, Reduction::None}).backward(x, t, dl2, dx),
+                    normkit::shape_error);
   Eigen::Tensor<I64, 1> t4(4);
   t4.setZero();
   REQUIRE_THROWS_AS(ce.forward(x, t4), normkit::shape_error);

@@ -36,7 +36,10 @@ long double quartic(long double k, int layers) { return std::pow(k * layers, 0.2
 TEST_CASE("DeepNorm encoder-only and decoder-only: alpha = (2L)^(1/4), beta = (8L)^(-1/4)", "[deepnorm]") {
   // Exact values: L = 2 -> (4)^(1/4) = sqrt 2, (16)^(-1/4) = 1/2; L = 8 -> 2 and 64^(-1/4) = 1/(2 sqrt 2);
   // L = 18 -> sqrt 6 and 1/sqrt 12; L = 1 -> 2^(1/4) and 8^(-1/4).
-  struct Case { int layers; long double alpha, beta; };
+  struct Case {
+    int layers;
+    long double alpha, beta;
+  };
   const Case cases[] = {{1, std::pow(2.0L, 0.25L), std::pow(8.0L, -0.25L)},
                         {2, std::sqrt(2.0L), 0.5L},
                         {8, 2.0L, 1 / (2 * std::sqrt(2.0L))},
@@ -91,7 +94,7 @@ TEST_CASE("DeepNorm encoder-decoder: 0.81/0.87 (N^4 M)^(+-1/16) and (3M)^(1/4), 
   }
   {
     const auto s = normkit::deepnorm_encoder_decoder(12, 12);  // M = 12: beta = 144^(-1/4)
-    CHECK(close(s.decoder.alpha, 6.0L / std::sqrt(6.0L)));  // 36^(1/4) = sqrt 6
+    CHECK(close(s.decoder.alpha, 6.0L / std::sqrt(6.0L)));     // 36^(1/4) = sqrt 6
     CHECK(close(s.decoder.beta, 1 / std::sqrt(12.0L)));
     CHECK(close(s.encoder.alpha, 0.81L * std::pow(12.0L, 5.0L / 16)));  // (12^5)^(1/16)
   }
@@ -126,7 +129,8 @@ TEST_CASE("DeepNorm: layers < 1 throws std::invalid_argument naming the function
     CHECK_THROWS_AS(normkit::deepnorm_encoder_decoder(6, bad), std::invalid_argument);
     CHECK_THROWS_AS(normkit::deepnorm_encoder_decoder(bad, bad), std::invalid_argument);
     CHECK_THROWS_WITH(normkit::deepnorm_encoder_only(bad),
-                      Contains("normkit::deepnorm_encoder_only") && Contains("layers must be >= 1, got " + std::to_string(bad)));
+                      Contains("normkit::deepnorm_encoder_only") &&
+                          Contains("layers must be >= 1, got " + std::to_string(bad)));
     CHECK_THROWS_WITH(normkit::deepnorm_decoder_only(bad), Contains("normkit::deepnorm_decoder_only"));
     CHECK_THROWS_WITH(normkit::deepnorm_encoder_decoder(bad, 6), Contains("encoder_layers must be >= 1"));
     CHECK_THROWS_WITH(normkit::deepnorm_encoder_decoder(6, bad), Contains("decoder_layers must be >= 1"));

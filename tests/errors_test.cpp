@@ -23,8 +23,8 @@
 
 namespace {
 
-using nkref::Index;
 using Catch::Matchers::Contains;
+using nkref::Index;
 using nkref::Vec;
 
 constexpr int kRow = Eigen::RowMajor;
@@ -308,9 +308,17 @@ TEMPLATE_TEST_CASE("LayerNorm / RMSNorm reject invalid options and accept the bo
     // the message names the option: "normalized_shape" (or "features" for the one-axis constructor)
     CHECK_THAT(row_norm_option_error<F>([&] { return F(0); }, {2, 3, 0}),
                Contains("normalized_shape") || Contains("features"));
-    CHECK_THAT(row_norm_option_error<F>([&] { return F({3, 0}); }, {2, 3, 0}),
+    CHECK_THAT(row_norm_option_error<F>(
+                   [&] {
+      return F({3, 0});
+                   },
+                   {2, 3, 0}),
                Contains("normalized_shape") || Contains("features"));
-    CHECK_THAT(row_norm_option_error<F>([&] { return F({0, 4}); }, {2, 0, 4}),
+    CHECK_THAT(row_norm_option_error<F>(
+                   [&] {
+      return F({0, 4});
+                   },
+                   {2, 0, 4}),
                Contains("normalized_shape") || Contains("features"));
     // no axis at all: nothing to normalize over (PyTorch: "at least 1-dimensional")
     CHECK_THAT(row_norm_option_error<F>([&] { return F(std::initializer_list<Index>{}); }, {2, 3, 4}),
@@ -345,9 +353,7 @@ struct BnState {
   std::int64_t nbt;
   bool training;
   explicit BnState(normkit::BatchNorm<T>& bn)
-      : rm(nkref::vec1(bn.running_mean())),
-        rv(nkref::vec1(bn.running_var())),
-        nbt(bn.num_batches_tracked()),
+      : rm(nkref::vec1(bn.running_mean())), rv(nkref::vec1(bn.running_var())), nbt(bn.num_batches_tracked()),
         training(bn.training()) {}
   bool operator==(const BnState& o) const { return rm == o.rm && rv == o.rv && nbt == o.nbt && training == o.training; }
 };
@@ -497,7 +503,8 @@ namespace {
 // Constructs BatchNorm(C, o) and runs one training forward on x of `dims` (the channel at o's
 // channel_axis when that is in range); returns the invalid_argument message. y must stay unwritten.
 template <class T, int R>
-std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C, std::array<Index, static_cast<std::size_t>(R)> dims) {
+std::string batch_norm_option_error(const normkit::BatchNormOptions& o, Index C,
+                                    std::array<Index, static_cast<std::size_t>(R)> dims) {
   auto x = random_tensor<T, R, kRow>(dims, 20);
   auto y = sentinel<T, R, kRow>(dims);
   const auto msg = invalid_argument_message([&] {

@@ -221,8 +221,8 @@ void check_reference(const std::array<Index, std::size_t(R)>& nchw, Index groups
   auto f = Family::template make<T, P>(G, C, affine, last);
   if (affine) nkref::set_vec1(f.weight(), w), nkref::set_vec1(f.bias(), b);
   const Run<T> got = run<T, R, L>(f, nchw, last, x, dy);
-  INFO("dims " << normkit::detail::dims_string(nchw, R) << " G " << G << " affine " << affine
-               << " channels-last " << last << " layout " << (L == Eigen::RowMajor ? "RowMajor" : "ColMajor"));
+  INFO("dims " << normkit::detail::dims_string(nchw, R) << " G " << G << " affine " << affine << " channels-last "
+               << last << " layout " << (L == Eigen::RowMajor ? "RowMajor" : "ColMajor"));
   check_against(widen(got), reference(k, x, dy, w, b, 1e-5), tol_of<T>(), "reference");
   CHECK(got.stats.source == normkit::StatsSource::Batch);
   CHECK(got.stats.mean.size() == N * G);
@@ -243,7 +243,7 @@ void reference_sweep(bool all_layouts) {
       check_reference<T, P, 4, Eigen::RowMajor, Family>({2, 12, 5, 3}, 12, affine, last);
       if constexpr (Family::min_rank <= 2)  // (InstanceNorm: an error, see "bad input")
         check_reference<T, P, 4, Eigen::RowMajor, Family>({3, 8, 1, 1}, 4, affine, last);  // one spatial position
-      check_reference<T, P, 4, Eigen::RowMajor, Family>({0, 8, 3, 3}, 4, affine, last);  // empty batch
+      check_reference<T, P, 4, Eigen::RowMajor, Family>({0, 8, 3, 3}, 4, affine, last);    // empty batch
       check_reference<T, P, 5, Eigen::RowMajor, Family>({2, 4, 3, 2, 3}, 2, affine, last);
       check_reference<T, P, 4, Eigen::RowMajor, Family>({4, 64, 24, 24}, 32, affine, last);  // several chunks
       if (all_layouts) {
@@ -296,7 +296,8 @@ TEST_CASE("GroupNorm/InstanceNorm backward: finite differences in double", "[gro
       const Vec gx = nkref::fd_gradient([&](const Vec& v) { return loss(v, w0, b0); }, x, 1e-5);
       const Vec gw = nkref::fd_gradient([&](const Vec& v) { return loss(x, v, b0); }, w0, 1e-5);
       const Vec gb = nkref::fd_gradient([&](const Vec& v) { return loss(x, w0, v); }, b0, 1e-5);
-      const auto mx = nkref::compare(got.dx, gx, 1e-6, 1e-6, "dx"), mw = nkref::compare(got.dw, gw, 1e-6, 1e-6, "dweight"),
+      const auto mx = nkref::compare(got.dx, gx, 1e-6, 1e-6, "dx"),
+                 mw = nkref::compare(got.dw, gw, 1e-6, 1e-6, "dweight"),
                  mb = nkref::compare(got.db, gb, 1e-6, 1e-6, "dbias");
       INFO(mx.str() << "\n" << mw.str() << "\n" << mb.str());
       CHECK((mx.ok && mw.ok && mb.ok));
@@ -308,13 +309,13 @@ TEST_CASE("GroupNorm/InstanceNorm backward: finite differences in double", "[gro
   // Eval with running statistics: constants, so the loss's gradient is dy * w * rstd.
   check(
       [](bool last) {
-        InstanceNormOptions o;
-        o.affine = true, o.track_running_stats = true, o.channel_axis = last ? -1 : 1;
-        InstanceNorm<double> f(6, o);
-        nkref::set_vec1(f.running_mean(), {0.3, -0.2, 0.1, 0.5, 0.0, -1.0});
-        nkref::set_vec1(f.running_var(), {1.5, 0.7, 2.0, 0.9, 1.1, 0.4});
-        f.eval();
-        return f;
+    InstanceNormOptions o;
+    o.affine = true, o.track_running_stats = true, o.channel_axis = last ? -1 : 1;
+    InstanceNorm<double> f(6, o);
+    nkref::set_vec1(f.running_mean(), {0.3, -0.2, 0.1, 0.5, 0.0, -1.0});
+    nkref::set_vec1(f.running_var(), {1.5, 0.7, 2.0, 0.9, 1.1, 0.4});
+    f.eval();
+    return f;
       },
       "InstanceNorm, eval with running statistics");
 }
@@ -347,7 +348,8 @@ void check_running_sequence(std::optional<double> momentum, bool last, double to
         long double mean = 0, var = 0;
         for (Index s = 0; s < S; ++s) mean += x[std::size_t(k.at(n, c, s))];
         mean /= S;
-        for (Index s = 0; s < S; ++s) var += (x[std::size_t(k.at(n, c, s))] - mean) * (x[std::size_t(k.at(n, c, s))] - mean);
+        for (Index s = 0; s < S; ++s)
+          var += (x[std::size_t(k.at(n, c, s))] - mean) * (x[std::size_t(k.at(n, c, s))] - mean);
         am += mean, av += var / (S - 1);
       }
       rm[std::size_t(c)] = double((1 - m) * rm[std::size_t(c)] + m * am / N);
@@ -361,13 +363,15 @@ void check_running_sequence(std::optional<double> momentum, bool last, double to
   }
   // Eval: the running statistics for every sample; backward with them is the constant-stats gradient.
   f.eval();
-  const Vec x = nkref::random_input<T>(std::size_t(k.size()), 70, 1.0, 2.0), dy = nkref::random_input<T>(std::size_t(k.size()), 71);
+  const Vec x = nkref::random_input<T>(std::size_t(k.size()), 70, 1.0, 2.0),
+            dy = nkref::random_input<T>(std::size_t(k.size()), 71);
   const Vec rm_p = nkref::vec1(f.running_mean()), rv_p = nkref::vec1(f.running_var());
   const Run<T> got = run<T, 4, Eigen::RowMajor>(f, nchw, last, x, dy);
   CHECK(got.stats.source == normkit::StatsSource::Running);
   REQUIRE(got.mean.size() == std::size_t(N * C));
   for (Index n = 0; n < N; ++n)
-    for (Index c = 0; c < C; ++c) CHECK(got.mean[std::size_t(n * C + c)] == double(static_cast<normkit::accum_t<T>>(rm_p[std::size_t(c)])));
+    for (Index c = 0; c < C; ++c)
+      CHECK(got.mean[std::size_t(n * C + c)] == double(static_cast<normkit::accum_t<T>>(rm_p[std::size_t(c)])));
   check_against(widen(got), reference(k, x, dy, w, b, 1e-5, &rm_p, &rv_p), tol_of<T>(), "eval");
   CHECK(f.num_batches_tracked() == 4);
   CHECK(nkref::vec1(f.running_mean()) == rm_p);
@@ -531,7 +535,8 @@ TEST_CASE("GroupNorm/InstanceNorm bad input: checks before any write", "[group_n
   in.eval();  // running statistics: one spatial element is fine
   CHECK_NOTHROW(in.forward(x1, y1));
   InstanceNorm<float> in8(8);
-  CHECK_THROWS_WITH(in8.forward(x, y), Catch::Contains("InstanceNorm::forward") && Catch::Contains("num_channels is 8"));
+  CHECK_THROWS_WITH(in8.forward(x, y),
+                    Catch::Contains("InstanceNorm::forward") && Catch::Contains("num_channels is 8"));
 }
 
 namespace {
@@ -591,7 +596,8 @@ void check_invariance_and_in_place(const std::array<Index, 4>& nchw, Index G, bo
 
 }  // namespace
 
-TEST_CASE("GroupNorm/InstanceNorm invariance (pools of 1-4 threads) and in place", "[group_norm][instance_norm][threads]") {
+TEST_CASE("GroupNorm/InstanceNorm invariance (pools of 1-4 threads) and in place",
+          "[group_norm][instance_norm][threads]") {
   for (const bool last : {false, true}) {
     check_invariance_and_in_place<float, float, GroupNormFamily>({8, 64, 32, 32}, 32, last);
     check_invariance_and_in_place<float, float, GroupNormFamily>({3, 20, 7, 9}, 5, last);

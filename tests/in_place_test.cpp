@@ -50,7 +50,8 @@ auto forward(Norm& norm, const Eigen::ThreadPoolDevice* device, const X& x, Y& y
 }
 
 template <class Norm, class X, class S, class DX>
-auto backward(const Norm& norm, const Eigen::ThreadPoolDevice* device, const X& x, const X& dy, const S& stats, DX& dx) {
+auto backward(const Norm& norm, const Eigen::ThreadPoolDevice* device, const X& x, const X& dy, const S& stats,
+              DX& dx) {
   return device ? norm.backward(*device, x, dy, stats, dx) : norm.backward(x, dy, stats, dx);
 }
 
@@ -107,9 +108,12 @@ Norm with_random_params(Norm norm) {
 
 TEST_CASE("LayerNorm in place equals out of place, RowMajor", "[in_place]") {
   const auto ln = with_random_params(normkit::LayerNorm<float>({5, 37}));
-  SECTION("rows in cache, a tail, batches of four") { check_both_executors<Tn<float, 3, Eigen::RowMajor>>(ln, D3(3, 5, 37)); }
+  SECTION("rows in cache, a tail, batches of four") {
+    check_both_executors<Tn<float, 3, Eigen::RowMajor>>(ln, D3(3, 5, 37));
+  }
   SECTION("streaming stores (8 MiB)") {
-    check_both_executors<Tn<float, 2, Eigen::RowMajor>>(with_random_params(normkit::LayerNorm<float>(4096)), D2(512, 4096));
+    check_both_executors<Tn<float, 2, Eigen::RowMajor>>(with_random_params(normkit::LayerNorm<float>(4096)),
+                                                        D2(512, 4096));
   }
 }
 
@@ -117,10 +121,12 @@ TEST_CASE("LayerNorm in place equals out of place, ColMajor", "[in_place]") {
   const auto ln = with_random_params(normkit::LayerNorm<float>({5, 37}));
   SECTION("column panels") { check_both_executors<Tn<float, 3, Eigen::ColMajor>>(ln, D3(300, 5, 37)); }
   SECTION("few columns, cut into row chunks") {
-    check_both_executors<Tn<float, 2, Eigen::ColMajor>>(with_random_params(normkit::LayerNorm<float>(4096)), D2(100, 4096));
+    check_both_executors<Tn<float, 2, Eigen::ColMajor>>(with_random_params(normkit::LayerNorm<float>(4096)),
+                                                        D2(100, 4096));
   }
   SECTION("streaming stores (8 MiB)") {
-    check_both_executors<Tn<float, 2, Eigen::ColMajor>>(with_random_params(normkit::LayerNorm<float>(512)), D2(4096, 512));
+    check_both_executors<Tn<float, 2, Eigen::ColMajor>>(with_random_params(normkit::LayerNorm<float>(512)),
+                                                        D2(4096, 512));
   }
 }
 

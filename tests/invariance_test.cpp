@@ -94,11 +94,12 @@ GroupResult<T> row_in_batch(const Norm& norm, const std::vector<T>& row, const s
 template <class T, class Norm>
 void row_invariance(const std::string& name, const Norm& norm, Index F) {
   const Devices devices;
-  const std::vector<T> row = random_values<T>(std::size_t(F), 1.5, 0.75, 7), drow = random_values<T>(std::size_t(F), 0, 1, 8);
+  const std::vector<T> row = random_values<T>(std::size_t(F), 1.5, 0.75, 7),
+                       drow = random_values<T>(std::size_t(F), 0, 1, 8);
   const GroupResult<T> alone = row_in_batch<T>(norm, row, drow, 1, 0, nullptr, 1);
   std::uint32_t seed = 100;
-  for (const Index rows : {Index(2), Index(3), Index(4), Index(5), Index(7), Index(8), Index(9), Index(64), Index(333),
-                           Index(4096)}) {
+  for (const Index rows :
+       {Index(2), Index(3), Index(4), Index(5), Index(7), Index(8), Index(9), Index(64), Index(333), Index(4096)}) {
     for (const Index at : {Index(0), rows / 2, rows - 1}) {
       for (const Eigen::ThreadPoolDevice* dev : devices.all) {
         INFO(name << " F " << F << ": row " << at << " of " << rows << ", " << device_name(dev));
@@ -128,9 +129,10 @@ TEST_CASE("A row's bfloat16 results are the same bits in any batch", "[invarianc
   row_invariance<Eigen::bfloat16>("LayerNorm<bfloat16, float>", ln, 300);
 }
 
-TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the other channels are, where it sits "
-                   "and on any thread count",
-                   "[invariance]", float, double) {
+TEMPLATE_TEST_CASE(
+    "A BatchNorm channel (NCHW) gives the same bits whatever the other channels are, where it sits "
+    "and on any thread count",
+    "[invariance]", float, double) {
   using T = TestType;
   const Index N = 3, HW = 50;
   const std::vector<T> channel = random_values<T>(std::size_t(N * HW), -2.0, 0.5, 11);
@@ -152,8 +154,12 @@ TEMPLATE_TEST_CASE("A BatchNorm channel (NCHW) gives the same bits whatever the 
     GroupResult<T> r;
     for (Index n = 0; n < N; ++n)
       for (Index i = 0; i < HW; ++i) r.y.push_back(y(n, c, i)), r.dx.push_back(dx(n, c, i));
-    r.stats = {s.mean(c), s.mean_lo(c), s.rstd(c), static_cast<normkit::accum_t<T>>(g.weight(c)),
-               static_cast<normkit::accum_t<T>>(g.bias(c)), static_cast<normkit::accum_t<T>>(bn.running_var()(c))};
+    r.stats = {s.mean(c),
+               s.mean_lo(c),
+               s.rstd(c),
+               static_cast<normkit::accum_t<T>>(g.weight(c)),
+               static_cast<normkit::accum_t<T>>(g.bias(c)),
+               static_cast<normkit::accum_t<T>>(bn.running_var()(c))};
     return r;
   };
   const Devices devices;

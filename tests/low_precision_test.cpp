@@ -78,7 +78,8 @@ T round_nearest(double exact) {
     const double v = static_cast<double>(static_cast<float>(n));
     if (!std::isfinite(v)) continue;
     const double err = std::abs(v - exact);
-    if (err < best_err || (err == best_err && (Eigen::numext::bit_cast<bits_t<T>>(n) & 1) == 0)) best = n, best_err = err;
+    if (err < best_err || (err == best_err && (Eigen::numext::bit_cast<bits_t<T>>(n) & 1) == 0))
+      best = n, best_err = err;
   }
   return best;
 }
@@ -99,15 +100,18 @@ void measure(Accuracy& acc, const Vec& got, const Vec& exact, const Vec& scale, 
     if (std::abs(exact[i]) < scale[i] / 256) {
       ++acc.cancelled;
       const T rounded = round_nearest<T>(exact[i]);
-      const double ulp = std::abs(static_cast<double>(from_ordered<T>(ordered(rounded) + 1)) - static_cast<double>(rounded));
-      const double units = std::max(0.0, std::abs(got[i] - exact[i]) - ulp) / (std::ldexp(1.0, -24) * scale[i] + 1e-300);
+      const double ulp = std::abs(static_cast<double>(from_ordered<T>(ordered(rounded) + 1)) -
+                                  static_cast<double>(rounded));
+      const double units = std::max(0.0, std::abs(got[i] - exact[i]) - ulp) /
+                           (std::ldexp(1.0, -24) * scale[i] + 1e-300);
       acc.max_cancelled = std::max(acc.max_cancelled, units);
       continue;
     }
     const std::int64_t ulps = std::abs(ordered(static_cast<T>(got[i])) - ordered(round_nearest<T>(exact[i])));
     if (ulps > acc.max_ulps) {
       acc.max_ulps = ulps;
-      acc.worst = what + " [" + std::to_string(i) + "] got " + std::to_string(got[i]) + " exact " + std::to_string(exact[i]);
+      acc.worst = what + " [" + std::to_string(i) + "] got " + std::to_string(got[i]) + " exact " +
+                  std::to_string(exact[i]);
     }
   }
 }
@@ -126,8 +130,8 @@ void check(const Accuracy& acc, const std::string& what) {
   CHECK(acc.cancelled * 20 <= acc.checked);  // ordinary data: cancellation is the exception
   if (std::getenv("NORMKIT_ACCURACY_REPORT"))
     std::printf("%-52s %8lld outputs  max %lld ulp  (%lld cancelled, max %.1f float units)\n", what.c_str(),
-                static_cast<long long>(acc.checked), static_cast<long long>(acc.max_ulps), static_cast<long long>(acc.cancelled),
-                acc.max_cancelled);
+                static_cast<long long>(acc.checked), static_cast<long long>(acc.max_ulps),
+                static_cast<long long>(acc.cancelled), acc.max_cancelled);
 }
 
 // Values as stored in T (or P): the references see exactly what the library sees.
@@ -175,7 +179,8 @@ void row_norm_case(Accuracy& fwd, Accuracy& bwd, Accuracy& params, Index rows, I
     const double tol = 8 * double(rows) * std::ldexp(1.0, -24);
     if (spec.has_weight)
       CHECK(nkref::compare_scaled(nkref::vec1(grun.grads.weight), gref.dw, gref.dw_scale, tol, "dweight").ok);
-    if (spec.has_bias) CHECK(nkref::compare_scaled(nkref::vec1(grun.grads.bias), gref.db, gref.db_scale, tol, "dbias").ok);
+    if (spec.has_bias)
+      CHECK(nkref::compare_scaled(nkref::vec1(grun.grads.bias), gref.db, gref.db_scale, tol, "dbias").ok);
   }
 }
 
@@ -263,7 +268,8 @@ void batch_norm_case(Accuracy& fwd, Accuracy& bwd, Accuracy& eval, Accuracy& par
   Vec dx_scale(x.size());
   for (std::size_t k = 0; k < x.size(); ++k) {
     const auto c = std::size_t(lay.channel_of(Index(k)));
-    dx_scale[k] = out.rstd[c] * std::abs(ref.weight[c]) * (std::abs(dy[k]) + abs_dy[c] / n + std::abs(xhat[k]) * abs_dyx[c] / n);
+    dx_scale[k] = out.rstd[c] * std::abs(ref.weight[c]) *
+                  (std::abs(dy[k]) + abs_dy[c] / n + std::abs(xhat[k]) * abs_dyx[c] / n);
   }
   measure<T>(bwd, nkref::to_rowmajor(dxt), g.dx, dx_scale, "dx");
   if constexpr (!std::is_same_v<P, float>) {
@@ -318,7 +324,8 @@ TEMPLATE_TEST_CASE("BatchNorm on bfloat16/half is within 1 ulp of the correctly 
   check(fwd, what + "train forward y");
   check(bwd, what + "backward dx");
   check(eval, what + "eval forward y");
-  if constexpr (!std::is_same_v<P, float>) check(running, what + "running stats"), check(params, what + "dweight, dbias");
+  if constexpr (!std::is_same_v<P, float>)
+    check(running, what + "running stats"), check(params, what + "dweight, dbias");
 }
 
 TEMPLATE_TEST_CASE("bfloat16 rows at the edges of float's range normalize like ordinary rows", "[low_precision][range]",

@@ -80,8 +80,8 @@ TEST_CASE("float LayerNorm of x = 1e4 + N(0,1), 4096 features, is within 1e-3 of
         REQUIRE(run.stats.mean_lo.size() == rows);
         Vec hi_lo(static_cast<std::size_t>(rows));
         for (Index r = 0; r < rows; ++r)
-          hi_lo[static_cast<std::size_t>(r)] =
-              static_cast<double>(run.stats.mean(r)) + static_cast<double>(run.stats.mean_lo(r));
+          hi_lo[static_cast<std::size_t>(r)] = static_cast<double>(run.stats.mean(r)) +
+                                               static_cast<double>(run.stats.mean_lo(r));
         const auto ml = compare(hi_lo, ref.mean, 1e-5, 0.0, "mean + mean_lo at offset 1e4");
         INFO(ml.str());
         CHECK(ml.ok);
@@ -140,8 +140,8 @@ TEST_CASE("double LayerNorm of x = 1e8 + N(0,1) stays accurate", "[numerics]") {
   CHECK(m.ok);
 }
 
-TEMPLATE_TEST_CASE("Large and small scales: LayerNorm and RMSNorm are scale-invariant to rounding", "[numerics]",
-                   float, double) {
+TEMPLATE_TEST_CASE("Large and small scales: LayerNorm and RMSNorm are scale-invariant to rounding", "[numerics]", float,
+                   double) {
   using T = TestType;
   const Index rows = 4, F = 4096;
   for (double scale : {1e-3, 1e15}) {
@@ -228,7 +228,8 @@ TEMPLATE_TEST_CASE("LayerNorm: a constant row gives exactly y = bias, finite dx 
         Vec x(static_cast<std::size_t>(rows * F));
         for (Index r = 0; r < rows; ++r)
           for (Index j = 0; j < F; ++j)
-            x[static_cast<std::size_t>(r * F + j)] = static_cast<double>(static_cast<T>(constants[static_cast<std::size_t>(r)]));
+            x[static_cast<std::size_t>(r * F + j)] = static_cast<double>(
+                static_cast<T>(constants[static_cast<std::size_t>(r)]));
         const Vec dy = random_input<T>(x.size(), 12);
         const Vec w = vec1(ln.weight()), b = vec1(ln.bias());
         const std::array<Index, 2> dims{rows, F};
@@ -323,10 +324,8 @@ void check_poison(const Fn& fn, Index rows, Index F, Index bad_row, double poiso
   for (Index r = 0; r < rows; ++r)
     for (Index j = 0; j < F; ++j) {
       const auto k = static_cast<std::size_t>(r * F + j);
-      if (r == bad_row)
-        all_nan = all_nan && std::isnan(b.y[k]);
-      else
-        others_identical = others_identical && same_bits(a.y[k], b.y[k]);  // float -> double is exact
+      if (r == bad_row) all_nan = all_nan && std::isnan(b.y[k]);
+      else others_identical = others_identical && same_bits(a.y[k], b.y[k]);  // float -> double is exact
     }
   CHECK(all_nan);
   CHECK(others_identical);
@@ -448,7 +447,9 @@ TEMPLATE_TEST_CASE("eps = 0 is valid and gives the plain normalization", "[numer
     INFO(m.str());
     CHECK(m.ok);
     // with eps = 0 every row of xhat has mean 0 and mean square 1 exactly (to rounding)
-    for (Index r = 0; r < rows; ++r) CHECK(static_cast<double>(run.stats.rstd(r)) == Approx(1.0 / std::sqrt(ref.var[static_cast<std::size_t>(r)])).epsilon(tol * 10));
+    for (Index r = 0; r < rows; ++r)
+      CHECK(static_cast<double>(run.stats.rstd(r)) ==
+            Approx(1.0 / std::sqrt(ref.var[static_cast<std::size_t>(r)])).epsilon(tol * 10));
     const auto bwd = run_backward<T, Eigen::RowMajor, Eigen::RowMajor>(ln, dims, x, dy, run.stats);
     const auto rb = row_norm_backward(x, dy, rows, F, ln_spec(o), vec1(ln.weight()));
     const auto mb = compare_scaled(bwd.dx, rb.dx, rb.dx_scale, gtol, "LayerNorm dx, eps = 0");
@@ -478,7 +479,8 @@ TEMPLATE_TEST_CASE("eps = 0 is valid and gives the plain normalization", "[numer
 TEST_CASE("float LayerNorm with std 1e-2 at offsets 1e4 and 1e6 stays within float rounding", "[numerics]") {
   for (const double offset : {1e4, 1e6}) {
     const Eigen::Index rows = 8, features = 4096;
-    Eigen::Tensor<float, 2, Eigen::RowMajor> x(rows, features), y(rows, features), dy(rows, features), dx(rows, features);
+    Eigen::Tensor<float, 2, Eigen::RowMajor> x(rows, features), y(rows, features), dy(rows, features),
+        dx(rows, features);
     std::mt19937 rng(17);
     std::normal_distribution<double> noise(0, 1);
     for (Eigen::Index i = 0; i < x.size(); ++i) {
@@ -507,7 +509,7 @@ TEST_CASE("float LayerNorm with std 1e-2 at offsets 1e4 and 1e6 stays within flo
       }
     }
     INFO("offset " << offset << ": max |y err| " << y_err << ", max |dx err| " << dx_err << " of max |dx| " << dx_max);
-    CHECK(y_err < 1e-5);               // measured 2.9e-7 (1e4) and 1.1e-6 (1e6); the contract asks 1e-3
+    CHECK(y_err < 1e-5);                // measured 2.9e-7 (1e4) and 1.1e-6 (1e6); the contract asks 1e-3
     CHECK(dx_err < 1e-6 * dx_max * 4);  // measured 1.1e-7 and 1.0e-7 of max |dx|: float rounding of sums over 4096
   }
 }

@@ -131,7 +131,8 @@ void note(const std::string& what, double ratio) {
 
 // |got_i - want_i| <= tol_i for every i (NaN only against NaN).
 void check_close(const Vec& got, const Vec& want, const Vec& tol, const std::string& what) {
-  const Mismatch m = compare_tol(got, want, [&](std::size_t i) { return tol[i]; }, what);
+  const Mismatch m = compare_tol(
+      got, want, [&](std::size_t i) { return tol[i]; }, what);
   note(what, m.ratio);
   INFO(m.str());
   CHECK(m.ok);
@@ -145,8 +146,8 @@ void check_bits(const Vec& got, const Vec& want, const std::string& what) {
       if (std::memcmp(&got[i], &want[i], sizeof(double)) != 0 && bad++ == 0) first = i;
   }
   note(what + " (bitwise: differing entries)", static_cast<double>(bad));
-  INFO(what << ": sizes " << got.size() << " vs " << want.size() << ", " << bad << " entries differ; first at "
-            << first << ": " << (bad ? got[first] : 0.0) << " vs " << (bad ? want[first] : 0.0));
+  INFO(what << ": sizes " << got.size() << " vs " << want.size() << ", " << bad << " entries differ; first at " << first
+            << ": " << (bad ? got[first] : 0.0) << " vs " << (bad ? want[first] : 0.0));
   CHECK(got.size() == want.size());
   CHECK(bad == 0);
 }
@@ -247,8 +248,8 @@ GroupMap channel_map(const std::array<Index, 4>& dims, bool channels_last) {
 }
 
 struct Truth {
-  Vec xhat;                                  // per element
-  std::vector<LD> mean, var, r, f, kappa;    // per group; f = 1/(sigma r) (1 for InsideSqrt)
+  Vec xhat;                                // per element
+  std::vector<LD> mean, var, r, f, kappa;  // per group; f = 1/(sigma r) (1 for InsideSqrt)
 };
 
 Truth truth(const Vec& x, const GroupMap& m, double eps, bool inside) {
@@ -314,8 +315,8 @@ Vec dx_scale(const GroupMap& m, const Truth& t, const Vec& g) {
     mg /= static_cast<LD>(members.size());
     mgx /= static_cast<LD>(members.size());
     for (std::size_t k : members)
-      s[k] = static_cast<double>(t.r[grp] * (std::fabs(g[k]) + (m.centered ? mg : 0) +
-                                             t.f[grp] * (1 + std::fabs(t.xhat[k])) * (mgx + mg)));
+      s[k] = static_cast<double>(
+          t.r[grp] * (std::fabs(g[k]) + (m.centered ? mg : 0) + t.f[grp] * (1 + std::fabs(t.xhat[k])) * (mgx + mg)));
   }
   return s;
 }
@@ -325,7 +326,7 @@ Vec dx_scale(const GroupMap& m, const Truth& t, const Vec& g) {
 // ---------------------------------------------------------------------------------------------------
 
 struct Result {
-  Vec y, dx;              // row-major
+  Vec y, dx;  // row-major
   Vec mean, mean_lo, rstd;
   Vec dw, db;
 };
@@ -397,8 +398,8 @@ void check_invariance(const std::string& name_in, const GroupMap& m, const Vec& 
 
 // Property 3 on one backward run: per group sum(dx) = 0 (when centered) and the <dx, xhat> identity.
 template <class T>
-void check_backward_identities(const std::string& name_in, const GroupMap& m, const Vec& x, const Vec& dy,
-                               const Vec& w, double eps, bool inside, const Vec& dx) {
+void check_backward_identities(const std::string& name_in, const GroupMap& m, const Vec& x, const Vec& dy, const Vec& w,
+                               double eps, bool inside, const Vec& dx) {
   const std::string name = std::string(type_name<T>()) + " " + name_in;
   const Truth t = truth(x, m, eps, inside);
   const Vec we = per_element(w, m, 1.0);
@@ -506,9 +507,8 @@ struct RowCase {
   double eps = 0;
   bool affine = true, bias = true, inside = true;
   std::string str() const {
-    return "rows " + std::to_string(rows) + " F " + std::to_string(F) + " eps " + std::to_string(eps) +
-           " affine " + std::to_string(affine) + " bias " + std::to_string(bias) +
-           (inside ? " InsideSqrt" : " OutsideSqrt");
+    return "rows " + std::to_string(rows) + " F " + std::to_string(F) + " eps " + std::to_string(eps) + " affine " +
+           std::to_string(affine) + " bias " + std::to_string(bias) + (inside ? " InsideSqrt" : " OutsideSqrt");
   }
 };
 
@@ -595,8 +595,8 @@ void layer_norm_invariance_case(Rng& rng, int i) {
   const double b = a * sigma * beta;
   c.eps = random_eps(rng, a * sigma, c.inside);
   const double eps_ref = c.inside ? c.eps / (a * a) : c.eps / a;
-  INFO(type_name<T>() << " " << layout_name(L) << " case " << i << ": " << c.str() << " a " << a << " b " << b
-                      << " mu " << mu << " sigma " << sigma);
+  INFO(type_name<T>() << " " << layout_name(L) << " case " << i << ": " << c.str() << " a " << a << " b " << b << " mu "
+                      << mu << " sigma " << sigma);
   const GroupMap m = rows_map(c.rows, c.F, true);
   const Vec x = random_data<T>(rng, m.group_of.size(), mu, sigma);
   const std::size_t groups = m.members.size();
@@ -881,8 +881,8 @@ void layout_case(Rng& rng, int i) {
   const Vec bx = random_data<T>(rng, bm.group_of.size(), mu, sigma), bdy = random_dy<T>(rng, bm.group_of.size());
   normkit::BatchNorm<T> bn = make_bn<T>(b, rng);
   const Result br = run_in<T, kRow>(bn, b.dims, bx, bdy), bc = run_in<T, kCol>(bn, b.dims, bx, bdy);
-  check_consistent<T>(name + " ColMajor vs RowMajor", bm, bx, bdy, b.opts.eps, true, vec1(bn.weight()),
-                      vec1(bn.bias()), bc, br);
+  check_consistent<T>(name + " ColMajor vs RowMajor", bm, bx, bdy, b.opts.eps, true, vec1(bn.weight()), vec1(bn.bias()),
+                      bc, br);
   check_all_bits(name + " x RowMajor, y/dy/dx ColMajor vs all RowMajor", run<T, kRow, kCol>(bn, b.dims, bx, bdy), br);
 }
 
@@ -1028,8 +1028,8 @@ void thread_cases() {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("Property: every bit is the same for 1 to 4 threads and the plain call", "[properties]",
-                   float, double) {
+TEMPLATE_TEST_CASE("Property: every bit is the same for 1 to 4 threads and the plain call", "[properties]", float,
+                   double) {
   thread_cases<TestType>();
 }
 
@@ -1059,7 +1059,8 @@ TEST_CASE("Thread pool: empty batch, NaN isolation and bad input", "[properties]
     ln.forward(p.device, x, dirty);
     bool ok = true;
     for (Index r = 0; r < rows; ++r)
-      for (Index j = 0; j < 16; ++j) ok = ok && (r == 100 ? std::isnan(dirty(r, j)) : same_bits(clean(r, j), dirty(r, j)));
+      for (Index j = 0; j < 16; ++j)
+        ok = ok && (r == 100 ? std::isnan(dirty(r, j)) : same_bits(clean(r, j), dirty(r, j)));
     CHECK(ok);
   }
   SECTION("shape errors leave outputs untouched") {
@@ -1198,8 +1199,7 @@ TEMPLATE_TEST_CASE("Property: results do not depend on the alignment of x, y, dy
 // Outputs of 8 MiB and more take the non-temporal store path, whose scalar head depends on the address
 // (see above). Rows of 1031 and 129 (odd) values start at every misalignment within one call, so a few
 // offsets suffice.
-TEST_CASE("Property: alignment does not change results on the streaming-store path (8 MiB outputs)",
-          "[properties]") {
+TEST_CASE("Property: alignment does not change results on the streaming-store path (8 MiB outputs)", "[properties]") {
   Rng rng(901);
   const std::vector<std::size_t> offsets{1, 8, 15};
   normkit::LayerNorm<float> ln(1031);

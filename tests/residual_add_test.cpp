@@ -211,7 +211,8 @@ void check_finite_differences(const Norm& norm, double alpha, bool with_dh) {
       up.data()[i] += step, um.data()[i] -= step;
       const double fd = (loss(xp, rp) - loss(xm, rm)) / (2 * step);
       const double want = (wrt_residual ? alpha : 1.0) * dx.data()[i];
-      INFO((wrt_residual ? "residual" : "x") << " element " << i << ": finite difference " << fd << ", analytic " << want);
+      INFO((wrt_residual ? "residual" : "x")
+           << " element " << i << ": finite difference " << fd << ", analytic " << want);
       REQUIRE(std::abs(fd - want) <= 1e-7 * (1 + std::abs(want)));
       worst = std::max(worst, std::abs(fd - want));
     }
@@ -292,7 +293,8 @@ void check_weight_offset(bool centered, Index rows, Index features, double offse
       // Small weights: 2^-8 (and its multiples) vanish next to 1 in bfloat16 but not in accum_t.
       norm.weight()(i) = static_cast<P>(std::ldexp(double(i % 5), -8));
       w[std::size_t(i)] = double(norm.weight()(i));
-      if (norm.bias().size()) norm.bias()(i) = static_cast<P>(0.25 * double(i % 3)), b[std::size_t(i)] = double(norm.bias()(i));
+      if (norm.bias().size())
+        norm.bias()(i) = static_cast<P>(0.25 * double(i % 3)), b[std::size_t(i)] = double(norm.bias()(i));
     }
     stats = norm.forward(x, y);
     grads = norm.backward(x, dy, stats, dx);
@@ -328,14 +330,16 @@ void check_weight_offset(bool centered, Index rows, Index features, double offse
       REQUIRE(double(dx(r, i)) == Approx(want).margin(4 * tol * (1 + std::abs(want))));
     }
   }
-  for (Index i = 0; i < features; ++i) REQUIRE(std::abs(drift[std::size_t(i)] / mass[std::size_t(i)]) < std::ldexp(1.0, -10));
+  for (Index i = 0; i < features; ++i)
+    REQUIRE(std::abs(drift[std::size_t(i)] / mass[std::size_t(i)]) < std::ldexp(1.0, -10));
   // dweight = sum(dy * xhat): the offset is not part of it.
   for (Index i = 0; i < features; ++i) {
     double want = 0;
     for (Index r = 0; r < rows; ++r) {
       double mean = 0, var = 0;
       for (Index k = 0; k < features; ++k) mean += centered ? double(x(r, k)) / double(features) : 0.0;
-      for (Index k = 0; k < features; ++k) var += (double(x(r, k)) - mean) * (double(x(r, k)) - mean) / double(features);
+      for (Index k = 0; k < features; ++k)
+        var += (double(x(r, k)) - mean) * (double(x(r, k)) - mean) / double(features);
       want += double(dy(r, i)) * (double(x(r, i)) - mean) / std::sqrt(var + (centered ? 1e-5 : 1e-6));
     }
     REQUIRE(double(grads.weight(i)) == Approx(want).margin(4 * tol * std::sqrt(double(rows)) * (1 + std::abs(want))));

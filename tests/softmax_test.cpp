@@ -59,8 +59,7 @@ Vec ref_backward(const Vec& y, const Vec& dy, const std::vector<Index>& d, std::
       const auto at = [&](Index c) { return static_cast<std::size_t>((o * C + c) * inner + i); };
       double s = 0;
       for (Index c = 0; c < C; ++c) s += log ? dy[at(c)] : dy[at(c)] * y[at(c)];
-      for (Index c = 0; c < C; ++c)
-        dx[at(c)] = log ? dy[at(c)] - std::exp(y[at(c)]) * s : y[at(c)] * (dy[at(c)] - s);
+      for (Index c = 0; c < C; ++c) dx[at(c)] = log ? dy[at(c)] - std::exp(y[at(c)]) * s : y[at(c)] * (dy[at(c)] - s);
     }
   return dx;
 }
@@ -71,7 +70,10 @@ template <class T>
 double ulps(double got, double want) {
   if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got) ? 0 : 1e30;
   if (got == want) return 0;
-  constexpr int digits = std::is_same_v<T, double> ? 53 : std::is_same_v<T, float> ? 24 : std::is_same_v<T, Eigen::half> ? 11 : 8;
+  constexpr int digits = std::is_same_v<T, double>        ? 53
+                         : std::is_same_v<T, float>       ? 24
+                         : std::is_same_v<T, Eigen::half> ? 11
+                                                          : 8;
   constexpr int min_exp = std::is_same_v<T, double> ? -1021 : std::is_same_v<T, Eigen::half> ? -13 : -125;
   int e = 0;
   std::frexp(std::fabs(want), &e);  // |want| in [2^(e-1), 2^e)
@@ -104,7 +106,8 @@ double check_all_axes(const std::array<Index, R>& dims, std::uint32_t seed, doub
   for (std::size_t axis = 0; axis < R; ++axis) {
     const Vec want = ref_forward(x, d, axis, Log);
     const Fn<T, Log> fn(Index(axis) - (axis % 2 ? Index(R) : 0));  // negative axes too
-    for (const Vec& got : {run_forward<Fn<T, Log>, Eigen::RowMajor>(fn, dims, x), run_forward<Fn<T, Log>, Eigen::ColMajor>(fn, dims, x)}) {
+    for (const Vec& got : {run_forward<Fn<T, Log>, Eigen::RowMajor>(fn, dims, x),
+                           run_forward<Fn<T, Log>, Eigen::ColMajor>(fn, dims, x)}) {
       for (std::size_t k = 0; k < got.size(); ++k) {
         // outputs below T's normal range are compared absolutely
         if (std::fabs(want[k]) < 1e4 * static_cast<double>((std::numeric_limits<T>::min)())) {
@@ -123,7 +126,8 @@ double check_all_axes(const std::array<Index, R>& dims, std::uint32_t seed, doub
 #endif
         const double limit = std::is_same_v<T, double> ? 64.0 : float_limit;
         if (u > limit) {
-          INFO("T " << sizeof(T) << " log " << Log << " dims " << d.size() << " axis " << axis << " k " << k << " got " << got[k] << " want " << want[k] << " ulps " << u);
+          INFO("T " << sizeof(T) << " log " << Log << " dims " << d.size() << " axis " << axis << " k " << k << " got "
+                    << got[k] << " want " << want[k] << " ulps " << u);
           REQUIRE(u <= limit);
         }
       }
@@ -152,7 +156,8 @@ double check_all_axes(const std::array<Index, R>& dims, std::uint32_t seed, doub
       for (std::size_t k = 0; k < got.size(); ++k) {
         const double tol = 8 * eps * (std::fabs(dy[k]) + 1) * (Log ? double(C) : 4.0) + 1e-300;
         if (!(std::fabs(got[k] - dwant[k]) <= tol)) {
-          INFO("backward axis " << axis << " layout " << layout << " k " << k << " got " << got[k] << " want " << dwant[k]);
+          INFO("backward axis " << axis << " layout " << layout << " k " << k << " got " << got[k] << " want "
+                                << dwant[k]);
           REQUIRE(std::fabs(got[k] - dwant[k]) <= tol);
         }
       }
@@ -244,14 +249,14 @@ TEST_CASE("softmax: finite differences of backward (double)", "[softmax]") {
 TEST_CASE("softmax: logits of any magnitude, -Inf, all -Inf, NaN and +Inf", "[softmax][numerics]") {
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   const Index C = 37;  // packets and a tail
-  std::vector<std::vector<float>> rows = {
-      std::vector<float>(C, 1e30f), std::vector<float>(C, -1e30f), std::vector<float>(C, 0.5f),
-      std::vector<float>(C, -inf), std::vector<float>(C, 0.25f), std::vector<float>(C, 0.75f),
-      std::vector<float>(C, 3.4e38f)};
+  std::vector<std::vector<float>> rows = {std::vector<float>(C, 1e30f),  std::vector<float>(C, -1e30f),
+                                          std::vector<float>(C, 0.5f),   std::vector<float>(C, -inf),
+                                          std::vector<float>(C, 0.25f),  std::vector<float>(C, 0.75f),
+                                          std::vector<float>(C, 3.4e38f)};
   for (Index c = 0; c < C; c += 2) rows[2][std::size_t(c)] = c % 4 ? 1e30f : -1e30f;  // mixed
-  rows[4][20] = 3e38f;                                                                 // one huge logit
-  for (Index c = 0; c < C; c += 3) rows[5][std::size_t(c)] = -inf;                     // masked classes
-  rows[6][3] = -3.4e38f;                                                               // extremes
+  rows[4][20] = 3e38f;                                                                // one huge logit
+  for (Index c = 0; c < C; c += 3) rows[5][std::size_t(c)] = -inf;                    // masked classes
+  rows[6][3] = -3.4e38f;                                                              // extremes
   Eigen::Tensor<float, 2, Eigen::RowMajor> x(Index(rows.size()), C), y(x.dimensions()), ly(x.dimensions());
   for (std::size_t r = 0; r < rows.size(); ++r)
     for (Index c = 0; c < C; ++c) x(Index(r), c) = rows[r][std::size_t(c)];

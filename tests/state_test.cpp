@@ -21,7 +21,8 @@ template <class T, int R>
 Eigen::Tensor<T, R, Eigen::RowMajor> ramp(const std::array<Index, static_cast<std::size_t>(R)>& dims, double scale,
                                           double offset) {
   Eigen::Tensor<T, R, Eigen::RowMajor> t(dims);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<T>(offset + scale * std::sin(0.7 * double(i) + offset));
+  for (Index i = 0; i < t.size(); ++i)
+    t.data()[i] = static_cast<T>(offset + scale * std::sin(0.7 * double(i) + offset));
   return t;
 }
 
@@ -100,14 +101,14 @@ TEST_CASE("load_state_dict checks sizes and keys before assigning anything", "[s
   const auto before = ln.state_dict();
 
   normkit::StateDict<float> bad = before;
-  bad.tensors["bias"] = Eigen::Tensor<float, 1>(6).setConstant(9.f);  // valid
+  bad.tensors["bias"] = Eigen::Tensor<float, 1>(6).setConstant(9.f);    // valid
   bad.tensors["weight"] = Eigen::Tensor<float, 1>(5).setConstant(7.f);  // wrong size
   try {
     ln.load_state_dict(bad);
     FAIL("no exception");
   } catch (const normkit::shape_error& e) {
-    CHECK_THAT(std::string(e.what()), Contains("LayerNorm::load_state_dict") && Contains("weight") &&
-                                          Contains("[5]") && Contains("[6]"));
+    CHECK_THAT(std::string(e.what()),
+               Contains("LayerNorm::load_state_dict") && Contains("weight") && Contains("[5]") && Contains("[6]"));
   }
   CHECK(same_bits(ln.weight(), before.tensors.at("weight")));
   CHECK(same_bits(ln.bias(), before.tensors.at("bias")));  // not half-loaded

@@ -101,8 +101,7 @@ inline RowNormSpec spec_of(const normkit::LayerNormOptions& o) { return ln_spec(
 inline RowNormSpec spec_of(const normkit::RMSNormOptions& o) { return rms_spec(o); }
 // The kind a set of options belongs to (the checks below take the functor and its options).
 template <class Opts>
-using KindOf =
-    std::conditional_t<std::is_same<Opts, normkit::LayerNormOptions>::value, LayerNormKind, RMSNormKind>;
+using KindOf = std::conditional_t<std::is_same<Opts, normkit::LayerNormOptions>::value, LayerNormKind, RMSNormKind>;
 
 template <class T, class P>
 void randomize_params(normkit::detail::TrailingNorm<T, P>& fn, std::uint32_t seed) {
@@ -122,8 +121,8 @@ void check_forward(const Fn& fn, const Opts& o, const std::array<Index, R>& dims
   const Vec x = random_input<T>(static_cast<std::size_t>(rf.rows * rf.features), seed);
   const auto ref = row_norm_forward(x, rf.rows, rf.features, spec_of(o), vec1(fn.weight()), vec1(fn.bias()));
   const auto run = run_forward<T, LX, LY>(fn, dims, x);
-  INFO(KindOf<Opts>::kName << " " << describe(o) << " x " << layout_name(LX) << " y " << layout_name(LY)
-                           << " rows " << rf.rows << " features " << rf.features);
+  INFO(KindOf<Opts>::kName << " " << describe(o) << " x " << layout_name(LX) << " y " << layout_name(LY) << " rows "
+                           << rf.rows << " features " << rf.features);
   const auto my = compare(run.y, ref.y, Tol<T>::y, Tol<T>::y, "y");
   INFO(my.str());
   CHECK(my.ok);
@@ -153,8 +152,8 @@ void check_backward(const Fn& fn, const Opts& o, const std::array<Index, R>& dim
   const auto fwd = run_forward<T, LX, LX>(fn, dims, x);
   const auto run = run_backward<T, LX, LD>(fn, dims, x, dy, fwd.stats);
   const auto ref = row_norm_backward(x, dy, rf.rows, rf.features, spec_of(o), vec1(fn.weight()));
-  INFO(KindOf<Opts>::kName << " backward " << describe(o) << " x " << layout_name(LX) << " dy/dx "
-                           << layout_name(LD) << " rows " << rf.rows << " features " << rf.features);
+  INFO(KindOf<Opts>::kName << " backward " << describe(o) << " x " << layout_name(LX) << " dy/dx " << layout_name(LD)
+                           << " rows " << rf.rows << " features " << rf.features);
   const auto mdx = compare_scaled(run.dx, ref.dx, ref.dx_scale, Tol<T>::grad, "dx");
   INFO(mdx.str());
   CHECK(mdx.ok);
@@ -257,10 +256,10 @@ TEST_CASE("LayerNorm/RMSNorm option defaults", "[trailing_norm]") {
   CHECK(rms.eps_placement == EpsPlacement::InsideSqrt);
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward matches the float64 reference: every option, feature sizes, "
-                   "both layouts",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE(
+    "LayerNorm/RMSNorm forward matches the float64 reference: every option, feature sizes, "
+    "both layouts",
+    "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -271,9 +270,8 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward matches the float64 reference: eve
   });
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward over one and several trailing axes, ranks 1 to 4",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward over one and several trailing axes, ranks 1 to 4", "[trailing_norm]",
+                   LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -322,10 +320,10 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm forward over one and several trailing axes
   }
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm weight()/bias() are flattened row-major over normalized_shape in "
-                   "every layout",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE(
+    "LayerNorm/RMSNorm weight()/bias() are flattened row-major over normalized_shape in "
+    "every layout",
+    "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -419,9 +417,8 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm: RowMajor, ColMajor, TensorMap and mixed l
   CHECK(ms2.ok);
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm operator() returns a new tensor of the same dims and layout",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm operator() returns a new tensor of the same dims and layout", "[trailing_norm]",
+                   LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -462,10 +459,10 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm operator() returns a new tensor of the sam
   }
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm stats are ordered as the leading indices in row-major order, "
-                   "whatever the layout",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE(
+    "LayerNorm/RMSNorm stats are ordered as the leading indices in row-major order, "
+    "whatever the layout",
+    "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -538,8 +535,8 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward equals central finite differences
       CHECK(max_abs(gx) > 1e-3);  // the check is not vacuous
 
       // dweight and dbias against finite differences in each parameter; an absent one has no gradient.
-      const auto check_param = [&](bool present, auto param, const Eigen::Tensor<double, 1>& grad,
-                                   const std::string& what) {
+      const auto check_param =
+          [&](bool present, auto param, const Eigen::Tensor<double, 1>& grad, const std::string& what) {
         if (!present) {
           CHECK(grad.size() == 0);
           return;
@@ -547,16 +544,18 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward equals central finite differences
         Fn g = fn;
         const Vec fd = fd_gradient(
             [&](const Vec& p) {
-              set_vec1(param(g), p);
-              return loss(g, x);
+          set_vec1(param(g), p);
+          return loss(g, x);
             },
             vec1(param(fn)), h);
         const auto m = compare(vec1(grad), fd, 1e-7, 1e-7, what + " vs finite differences");
         INFO(m.str());
         CHECK(m.ok);
       };
-      check_param(o.elementwise_affine, [](Fn& f) -> auto& { return f.weight(); }, bwd.grads.weight, "dweight");
-      check_param(o.elementwise_affine && o.bias, [](Fn& f) -> auto& { return f.bias(); }, bwd.grads.bias, "dbias");
+      check_param(
+          o.elementwise_affine, [](Fn & f) -> auto& { return f.weight(); }, bwd.grads.weight, "dweight");
+      check_param(
+          o.elementwise_affine && o.bias, [](Fn & f) -> auto& { return f.bias(); }, bwd.grads.bias, "dbias");
     }
   }
 }
@@ -585,9 +584,8 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 analytic refe
 
 // Many rows: dweight/dbias are sums over all of them (and over the chunks a pool cuts them into, which
 // properties_test 4b shows give the plain call's bits), on the shapes 4b runs on pools.
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 reference over many rows",
-                   "[trailing_norm]", LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>,
-                   RMSNormCase<double>) {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm backward matches the float64 reference over many rows", "[trailing_norm]",
+                   LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
   using T = typename TestType::Scalar;
   using Fn = typename TestType::template Fn<T>;
   using Opts = typename TestType::Opts;
@@ -795,8 +793,8 @@ TEST_CASE("LayerNorm backward rejects a mean or mean_lo of the wrong size, and w
   CHECK(all_equal_to(dx, sentinel));
 }
 
-TEMPLATE_TEST_CASE("LayerNorm/RMSNorm rejects invalid options with std::invalid_argument",
-                   "[trailing_norm][errors]", LayerNormKind, RMSNormKind) {
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm rejects invalid options with std::invalid_argument", "[trailing_norm][errors]",
+                   LayerNormKind, RMSNormKind) {
   using Opts = typename TestType::Opts;
   using Fn = typename TestType::template Fn<float>;
   Eigen::Tensor<float, 2, Eigen::RowMajor> x(2, 3), y(2, 3);

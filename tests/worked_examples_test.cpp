@@ -13,8 +13,8 @@
 #include <array>
 #include <cmath>
 
-using normkit::EpsPlacement;
 using Eigen::Index;
+using normkit::EpsPlacement;
 
 namespace {
 

@@ -63,17 +63,20 @@ P round_to(long double v) {
 template <class T, class P>
 class BatchNormBase {
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
-  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
+  static_assert(is_param_type_v<T, P>,
+                "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
   using Index = Eigen::Index;
 
  public:
   BatchNormBase(const char* name, Index num_features, BatchNormOptions options)
       : name_(name), options_(options), channels_(num_features) {
-    if (num_features < 1) detail::throw_invalid(name_, "num_features must be >= 1, got " + std::to_string(num_features));
+    if (num_features < 1)
+      detail::throw_invalid(name_, "num_features must be >= 1, got " + std::to_string(num_features));
     detail::check_eps(name_, options_.eps);
     if (options_.momentum && !(*options_.momentum >= 0 && *options_.momentum <= 1))
-      detail::throw_invalid(name_, "momentum must be in [0, 1] or nullopt, got " + detail::number_string(*options_.momentum));
+      detail::throw_invalid(name_,
+                            "momentum must be in [0, 1] or nullopt, got " + detail::number_string(*options_.momentum));
     if (options_.affine) {
       weight_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(1));
       bias_ = Eigen::Tensor<P, 1>(channels_).setConstant(P(0));
@@ -103,7 +106,8 @@ class BatchNormBase {
   // and num_batches_tracked (tracking).
   StateDict<P> state_dict() const {
     const bool tracked = options_.track_running_stats;
-    return detail::state_of<P>(slots_of(*this), tracked ? std::optional<std::int64_t>(num_batches_tracked_) : std::nullopt);
+    return detail::state_of<P>(slots_of(*this),
+                               tracked ? std::optional<std::int64_t>(num_batches_tracked_) : std::nullopt);
   }
   void load_state_dict(const StateDict<P>& state, bool strict = true) {
     std::int64_t* counter = options_.track_running_stats ? &num_batches_tracked_ : nullptr;
@@ -238,9 +242,9 @@ class BatchNormBase {
                                        std::to_string(rank));
     if (dims[std::size_t(axis)] != channels_)
       detail::throw_shape(where, "x has dimensions " + detail::dims_string(dims) + " with " +
-                                     std::to_string(dims[std::size_t(axis)]) + " channels on axis " + std::to_string(axis) +
-                                     " but num_features is " + std::to_string(channels_) + " (expected [" +
-                                     std::to_string(channels_) + "] there)");
+                                     std::to_string(dims[std::size_t(axis)]) + " channels on axis " +
+                                     std::to_string(axis) + " but num_features is " + std::to_string(channels_) +
+                                     " (expected [" + std::to_string(channels_) + "] there)");
     return detail::channel_groups(dims.data(), rank, axis, detail::layout_v<X> == Eigen::RowMajor);
   }
 
@@ -285,8 +289,9 @@ class BatchNormBase {
     const Index n = s.group_size();
     const bool batch = uses_batch_stats();
     if (batch && n == 1)
-      detail::throw_invalid(where, "expected more than 1 value per channel when using batch statistics, got x of dimensions " +
-                                       detail::dims_string(detail::dims_of(x)));
+      detail::throw_invalid(where,
+                            "expected more than 1 value per channel when using batch statistics, got x of dimensions " +
+                                detail::dims_string(detail::dims_of(x)));
 
     NormStats<T> stats;
     stats.source = batch ? StatsSource::Batch : StatsSource::Running;
@@ -296,12 +301,14 @@ class BatchNormBase {
       stats.mean_lo.setZero();
       for (Index c = 0; c < channels_; ++c) {
         stats.mean(c) = static_cast<A>(running_mean_(c));
-        stats.rstd(c) = core::rstd_from_var<A>(static_cast<long double>(static_cast<A>(running_var_(c))), options_.eps, true);
+        stats.rstd(c) = core::rstd_from_var<A>(static_cast<long double>(static_cast<A>(running_var_(c))), options_.eps,
+                                               true);
       }
     }
     detail::OutputIn<detail::layout_v<X>, Y> out(y);
     core::forward_groups<A>(exec, x.data(), out.data(), s, params(),
-                            core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(), var.data()},
+                            core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(),
+                                                 var.data()},
                             batch ? core::StatsMode::Compute : core::StatsMode::Given);
     out.commit();
     if (training_ && options_.track_running_stats && n > 0) update_running_stats(stats, var, n);
@@ -342,13 +349,12 @@ class BatchNormBase {
     Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> dy_copy;
     const T* dyp = detail::in_layout<detail::layout_v<X>>(dy, dy_copy);
     detail::OutputIn<detail::layout_v<X>, DX> out(dx);
-    core::backward_groups<A>(exec, x.data(), dyp, out.data(), s, params(),
-                             core::StatsArrays<const A>{stats.mean.data(),
-                                                        stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
-                                                        stats.rstd.data()},
-                             stats.source == StatsSource::Running ? core::StatsOrigin::Constant : core::StatsOrigin::Batch,
-                             options_.affine ? grads.weight.data() : nullptr,
-                             options_.affine ? grads.bias.data() : nullptr);
+    core::backward_groups<A>(
+        exec, x.data(), dyp, out.data(), s, params(),
+        core::StatsArrays<const A>{stats.mean.data(), stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
+                                   stats.rstd.data()},
+        stats.source == StatsSource::Running ? core::StatsOrigin::Constant : core::StatsOrigin::Batch,
+        options_.affine ? grads.weight.data() : nullptr, options_.affine ? grads.bias.data() : nullptr);
     out.commit();
     return grads;
   }
@@ -372,7 +378,9 @@ class BatchNorm : public detail::BatchNormBase<T, P> {
       : detail::BatchNormBase<T, P>("BatchNorm", num_features, options) {}
 
   template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) { return this->forward_local(core::SerialExecutor{}, x, y); }
+  NormStats<T> forward(const X& x, Y&& y) {
+    return this->forward_local(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
   NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
     return this->forward_local(detail::PoolExecutor{device}, x, y);

@@ -59,11 +59,13 @@ class CrossEntropyLoss {
 
   template <class L, class Y>
   Eigen::Tensor<A, 1> forward(const L& logits, const Y& target) const {
-    return run(core::SerialExecutor{}, "forward", logits, target, static_cast<const NoGrad*>(nullptr), static_cast<NoGrad*>(nullptr));
+    return run(core::SerialExecutor{}, "forward", logits, target, static_cast<const NoGrad*>(nullptr),
+               static_cast<NoGrad*>(nullptr));
   }
   template <class L, class Y>
   Eigen::Tensor<A, 1> forward(const Eigen::ThreadPoolDevice& device, const L& logits, const Y& target) const {
-    return run(detail::PoolExecutor{device}, "forward", logits, target, static_cast<const NoGrad*>(nullptr), static_cast<NoGrad*>(nullptr));
+    return run(detail::PoolExecutor{device}, "forward", logits, target, static_cast<const NoGrad*>(nullptr),
+               static_cast<NoGrad*>(nullptr));
   }
   template <class L, class Y, class DL, class DX>
   void backward(const L& logits, const Y& target, const DL& dloss, DX&& dlogits) const {
@@ -140,7 +142,8 @@ class CrossEntropyLoss {
 
     // Targets in the memory order of the logits' groups; map[j]: the row-major index of group j.
     const bool row_major = layout_v<L> == Eigen::RowMajor;
-    const std::vector<Index> map = row_major || R <= 2 ? std::vector<Index>{} : colmajor_to_rowmajor(tdims.data(), R - 1);
+    const std::vector<Index> map = row_major || R <= 2 ? std::vector<Index>{}
+                                                       : colmajor_to_rowmajor(tdims.data(), R - 1);
     const auto logical = [&](Index j) { return map.empty() ? j : map[std::size_t(j)]; };
     Eigen::Tensor<std::int64_t, R - 1, Eigen::RowMajor> target_copy;
     const std::int64_t* trm = in_layout<Eigen::RowMajor>(target, target_copy);
@@ -172,7 +175,8 @@ class CrossEntropyLoss {
       scale.resize(std::size_t(G));
       for (Index j = 0; j < G; ++j) {
         double g = 1;
-        if constexpr (!ones) g = static_cast<double>(options_.reduction == Reduction::None ? dl->data()[logical(j)] : dl->data()[0]);
+        if constexpr (!ones)
+          g = static_cast<double>(options_.reduction == Reduction::None ? dl->data()[logical(j)] : dl->data()[0]);
         scale[std::size_t(j)] = static_cast<A>(mean ? g / weight_total : g);
       }
     }

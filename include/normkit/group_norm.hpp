@@ -66,7 +66,8 @@ GroupedMap grouped_map(const std::string& where, const char* name, const X& x, I
   const auto dims = dims_of(x);
   if (rank < min_rank)
     throw_shape(where, "x has dimensions " + dims_string(dims) + " (rank " + std::to_string(rank) + ") but " + name +
-                           " needs rank >= " + std::to_string(min_rank) + " (N, C" + (min_rank > 2 ? ", spatial...)" : ", ...)"));
+                           " needs rank >= " + std::to_string(min_rank) + " (N, C" +
+                           (min_rank > 2 ? ", spatial...)" : ", ...)"));
   const Index axis = channel_axis < 0 ? channel_axis + rank : channel_axis;
   if (axis != 1 && axis != rank - 1)
     throw_invalid(where, "channel_axis " + std::to_string(channel_axis) + " must be 1 or the last axis (-1 or " +
@@ -140,7 +141,8 @@ class GroupedCore {
     // depend on which executor runs a call.
     const auto call = [&](const auto& ex, Index k) {
       core::forward_groups<A>(ex, x + k * m.stride, y + k * m.stride, m.shape, p_,
-                              core::StatsArrays<A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k), off(st.var, k)},
+                              core::StatsArrays<A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k),
+                                                   off(st.var, k)},
                               mode);
     };
     if (m.calls == 1) call(exec, 0);
@@ -214,14 +216,16 @@ void check_grouped_stats(const std::string& where, const S& stats, Index expecte
 template <class T, class P = T>
 class GroupNorm {
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
-  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
+  static_assert(is_param_type_v<T, P>,
+                "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
   using Index = Eigen::Index;
 
  public:
   GroupNorm(Index num_groups, Index num_channels, GroupNormOptions options = {})
       : options_(options), groups_(num_groups), channels_(num_channels) {
-    if (num_groups < 1) detail::throw_invalid("GroupNorm", "num_groups must be >= 1, got " + std::to_string(num_groups));
+    if (num_groups < 1)
+      detail::throw_invalid("GroupNorm", "num_groups must be >= 1, got " + std::to_string(num_groups));
     if (num_channels < 1)
       detail::throw_invalid("GroupNorm", "num_channels must be >= 1, got " + std::to_string(num_channels));
     if (num_channels % num_groups != 0)
@@ -247,13 +251,17 @@ class GroupNorm {
   void load_state_dict(const StateDict<P>& state, bool strict = true) {
     detail::load_state("GroupNorm::load_state_dict", slots_of(*this), state, nullptr, strict);
   }
-  void set_weight(const P* data, Index size) { detail::set_param("GroupNorm::set_weight", slots_of(*this)[0], data, size); }
+  void set_weight(const P* data, Index size) {
+    detail::set_param("GroupNorm::set_weight", slots_of(*this)[0], data, size);
+  }
   void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
   void set_bias(const P* data, Index size) { detail::set_param("GroupNorm::set_bias", slots_of(*this)[1], data, size); }
   void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
 
   template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) const { return forward_on(core::SerialExecutor{}, x, y); }
+  NormStats<T> forward(const X& x, Y&& y) const {
+    return forward_on(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
   NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
     return forward_on(detail::PoolExecutor{device}, x, y);
@@ -292,7 +300,8 @@ class GroupNorm {
                   "normkit: x and y must hold T");
     static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
     const std::string where = "GroupNorm::forward";
-    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis, 2);
+    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis,
+                                                     2);
     detail::check_same_dims(where, "y", y, "x", x);
     check_params(where);
 
@@ -303,7 +312,8 @@ class GroupNorm {
     const T* xp = detail::in_layout<Eigen::RowMajor>(x, x_copy);
     detail::OutputIn<Eigen::RowMajor, Y> out(y);
     const detail::GroupedCore<T, P> core(weight_, bias_, channels_, groups_, options_.eps);
-    core.forward(exec, m, xp, out.data(), core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()},
+    core.forward(exec, m, xp, out.data(),
+                 core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()},
                  core::StatsMode::Compute);
     out.commit();
     return stats;
@@ -317,7 +327,8 @@ class GroupNorm {
     static_assert(detail::rank_v<X> == detail::rank_v<DY> && detail::rank_v<X> == detail::rank_v<DX>,
                   "normkit: x, dy and dx must have the same rank");
     const std::string where = "GroupNorm::backward";
-    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis, 2);
+    const detail::GroupedMap m = detail::grouped_map(where, "GroupNorm", x, channels_, groups_, options_.channel_axis,
+                                                     2);
     detail::check_same_dims(where, "dy", dy, "x", x);
     detail::check_same_dims(where, "dx", dx, "x", x);
     check_params(where);

@@ -68,7 +68,9 @@ class InstanceNorm : private detail::BatchNormBase<T, P> {
   Index num_features() const { return this->channels_; }
 
   template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) { return forward_on(core::SerialExecutor{}, x, y); }
+  NormStats<T> forward(const X& x, Y&& y) {
+    return forward_on(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
   NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
     return forward_on(detail::PoolExecutor{device}, x, y);
@@ -104,9 +106,10 @@ class InstanceNorm : private detail::BatchNormBase<T, P> {
     const Index S = m.shape.group_size(), N = m.stats_size() / C;
     const bool batch = this->uses_batch_stats();
     if (batch && S == 1)
-      detail::throw_invalid(where, "expected more than 1 spatial element when using instance statistics (training, "
-                                   "or track_running_stats = false), got x of dimensions " +
-                                       detail::dims_string(detail::dims_of(x)));
+      detail::throw_invalid(where,
+                            "expected more than 1 spatial element when using instance statistics (training, "
+                            "or track_running_stats = false), got x of dimensions " +
+                                detail::dims_string(detail::dims_of(x)));
 
     NormStats<T> stats;
     stats.source = batch ? StatsSource::Batch : StatsSource::Running;
@@ -128,7 +131,8 @@ class InstanceNorm : private detail::BatchNormBase<T, P> {
     detail::OutputIn<Eigen::RowMajor, Y> out(y);
     const detail::GroupedCore<T, P> core(this->weight_, this->bias_, C, C, this->options_.eps);
     core.forward(exec, m, xp, out.data(),
-                 core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(), update ? var.data() : nullptr},
+                 core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data(),
+                                      update ? var.data() : nullptr},
                  batch ? core::StatsMode::Compute : core::StatsMode::Given);
     out.commit();
     if (update) update_running_stats(stats, var, N, S);
@@ -183,7 +187,8 @@ class InstanceNorm : private detail::BatchNormBase<T, P> {
                   core::StatsArrays<const A>{stats.mean.data(), stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
                                              stats.rstd.data()},
                   stats.source == StatsSource::Running ? core::StatsOrigin::Constant : core::StatsOrigin::Batch,
-                  this->options_.affine ? grads.weight.data() : nullptr, this->options_.affine ? grads.bias.data() : nullptr);
+                  this->options_.affine ? grads.weight.data() : nullptr,
+                  this->options_.affine ? grads.bias.data() : nullptr);
     out.commit();
     return grads;
   }

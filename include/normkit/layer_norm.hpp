@@ -27,8 +27,7 @@ class LayerNorm : public detail::TrailingNorm<T, P> {
   // normkit extension: a normalized_shape known only at run time.
   explicit LayerNorm(std::vector<Eigen::Index> normalized_shape, LayerNormOptions options = {})
       : detail::TrailingNorm<T, P>("LayerNorm", std::move(normalized_shape), options.eps, options.elementwise_affine,
-                                options.bias, options.eps_placement, /*centered=*/true,
-                                options.weight_offset),
+                                   options.bias, options.eps_placement, /*centered=*/true, options.weight_offset),
         options_(options) {}
 
   const LayerNormOptions& options() const { return options_; }

@@ -48,7 +48,8 @@ MPI_Datatype mpi_type() {
 }
 
 inline void check_mpi(int rc, const std::string& where, const char* call) {
-  if (rc != MPI_SUCCESS) throw std::runtime_error("normkit::" + where + ": " + call + " failed (MPI error " + std::to_string(rc) + ")");
+  if (rc != MPI_SUCCESS)
+    throw std::runtime_error("normkit::" + where + ": " + call + " failed (MPI error " + std::to_string(rc) + ")");
 }
 
 // What a rank's argument checks found, as a number the ranks can exchange: 0 passed, else the kind.
@@ -90,7 +91,8 @@ inline void check_same_channels(const std::string& where, const std::vector<std:
   for (std::size_t r = 1; r < channels.size(); ++r)
     if (channels[r] != channels[0])
       throw_shape(where, "num_features differs across ranks: rank 0 has " + std::to_string(channels[0]) + ", rank " +
-                             std::to_string(r) + " has " + std::to_string(channels[r]) + " (every rank must normalize the same C channels)");
+                             std::to_string(r) + " has " + std::to_string(channels[r]) +
+                             " (every rank must normalize the same C channels)");
 }
 
 }  // namespace detail
@@ -107,7 +109,9 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
   MPI_Comm comm() const { return comm_; }
 
   template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) { return forward_on(core::SerialExecutor{}, x, y); }
+  NormStats<T> forward(const X& x, Y&& y) {
+    return forward_on(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
   NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
     return forward_on(detail::PoolExecutor{device}, x, y);
@@ -144,7 +148,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     std::int64_t mine[3] = {code, static_cast<std::int64_t>(this->channels_), static_cast<std::int64_t>(count)};
     std::vector<std::int64_t> all(3 * P_), codes(P_), channels(P_), counts(P_);
     detail::check_mpi(MPI_Allgather(mine, 3, MPI_INT64_T, all.data(), 3, MPI_INT64_T, comm_), where, "MPI_Allgather");
-    for (std::size_t r = 0; r < P_; ++r) codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
+    for (std::size_t r = 0; r < P_; ++r)
+      codes[r] = all[3 * r], channels[r] = all[3 * r + 1], counts[r] = all[3 * r + 2];
     detail::throw_if_any_failed(where, codes, error);
     detail::check_same_channels(where, channels);
     return counts;
@@ -152,8 +157,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
 
   // Collective 2: every rank's per-channel moments (4C values each), merged in rank order with the
   // core's Chan update into the statistics of the whole batch: the same bits on every rank.
-  void merge_ranks(const std::string& where, const std::vector<Moments<A>>& local, const std::vector<std::int64_t>& counts,
-                   NormStats<T>& stats, Eigen::Tensor<A, 1>& var) const {
+  void merge_ranks(const std::string& where, const std::vector<Moments<A>>& local,
+                   const std::vector<std::int64_t>& counts, NormStats<T>& stats, Eigen::Tensor<A, 1>& var) const {
     const Index C = this->channels_;
     std::vector<A> send(static_cast<std::size_t>(4 * C)), recv(send.size() * counts.size());
     for (Index c = 0; c < C; ++c) {
@@ -221,11 +226,13 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     const Index C = this->channels_;
     core::GroupShape s;
     std::exception_ptr error;
-    const std::int64_t code = detail::run_checks([&] {
+    const std::int64_t code = detail::run_checks(
+        [&] {
       s = this->shape_of(where, x);
       detail::check_same_dims(where, "y", y, "x", x);
       this->check_params(where);
-    }, error);
+        },
+        error);
 
     const std::vector<std::int64_t> counts = share_checks(where, code, error, s.group_size());
     std::int64_t total = 0;
@@ -243,7 +250,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
                             core::StatsArrays<A>{stats.mean.data(), stats.mean_lo.data(), stats.rstd.data()},
                             core::StatsMode::Given);
     out.commit();
-    if (this->options_.track_running_stats && total > 0) this->update_running_stats(stats, var, static_cast<Index>(total));
+    if (this->options_.track_running_stats && total > 0)
+      this->update_running_stats(stats, var, static_cast<Index>(total));
     return stats;
   }
 
@@ -259,7 +267,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
     const Index C = this->channels_;
     core::GroupShape s;
     std::exception_ptr error;
-    const std::int64_t code = detail::run_checks([&] {
+    const std::int64_t code = detail::run_checks(
+        [&] {
       s = this->shape_of(where, x);
       detail::check_same_dims(where, "dy", dy, "x", x);
       detail::check_same_dims(where, "dx", dx, "x", x);
@@ -267,7 +276,8 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
       detail::check_size(where, "stats.mean", C, stats.mean.size());
       detail::check_size(where, "stats.rstd", C, stats.rstd.size());
       if (stats.mean_lo.size() != 0) detail::check_size(where, "stats.mean_lo", C, stats.mean_lo.size());
-    }, error);
+        },
+        error);
 
     const core::StatsArrays<const A> st{stats.mean.data(), stats.mean_lo.size() ? stats.mean_lo.data() : nullptr,
                                         stats.rstd.data()};

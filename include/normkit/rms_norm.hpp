@@ -27,8 +27,7 @@ class RMSNorm : public detail::TrailingNorm<T, P> {
   // normkit extension: a normalized_shape known only at run time.
   explicit RMSNorm(std::vector<Eigen::Index> normalized_shape, RMSNormOptions options = {})
       : detail::TrailingNorm<T, P>("RMSNorm", std::move(normalized_shape), options.eps, options.elementwise_affine,
-                                options.bias, options.eps_placement, /*centered=*/false,
-                                options.weight_offset),
+                                   options.bias, options.eps_placement, /*centered=*/false, options.weight_offset),
         options_(options) {}
 
   const RMSNormOptions& options() const { return options_; }

@@ -57,7 +57,8 @@ bool stream_output(Index elements) {
 inline Index resolve_axis(const std::string& where, Index axis, Index rank) {
   const Index a = axis < 0 ? axis + rank : axis;
   if (a < 0 || a >= rank)
-    throw_invalid(where, "axis " + std::to_string(axis) + " is out of range for a tensor of rank " + std::to_string(rank));
+    throw_invalid(where,
+                  "axis " + std::to_string(axis) + " is out of range for a tensor of rank " + std::to_string(rank));
   return a;
 }
 
@@ -71,9 +72,13 @@ class SoftmaxFunctor {
   const SoftmaxOptions& options() const { return options_; }
 
   template <class X, class Y>
-  void forward(const X& x, Y&& y) const { forward_on(core::SerialExecutor{}, x, y); }
+  void forward(const X& x, Y&& y) const {
+    forward_on(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
-  void forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const { forward_on(PoolExecutor{device}, x, y); }
+  void forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
+    forward_on(PoolExecutor{device}, x, y);
+  }
   template <class X>
   auto operator()(const X& x) const {
     Eigen::Tensor<T, rank_v<X>, layout_v<X>> y(x.dimensions());
@@ -81,7 +86,9 @@ class SoftmaxFunctor {
     return y;
   }
   template <class Y, class DY, class DX>
-  void backward(const Y& y, const DY& dy, DX&& dx) const { backward_on(core::SerialExecutor{}, y, dy, dx); }
+  void backward(const Y& y, const DY& dy, DX&& dx) const {
+    backward_on(core::SerialExecutor{}, y, dy, dx);
+  }
   template <class Y, class DY, class DX>
   void backward(const Eigen::ThreadPoolDevice& device, const Y& y, const DY& dy, DX&& dx) const {
     backward_on(PoolExecutor{device}, y, dy, dx);

@@ -57,8 +57,9 @@ StateDict<P> state_of(const std::array<ParamSlot<const Eigen::Tensor<P, 1>>, N>&
 
 // Checks everything in `s` against the slots; assigns nothing. Returns the slots to assign.
 template <class P, std::size_t N>
-std::vector<std::size_t> check_state(const std::string& where, const std::array<ParamSlot<Eigen::Tensor<P, 1>>, N>& slots,
-                                     const StateDict<P>& s, bool has_counter, bool strict) {
+std::vector<std::size_t> check_state(const std::string& where,
+                                     const std::array<ParamSlot<Eigen::Tensor<P, 1>>, N>& slots, const StateDict<P>& s,
+                                     bool has_counter, bool strict) {
   std::vector<std::size_t> present;
   std::string missing, unexpected;
   for (std::size_t i = 0; i < N; ++i) {
@@ -79,8 +80,10 @@ std::vector<std::size_t> check_state(const std::string& where, const std::array<
     for (const auto& slot : slots) known |= slot.size && name == slot.name;
     if (!known) unexpected += (unexpected.empty() ? "" : ", ") + name;
   }
-  if (has_counter && !s.num_batches_tracked) missing += std::string(missing.empty() ? "" : ", ") + "num_batches_tracked";
-  if (!has_counter && s.num_batches_tracked) unexpected += std::string(unexpected.empty() ? "" : ", ") + "num_batches_tracked";
+  if (has_counter && !s.num_batches_tracked)
+    missing += std::string(missing.empty() ? "" : ", ") + "num_batches_tracked";
+  if (!has_counter && s.num_batches_tracked)
+    unexpected += std::string(unexpected.empty() ? "" : ", ") + "num_batches_tracked";
   if (s.num_batches_tracked && *s.num_batches_tracked < 0)
     throw_invalid(where, "num_batches_tracked must be >= 0, got " + std::to_string(*s.num_batches_tracked));
   if (strict && (!missing.empty() || !unexpected.empty()))

@@ -53,9 +53,13 @@ inline constexpr bool is_tensor_expression_v =
 // The stand-ins for a rejected X: its own Scalar and NumDimensions where it has them (a Matrix and
 // every tensor expression do), so that the functors' "must hold T" and "same rank" checks stay quiet.
 template <class X, class = void>
-struct scalar_or_void { using type = void; };
+struct scalar_or_void {
+  using type = void;
+};
 template <class X>
-struct scalar_or_void<X, std::void_t<typename X::Scalar>> { using type = typename X::Scalar; };
+struct scalar_or_void<X, std::void_t<typename X::Scalar>> {
+  using type = typename X::Scalar;
+};
 template <class X, class = void>
 struct rank_or_one : std::integral_constant<int, 1> {};
 template <class X>
@@ -109,7 +113,9 @@ std::array<Index, rank_v<X>> dims_of(const X& x) {
 }
 
 template <std::size_t R>
-std::string dims_string(const std::array<Index, R>& d) { return detail::dims_string(d, Index(R)); }
+std::string dims_string(const std::array<Index, R>& d) {
+  return detail::dims_string(d, Index(R));
+}
 
 inline Index product(const Index* d, Index count) {
   Index p = 1;
@@ -118,7 +124,8 @@ inline Index product(const Index* d, Index count) {
 }
 
 inline core::GroupShape trailing_groups(const Index* dims, Index rank, Index normalized_rank, bool row_major) {
-  const Index rows = product(dims, rank - normalized_rank), features = product(dims + rank - normalized_rank, normalized_rank);
+  const Index rows = product(dims, rank - normalized_rank),
+              features = product(dims + rank - normalized_rank, normalized_rank);
   return row_major ? core::GroupShape{1, rows, features} : core::GroupShape{features, rows, 1};
 }
 
@@ -137,7 +144,8 @@ void for_each_index_pair(const Index* dims, Index count, F&& f) {
     Index r = 0;
     for (Index a = 0; a < count; ++a) r = r * dims[a] + idx[static_cast<std::size_t>(a)];
     f(j, r);
-    for (Index a = 0; a < count && ++idx[static_cast<std::size_t>(a)] == dims[a]; ++a) idx[static_cast<std::size_t>(a)] = 0;
+    for (Index a = 0; a < count && ++idx[static_cast<std::size_t>(a)] == dims[a]; ++a)
+      idx[static_cast<std::size_t>(a)] = 0;
   }
 }
 
@@ -237,8 +245,8 @@ class OutputIn {
 template <class A, class B>
 void check_same_dims(const std::string& where, const char* a_name, const A& a, const char* b_name, const B& b) {
   if (dims_of(a) != dims_of(b))
-    throw_shape(where, std::string(a_name) + " has dimensions " + dims_string(dims_of(a)) + " but " + b_name +
-                           " has " + dims_string(dims_of(b)) + " (they must be equal)");
+    throw_shape(where, std::string(a_name) + " has dimensions " + dims_string(dims_of(a)) + " but " + b_name + " has " +
+                           dims_string(dims_of(b)) + " (they must be equal)");
 }
 
 inline void check_size(const std::string& where, const std::string& what, Index expected, Index actual) {

@@ -27,7 +27,8 @@ namespace normkit::detail {
 template <class T, class P>
 class TrailingNorm {
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
-  static_assert(is_param_type_v<T, P>, "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
+  static_assert(is_param_type_v<T, P>,
+                "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
   using A = accum_t<T>;
 
  public:
@@ -48,7 +49,9 @@ class TrailingNorm {
   void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
 
   template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) const { return forward_on(core::SerialExecutor{}, x, y); }
+  NormStats<T> forward(const X& x, Y&& y) const {
+    return forward_on(core::SerialExecutor{}, x, y);
+  }
   template <class X, class Y>
   NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
     return forward_on(PoolExecutor{device}, x, y);
@@ -134,7 +137,8 @@ class TrailingNorm {
     const Index rank = rank_v<X>, k = Index(shape_.size());
     if (rank < k)
       throw_shape(where, "x has dimensions " + dims_string(dims) + " (rank " + std::to_string(rank) +
-                             ") but normalized_shape " + dims_string(shape_, k) + " needs rank >= " + std::to_string(k));
+                             ") but normalized_shape " + dims_string(shape_, k) +
+                             " needs rank >= " + std::to_string(k));
     for (Index a = 0; a < k; ++a)
       if (dims[std::size_t(rank - k + a)] != shape_[std::size_t(a)])
         throw_shape(where, "x has dimensions " + dims_string(dims) + " whose trailing dimensions " +
@@ -168,7 +172,6 @@ class TrailingNorm {
     if (layout_v<X> == Eigen::RowMajor || shape_.size() <= 1) return {};
     return colmajor_to_rowmajor(shape_.data(), Index(shape_.size()));
   }
-
 
   template <class Q>
   core::NormParams<Q> params(const Q* w, const Q* b) const {
@@ -212,8 +215,9 @@ class TrailingNorm {
     const T* r = in_layout<layout_v<X>>(residual, r_copy);
     OutputIn<layout_v<X>, H> out_h(h);
     OutputIn<layout_v<X>, Y> out_y(y);
-    NormStats<T> stats =
-        normalize<X>(exec, s, x, core::LoadResidual<A, T>{x.data(), r, static_cast<A>(alpha), out_h.data()}, out_y.data());
+    NormStats<T> stats = normalize<X>(exec, s, x,
+                                      core::LoadResidual<A, T>{x.data(), r, static_cast<A>(alpha), out_h.data()},
+                                      out_y.data());
     out_h.commit();
     out_y.commit();
     return stats;
@@ -264,8 +268,8 @@ class TrailingNorm {
   template <class Exec, class H, class DY, class DH, class DX>
   NormGrads<P> backward_add_on(const Exec& exec, const H& h, const DY& dy, const DH& dh, const NormStats<T>& stats,
                                DX& dx) const {
-    static_assert(std::is_same_v<scalar_t<H>, T> && std::is_same_v<scalar_t<DY>, T> && std::is_same_v<scalar_t<DH>, T> &&
-                      std::is_same_v<scalar_t<DX>, T>,
+    static_assert(std::is_same_v<scalar_t<H>, T> && std::is_same_v<scalar_t<DY>, T> &&
+                      std::is_same_v<scalar_t<DH>, T> && std::is_same_v<scalar_t<DX>, T>,
                   "normkit: h, dy, dh and dx must hold T");
     static_assert(rank_v<H> == rank_v<DY> && rank_v<H> == rank_v<DH> && rank_v<H> == rank_v<DX>,
                   "normkit: h, dy, dh and dx must have the same rank");
@@ -305,8 +309,8 @@ class TrailingNorm {
 
   // dx (written through `store`) and the parameter gradients, for checked arguments.
   template <class Exec, class X, class Store>
-  NormGrads<P> gradients(const Exec& exec, const core::GroupShape& s, const X& x, const T* dy, const NormStats<T>& stats,
-                         const Store& store) const {
+  NormGrads<P> gradients(const Exec& exec, const core::GroupShape& s, const X& x, const T* dy,
+                         const NormStats<T>& stats, const Store& store) const {
     const Index rows = s.groups;
     const std::vector<Index> rows_order = stats_order(x);
     std::vector<A> mem(rows_order.empty() ? 0 : std::size_t(3 * rows));  // stats gathered into memory order
@@ -325,9 +329,9 @@ class TrailingNorm {
     if (bias_.size()) grads.bias.resize(features_);
     with_params<X>(
         [&](const auto* w, const auto*, auto* dw, auto* db) {
-          using Q = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
-          core::backward_groups<A>(exec, x.data(), dy, store, s, params<Q>(w, nullptr), st, core::StatsOrigin::Batch, dw,
-                                   db);
+      using Q = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      core::backward_groups<A>(exec, x.data(), dy, store, s, params<Q>(w, nullptr), st, core::StatsOrigin::Batch, dw,
+                               db);
         },
         &grads);
     return grads;

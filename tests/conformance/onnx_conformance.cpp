@@ -167,8 +167,7 @@ struct Mismatches {
 
   void compare(const std::string& what, const std::vector<double>& got, const std::vector<double>& want) {
     if (got.size() != want.size()) {
-      messages.push_back(what + ": " + std::to_string(got.size()) + " values, ONNX has " +
-                         std::to_string(want.size()));
+      messages.push_back(what + ": " + std::to_string(got.size()) + " values, ONNX has " + std::to_string(want.size()));
       return;
     }
     std::size_t bad = 0, worst = 0;
@@ -255,7 +254,8 @@ std::vector<double> row_major_values(const T& t) {
 
 // Axis permutation of row-major data: result axis k is source axis perm[k].
 template <int R, class V>
-std::vector<V> permute(const std::vector<V>& src, const Eigen::array<Index, static_cast<std::size_t>(R)>& d, const Eigen::array<Index, static_cast<std::size_t>(R)>& perm,
+std::vector<V> permute(const std::vector<V>& src, const Eigen::array<Index, static_cast<std::size_t>(R)>& d,
+                       const Eigen::array<Index, static_cast<std::size_t>(R)>& perm,
                        Eigen::array<Index, static_cast<std::size_t>(R)>& permuted_dims) {
   for (int k = 0; k < R; ++k)
     permuted_dims[static_cast<std::size_t>(k)] = d[static_cast<std::size_t>(perm[static_cast<std::size_t>(k)])];
@@ -352,8 +352,7 @@ template <int R>
 void check_layer_or_rms(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatches& m) {
   if (c.op == "LayerNormalization")
     check_rowwise<R, normkit::LayerNorm<float>, normkit::LayerNormOptions>(c, true, device, m);
-  else
-    check_rowwise<R, normkit::RMSNorm<float>, normkit::RMSNormOptions>(c, false, device, m);
+  else check_rowwise<R, normkit::RMSNorm<float>, normkit::RMSNormOptions>(c, false, device, m);
 }
 
 // ================================================================================================
@@ -395,8 +394,8 @@ void check_batchnorm(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatc
     set_parameter(bn.running_var(), input_var, "running_var()");
     bn.train(training);
   };
-  const auto check_state = [&](const std::string& form, const normkit::BatchNorm<float>& bn,
-                               const normkit::NormStats<float>& stats) {
+  const auto check_state =
+      [&](const std::string& form, const normkit::BatchNorm<float>& bn, const normkit::NormStats<float>& stats) {
     m.compare(form + ": running_mean", to_double(bn.running_mean()), want_running_mean);
     m.compare(form + ": running_var" + (training ? " (unbiased, derived from ONNX's)" : " (unchanged in eval)"),
               to_double(bn.running_var()), want_running_var);
@@ -468,7 +467,6 @@ void check_batchnorm(const OnnxCase& c, Eigen::ThreadPoolDevice& device, Mismatc
   }
 }
 
-
 // ================================================================================================
 // GroupNormalization (opsets 18 and 21) and InstanceNormalization (opset 22)
 // ================================================================================================
@@ -489,7 +487,8 @@ void check_group_or_instance(const OnnxCase& c, Eigen::ThreadPoolDevice& device,
     std::vector<float> v;
     const Index n = static_cast<Index>(t.values.size());
     if (n == C) return t.values;
-    if (!(group && n == G)) throw std::runtime_error(t.name + " has " + std::to_string(n) + " values for C " + std::to_string(C));
+    if (!(group && n == G))
+      throw std::runtime_error(t.name + " has " + std::to_string(n) + " values for C " + std::to_string(C));
     for (Index ch = 0; ch < C; ++ch) v.push_back(t.values[static_cast<std::size_t>(ch / (C / G))]);
     return v;
   };
@@ -497,8 +496,8 @@ void check_group_or_instance(const OnnxCase& c, Eigen::ThreadPoolDevice& device,
   const std::vector<float>& want_y = c.outputs.at(0).values;
 
   // Runs one form: a functor with the given channel_axis, forward(x, y), Y compared in NCHW order.
-  const auto run = [&](const std::string& form, Index channel_axis, const auto& x, auto& y, const auto& to_nchw,
-                       bool pool) {
+  const auto run =
+      [&](const std::string& form, Index channel_axis, const auto& x, auto& y, const auto& to_nchw, bool pool) {
     const auto forward = [&](auto& f) {
       OnnxTensor w{"weight", {C}, weight}, b{"bias", {C}, bias};
       set_parameter(f.weight(), w, "weight()");
@@ -528,7 +527,9 @@ void check_group_or_instance(const OnnxCase& c, Eigen::ThreadPoolDevice& device,
   to_last[R - 1] = 1;
   for (int i = 0; i < R; ++i) from_last[static_cast<std::size_t>(to_last[static_cast<std::size_t>(i)])] = i;
   const std::vector<float> x_last = permute<R>(X.values, d, to_last, d_last);
-  const auto back_from_last = [&](const std::vector<double>& y_last) { return permute<R>(y_last, d_last, from_last, d_back); };
+  const auto back_from_last = [&](const std::vector<double>& y_last) {
+    return permute<R>(y_last, d_last, from_last, d_back);
+  };
 
   {  // 1. const RowMajor TensorMap in, temporary RowMajor TensorMap out; channel_axis = 1
     const Eigen::TensorMap<const RowT<R>> x(X.values.data(), d);
@@ -592,9 +593,10 @@ bool is_contract_op(const std::string& op) {
 
 }  // namespace
 
-TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchNormalization, GroupNormalization, "
-          "InstanceNormalization",
-          "[onnx][conformance]") {
+TEST_CASE(
+    "ONNX backend node tests: LayerNormalization, RMSNormalization, BatchNormalization, GroupNormalization, "
+    "InstanceNormalization",
+    "[onnx][conformance]") {
   long declared = -1;
   const std::vector<OnnxCase> cases = read_cases(NORMKIT_ONNX_CASES, declared);
   INFO("cases file: " << NORMKIT_ONNX_CASES);
@@ -628,13 +630,14 @@ TEST_CASE("ONNX backend node tests: LayerNormalization, RMSNormalization, BatchN
     std::cout << "FAILED " << c.name << " (" << c.op << "): " << m.messages.front();
     if (m.messages.size() > 1) std::cout << " (+" << m.messages.size() - 1 << " more)";
     std::cout << "\n";
-    for (const std::string& message : m.messages) FAIL_CHECK("ONNX case " << c.name << " (" << c.op << "): " << message);
+    for (const std::string& message : m.messages)
+      FAIL_CHECK("ONNX case " << c.name << " (" << c.op << "): " << message);
   }
 
-  std::cout << "ONNX conformance: LayerNormalization " << checked_per_op["LayerNormalization"]
-            << ", RMSNormalization " << checked_per_op["RMSNormalization"] << ", BatchNormalization "
-            << checked_per_op["BatchNormalization"] << ", GroupNormalization " << checked_per_op["GroupNormalization"]
-            << ", InstanceNormalization " << checked_per_op["InstanceNormalization"] << " cases checked\n";
+  std::cout << "ONNX conformance: LayerNormalization " << checked_per_op["LayerNormalization"] << ", RMSNormalization "
+            << checked_per_op["RMSNormalization"] << ", BatchNormalization " << checked_per_op["BatchNormalization"]
+            << ", GroupNormalization " << checked_per_op["GroupNormalization"] << ", InstanceNormalization "
+            << checked_per_op["InstanceNormalization"] << " cases checked\n";
   std::cout << passed << " passed, " << failed << " failed, " << skipped << " skipped" << std::endl;
 
   const std::size_t checked = passed + failed;

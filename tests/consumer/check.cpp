@@ -35,8 +35,8 @@ bool check_worked_example(const normkit::LayerNorm<float>& ln) {
   Eigen::Tensor<float, 2> y_threaded(2, 3);
   const auto stats_threaded = ln.forward(device, x, y_threaded);
 
-  const bool ok = matches(y, "forward") && matches(y_threaded, "threaded forward") &&
-                  stats.rstd.size() == 2 && stats_threaded.rstd.size() == 2;
+  const bool ok = matches(y, "forward") && matches(y_threaded, "threaded forward") && stats.rstd.size() == 2 &&
+                  stats_threaded.rstd.size() == 2;
   if (ok)
     std::printf("normkit_consumer: LayerNorm forward OK, y = [[%.4f, %.4f, %.4f], [%.4f, %.4f, %.4f]]\n",
                 static_cast<double>(y(0, 0)), static_cast<double>(y(0, 1)), static_cast<double>(y(0, 2)),

@@ -42,7 +42,8 @@ IndexVector<T> random_values(Index n, unsigned seed, float offset, float spread)
 
 // The shapes of the driver: rows, several runs per group, wide columns (panels), narrow columns
 // (chunks of rows), each large enough in one case to be cut into several chunks.
-const core::GroupShape kShapes[] = {{1, 37, 300}, {3, 70, 11}, {300, 70, 1}, {40, 600, 1}, {5000, 9, 1}, {1, 300, 700}, {4, 64, 1031}};
+const core::GroupShape kShapes[] = {{1, 37, 300}, {3, 70, 11},   {300, 70, 1}, {40, 600, 1},
+                                    {5000, 9, 1}, {1, 300, 700}, {4, 64, 1031}};
 
 template <class T, class A>
 void check_residual_forward(const core::GroupShape& s, core::AffineAxis axis) {
@@ -89,8 +90,8 @@ void check_add_backward(const core::GroupShape& s) {
   p.weight = w.data();
   IndexVector<A> mean(s.groups), lo(s.groups), rstd(s.groups);
   IndexVector<T> y(total);
-  core::forward_groups<A>(core::SerialExecutor{}, x.data(), y.data(), s, p, core::StatsArrays<A>{mean.data(), lo.data(), rstd.data()},
-                          core::StatsMode::Compute);
+  core::forward_groups<A>(core::SerialExecutor{}, x.data(), y.data(), s, p,
+                          core::StatsArrays<A>{mean.data(), lo.data(), rstd.data()}, core::StatsMode::Compute);
   const core::StatsArrays<const A> st{mean.data(), lo.data(), rstd.data()};
   IndexVector<T> dx_norm(total), dx(total), dw(n), db(n), dw2(n), db2(n);
   core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), dx_norm.data(), s, p, st, core::StatsOrigin::Batch,
@@ -107,13 +108,15 @@ void check_add_backward(const core::GroupShape& s) {
       // One rounding instead of two: the two-step form also carries dx_norm's rounding to T, half an
       // ulp at dx_norm's magnitude (many of the sum's where dh cancels it), and each result half an
       // ulp at the sum's.
-      const auto ulp = [](double v) { return v == 0 ? 0.0 : std::ldexp(1.0, std::ilogb(v) - std::numeric_limits<T>::digits + 1); };
+      const auto ulp = [](double v) {
+        return v == 0 ? 0.0 : std::ldexp(1.0, std::ilogb(v) - std::numeric_limits<T>::digits + 1);
+      };
       REQUIRE(std::abs(double(dx[i]) - double(two_step)) <= 0.5 * ulp(double(dx_norm[i])) + ulp(double(two_step)));
     }
   }
   IndexVector<T> over_dh = dh;  // dx overlaying dh
-  core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), core::StoreAdd<T>{over_dh.data(), over_dh.data()}, s, p,
-                           st, core::StatsOrigin::Batch, dw2.data(), db2.data());
+  core::backward_groups<A>(ReverseExecutor{2}, x.data(), dy.data(), core::StoreAdd<T>{over_dh.data(), over_dh.data()},
+                           s, p, st, core::StatsOrigin::Batch, dw2.data(), db2.data());
   CHECK(same_bits(over_dh, dx));
 }
 
@@ -157,8 +160,9 @@ struct ChannelResult {
 
 // Runs the core over every sample (channels-last: one call per sample, as per-sample shapes).
 template <class Exec>
-ChannelResult run_channels(const Exec& exec, const GroupNormCase& k, const IndexVector<float>& x, const IndexVector<float>& dy,
-                           const IndexVector<float>& w, const IndexVector<float>& b, core::StatsOrigin origin) {
+ChannelResult run_channels(const Exec& exec, const GroupNormCase& k, const IndexVector<float>& x,
+                           const IndexVector<float>& dy, const IndexVector<float>& w, const IndexVector<float>& b,
+                           core::StatsOrigin origin) {
   const core::GroupShape s = k.shape();
   const Index calls = k.channels_last ? k.N : 1, per_call = s.size();
   core::NormParams<float> p;
@@ -170,7 +174,8 @@ ChannelResult run_channels(const Exec& exec, const GroupNormCase& k, const Index
   for (Index call = 0; call < calls; ++call) {
     const Index at = call * per_call;
     core::forward_groups<float>(exec, x.data() + at, r.y.data() + at, s, p,
-                                core::StatsArrays<float>{mean.data(), lo.data(), rstd.data()}, core::StatsMode::Compute);
+                                core::StatsArrays<float>{mean.data(), lo.data(), rstd.data()},
+                                core::StatsMode::Compute);
     core::backward_groups<float>(exec, x.data() + at, dy.data() + at, r.dx.data() + at, s, p,
                                  core::StatsArrays<const float>{mean.data(), lo.data(), rstd.data()}, origin, dw.data(),
                                  db.data());
@@ -181,7 +186,8 @@ ChannelResult run_channels(const Exec& exec, const GroupNormCase& k, const Index
 
 void check_channels(const GroupNormCase& k, core::StatsOrigin origin) {
   const Index total = k.N * k.C * k.HW, cpg = k.cpg(), n = cpg * k.HW;
-  const IndexVector<float> x = random_values<float>(total, 11, 3.f, 2.f), dy = random_values<float>(total, 12, 0.f, 1.f);
+  const IndexVector<float> x = random_values<float>(total, 11, 3.f, 2.f),
+                           dy = random_values<float>(total, 12, 0.f, 1.f);
   const IndexVector<float> w = random_values<float>(k.C, 13, 1.f, 0.5f), b = random_values<float>(k.C, 14, 0.f, 1.f);
   const ChannelResult got = run_channels(core::SerialExecutor{}, k, x, dy, w, b, origin);
   IndexVector<double> dw(k.C, 0.0), db(k.C, 0.0);
@@ -227,9 +233,9 @@ TEST_CASE("per-channel affine inside a group (GroupNorm), NCHW and channels-last
   for (const bool last : {false, true})
     for (const auto origin : {core::StatsOrigin::Batch, core::StatsOrigin::Constant}) {
       INFO("channels-last " << last << ", constant stats " << (origin == core::StatsOrigin::Constant));
-      check_channels({2, 6, 3, 10, last}, origin);     // 2 channels per group
-      check_channels({3, 8, 8, 17, last}, origin);     // one channel per group (InstanceNorm)
-      check_channels({2, 12, 1, 33, last}, origin);    // one group (LayerNorm over C, H, W)
-      check_channels({16, 32, 4, 1024, last}, origin); // large enough for several chunks
+      check_channels({2, 6, 3, 10, last}, origin);      // 2 channels per group
+      check_channels({3, 8, 8, 17, last}, origin);      // one channel per group (InstanceNorm)
+      check_channels({2, 12, 1, 33, last}, origin);     // one group (LayerNorm over C, H, W)
+      check_channels({16, 32, 4, 1024, last}, origin);  // large enough for several chunks
     }
 }

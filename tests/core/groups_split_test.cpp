@@ -52,7 +52,8 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
 
   // Fused forward: its statistics and y.
   std::vector<float> mean(sz(G)), lo(mean), rstd(mean), var(mean), y(sz(total));
-  core::forward_groups<float>(exec, x.data(), y.data(), s, p, core::StatsArrays<float>{mean.data(), lo.data(), rstd.data(), var.data()},
+  core::forward_groups<float>(exec, x.data(), y.data(), s, p,
+                              core::StatsArrays<float>{mean.data(), lo.data(), rstd.data(), var.data()},
                               core::StatsMode::Compute);
   // The statistics half, finished as forward_groups finishes them.
   std::vector<core::Moments<float>> m(sz(G));
@@ -67,8 +68,8 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
   CHECK(same_bits(mean, mean2));
   CHECK(same_bits(lo, lo2));
   CHECK(same_bits(rstd, rstd2));
-  core::forward_groups<float>(exec, x.data(), y2.data(), s, p, core::StatsArrays<float>{mean2.data(), lo2.data(), rstd2.data()},
-                              core::StatsMode::Given);
+  core::forward_groups<float>(exec, x.data(), y2.data(), s, p,
+                              core::StatsArrays<float>{mean2.data(), lo2.data(), rstd2.data()}, core::StatsMode::Given);
   CHECK(same_bits(y, y2));
 
   // Backward: fused, and sums then dx.
@@ -92,8 +93,10 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
   }
   double worst_sum = 0, worst_dx = 0;
   for (std::size_t g = 0; g < sz(G); ++g)
-    worst_sum = std::max({worst_sum, std::abs(sum_dy[g] - db[g]) / scale[g], std::abs(sum_dy_xhat[g] - dw[g]) / scale[g]});
-  for (std::size_t i = 0; i < dx.size(); ++i) worst_dx = std::max(worst_dx, double(std::abs(dx[i] - dx2[i])) / std::max(1.0f, std::abs(dx[i])));
+    worst_sum = std::max(
+        {worst_sum, std::abs(sum_dy[g] - db[g]) / scale[g], std::abs(sum_dy_xhat[g] - dw[g]) / scale[g]});
+  for (std::size_t i = 0; i < dx.size(); ++i)
+    worst_dx = std::max(worst_dx, double(std::abs(dx[i] - dx2[i])) / std::max(1.0f, std::abs(dx[i])));
   CHECK(worst_sum <= 2e-6);
   CHECK(worst_dx <= 1e-5);
 }
@@ -103,11 +106,11 @@ void check_shape(const Exec& exec, const core::GroupShape& s) {
 TEST_CASE("moments_groups and the backward halves agree with the fused drivers", "[groups]") {
   for (const Index threads : {1, 2, 3}) {
     const ReverseExecutor exec{threads};
-    check_shape(exec, {4, 6, 7 * 9});        // NCHW, small
-    check_shape(exec, {8, 5, 100 * 100});    // NCHW, chunked
-    check_shape(exec, {5 * 49, 6, 1});       // channels-last, few columns
-    check_shape(exec, {16 * 4096, 5, 1});    // channels-last, chunked by rows
-    check_shape(exec, {200, 1000, 1});       // channels-last, wide: chunked by columns
-    check_shape(exec, {0, 4, 10});           // an empty batch (a rank with N = 0)
+    check_shape(exec, {4, 6, 7 * 9});      // NCHW, small
+    check_shape(exec, {8, 5, 100 * 100});  // NCHW, chunked
+    check_shape(exec, {5 * 49, 6, 1});     // channels-last, few columns
+    check_shape(exec, {16 * 4096, 5, 1});  // channels-last, chunked by rows
+    check_shape(exec, {200, 1000, 1});     // channels-last, wide: chunked by columns
+    check_shape(exec, {0, 4, 10});         // an empty batch (a rank with N = 0)
   }
 }

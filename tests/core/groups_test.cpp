@@ -33,11 +33,15 @@ struct Reference {
   IndexVector<double> mean, rstd, y, dx, dweight, dbias;
 };
 
-Reference reference(const Problem& p, const IndexVector<float>& x, const IndexVector<float>& dy, const IndexVector<float>& w,
-                    const IndexVector<float>& b, bool centered, core::AffineAxis axis, double eps) {
+Reference reference(const Problem& p, const IndexVector<float>& x, const IndexVector<float>& dy,
+                    const IndexVector<float>& w, const IndexVector<float>& b, bool centered, core::AffineAxis axis,
+                    double eps) {
   const Index n = p.n(), total = n * p.groups;
-  Reference r{IndexVector<double>(p.groups), IndexVector<double>(p.groups), IndexVector<double>(total),
-              IndexVector<double>(total), IndexVector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0),
+  Reference r{IndexVector<double>(p.groups),
+              IndexVector<double>(p.groups),
+              IndexVector<double>(total),
+              IndexVector<double>(total),
+              IndexVector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0),
               IndexVector<double>(axis == core::AffineAxis::Element ? n : p.groups, 0.0)};
   for (Index g = 0; g < p.groups; ++g) {
     double mean = 0, var = 0;
@@ -84,10 +88,12 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
 
   const core::GroupShape shape{p.outer, p.groups, p.inner};
   core::NormParams<float> params_;
-  params_.centered = centered, params_.eps = eps, params_.affine_axis = axis, params_.weight = w.data(), params_.bias = b.data();
+  params_.centered = centered, params_.eps = eps, params_.affine_axis = axis, params_.weight = w.data(),
+  params_.bias = b.data();
   IndexVector<float> y(total), mean(p.groups), mean_lo(p.groups), rstd(p.groups), dx(total), dw(params), db(params);
   core::forward_groups<float>(exec, x.data(), y.data(), shape, params_,
-                              core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()}, core::StatsMode::Compute);
+                              core::StatsArrays<float>{mean.data(), mean_lo.data(), rstd.data()},
+                              core::StatsMode::Compute);
   for (Index g = 0; g < p.groups; ++g) {
     CHECK(double(mean[g]) + mean_lo[g] == Approx(ref.mean[g]).margin(1e-5 * (1 + std::abs(ref.mean[g]))));
     CHECK(rstd[g] == Approx(ref.rstd[g]).epsilon(1e-5));
@@ -95,8 +101,8 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
   for (Index i = 0; i < total; ++i) REQUIRE(y[i] == Approx(ref.y[i]).margin(2e-5 * (1 + std::abs(ref.y[i]))));
 
   core::backward_groups<float>(exec, x.data(), dy.data(), dx.data(), shape, params_,
-                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()}, core::StatsOrigin::Batch, dw.data(),
-                               db.data());
+                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()},
+                               core::StatsOrigin::Batch, dw.data(), db.data());
   for (Index i = 0; i < total; ++i) REQUIRE(dx[i] == Approx(ref.dx[i]).margin(1e-4 * (1 + std::abs(ref.dx[i]))));
   for (Index k = 0; k < params; ++k) {
     const double scale = std::sqrt(double(axis == core::AffineAxis::Element ? p.groups : n));
@@ -114,8 +120,8 @@ TEST_CASE("every shape of the driver gives the double answer", "[core][groups]")
       for (const Index groups : {Index(1), Index(5), Index(37), Index(70)}) {
         for (const Index n : {Index(1), Index(6), Index(33), Index(300)}) {
           INFO("groups " << groups << ", n " << n);
-          check_problem(core::SerialExecutor{}, {groups, 1, n}, centered, axis);  // runs
-          check_problem(core::SerialExecutor{}, {groups, n, 1}, centered, axis);  // columns
+          check_problem(core::SerialExecutor{}, {groups, 1, n}, centered, axis);                      // runs
+          check_problem(core::SerialExecutor{}, {groups, n, 1}, centered, axis);                      // columns
           if (n % 3 == 0) check_problem(core::SerialExecutor{}, {groups, 3, n / 3}, centered, axis);  // NCHW-like
         }
       }
@@ -140,7 +146,8 @@ TEST_CASE("long columns are summed in blocks, staying accurate", "[core][groups]
 namespace {
 
 // Long-double mean and population variance of column c of a rows x cols panel.
-void column_reference(const IndexVector<float>& x, Index rows, Index cols, Index c, long double& mean, long double& var) {
+void column_reference(const IndexVector<float>& x, Index rows, Index cols, Index c, long double& mean,
+                      long double& var) {
   long double s = 0, q = 0;
   for (Index r = 0; r < rows; ++r) s += x[r * cols + c];
   mean = s / rows;
@@ -153,7 +160,8 @@ void column_reference(const IndexVector<float>& x, Index rows, Index cols, Index
 
 }  // namespace
 
-TEST_CASE("column panels: one pass around the first block's mean, the blocked form where it cannot vouch", "[core][groups]") {
+TEST_CASE("column panels: one pass around the first block's mean, the blocked form where it cannot vouch",
+          "[core][groups]") {
   // 12 columns, 150000 rows: block_rows = 65536 / 48 = 1365, so the first block is < 1% of a column
   // and the one-pass bound log2(1 + n d^2 / m2) <= log2(1 + rows / block) allows up to 7 bits lost.
   const Index rows = 150000, cols = 12;
@@ -165,16 +173,16 @@ TEST_CASE("column panels: one pass around the first block's mean, the blocked fo
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (Index r = 0; r < rows; ++r) {
     float* row = x.data() + r * cols;
-    row[0] = z(rng);                                               // ordinary
-    row[1] = 1e4f + 1e-2f * z(rng);                                // far offset
-    row[2] = r < first_block ? 0.f : 1e3f + 1e-3f * z(rng);         // a step after the first block: poor shift
-    row[3] = 0.f;                                                  // constant zero (out of range: m2 = 0, mean 0)
-    row[4] = 3.25f;                                                // constant
-    row[5] = 1e30f * z(rng);                                       // squares overflow
-    row[6] = 1e-30f * z(rng);                                      // squares underflow
-    row[7] = r == 77777 ? nan : z(rng);                            // NaN stays in its column
-    row[8] = float(r % 1000) * 1e-3f + z(rng);                     // a saw-tooth trend
-    row[9] = r == 0 ? 1e6f : z(rng);                               // an outlier in the first block
+    row[0] = z(rng);                                         // ordinary
+    row[1] = 1e4f + 1e-2f * z(rng);                          // far offset
+    row[2] = r < first_block ? 0.f : 1e3f + 1e-3f * z(rng);  // a step after the first block: poor shift
+    row[3] = 0.f;                                            // constant zero (out of range: m2 = 0, mean 0)
+    row[4] = 3.25f;                                          // constant
+    row[5] = 1e30f * z(rng);                                 // squares overflow
+    row[6] = 1e-30f * z(rng);                                // squares underflow
+    row[7] = r == 77777 ? nan : z(rng);                      // NaN stays in its column
+    row[8] = float(r % 1000) * 1e-3f + z(rng);               // a saw-tooth trend
+    row[9] = r == 0 ? 1e6f : z(rng);                         // an outlier in the first block
     row[10] = 5.f + z(rng);
     row[11] = -2.f + 0.5f * z(rng);
   }

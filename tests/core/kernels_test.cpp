@@ -26,7 +26,9 @@ IndexVector<T> random_vector(Index n, unsigned seed, double offset = 0) {
 
 // Relative tolerance for sums of n terms of unit size: a few ulps per term, generously.
 template <class T>
-double tol(Index n) { return 8 * std::numeric_limits<T>::epsilon() * (static_cast<double>(n) + 1); }
+double tol(Index n) {
+  return 8 * std::numeric_limits<T>::epsilon() * (static_cast<double>(n) + 1);
+}
 
 }  // namespace
 
@@ -102,8 +104,8 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
       mean[c] = T(1 + 0.1 * double(c)), lo[c] = T(1e-3), rstd[c] = T(0.5 + 0.01 * double(c)),
       scale[c] = T(1.5 - 0.01 * double(c)), sh[c] = T(0.1 * double(c)), mg[c] = T(0.05), mgx[c] = T(-0.02 * double(c));
     IndexVector<T> y(x.size(), T(-7));
-    core::normalize_cols(x.data(), y.data(), rows, cols, stride, core::ColsNormalize<T>{mean.data(), lo.data(), scale.data(), sh.data()},
-                         wr.data(), br.data());
+    core::normalize_cols(x.data(), y.data(), rows, cols, stride,
+                         core::ColsNormalize<T>{mean.data(), lo.data(), scale.data(), sh.data()}, wr.data(), br.data());
     for (Index r = 0; r < rows; ++r) {
       for (Index c = 0; c < cols; ++c) {
         const double ref = ((x[r * stride + c] - double(mean[c])) - lo[c]) * scale[c] * wr[r] + sh[c] + br[r];
@@ -122,7 +124,8 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
     for (Index c = 0; c < cols; ++c) {
       double rg = 0, rgx = 0;
       for (Index r = 0; r < rows; ++r) {
-        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c], g = double(dy[r * stride + c]) * wr[r];
+        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c],
+                     g = double(dy[r * stride + c]) * wr[r];
         rg += g, rgx += g * xhat;
         CHECK(dx[r * stride + c] == Approx(scale[c] * ((g - mg[c]) - xhat * mgx[c])).margin(tol<T>(1) * 32));
       }
@@ -164,11 +167,13 @@ TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps"
         IndexVector<T> dw4(n, T(0.5)), db4(n, T(-0.5)), dw1 = dw4, db1 = db4;
         const T* xs = x.data() + offset;
         core::normalize_runs<4>(xs, y4.data() + offset, n, stride, nc, wp, with_w ? b.data() : nullptr);
-        core::backward_runs_dx<4>(xs, dy.data() + offset, wp, dx4.data() + offset, n, stride, gc, dw4.data(), db4.data());
+        core::backward_runs_dx<4>(xs, dy.data() + offset, wp, dx4.data() + offset, n, stride, gc, dw4.data(),
+                                  db4.data());
         for (Index r = 0; r < 4; ++r) {
           const Index at = offset + r * stride;
           core::normalize_run(x.data() + at, y1.data() + at, n, nc[r], wp, with_w ? b.data() : nullptr);
-          core::backward_runs_dx<1>(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, n, &gc[r], dw1.data(), db1.data());
+          core::backward_runs_dx<1>(x.data() + at, dy.data() + at, wp, dx1.data() + at, n, n, &gc[r], dw1.data(),
+                                    db1.data());
         }
         REQUIRE(std::memcmp(y4.data(), y1.data(), sizeof(T) * static_cast<std::size_t>(y4.size())) == 0);
         REQUIRE(std::memcmp(dx4.data(), dx1.data(), sizeof(T) * static_cast<std::size_t>(dx4.size())) == 0);

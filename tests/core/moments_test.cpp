@@ -96,7 +96,8 @@ TEST_CASE("runs whose squares overflow or underflow float get exact-scale moment
       INFO("magnitude " << magnitude << " centered " << centered);
       const long double var = std::ldexp(static_cast<long double>(m.m2) / m.count, 2 * m.exp2);
       CHECK(std::abs(static_cast<double>(var / (m2 / x.size()) - 1)) < 1e-4);
-      if (centered) CHECK(std::abs(static_cast<double>((m.mean + static_cast<long double>(m.mean_lo)) / mean - 1)) < 1e-4);
+      if (centered)
+        CHECK(std::abs(static_cast<double>((m.mean + static_cast<long double>(m.mean_lo)) / mean - 1)) < 1e-4);
       // With eps = 0, rstd = 1/std; at 1e-40 that is beyond float (a documented limit), so not checked.
       if (magnitude > 1e-38) {
         const float rstd = normkit::core::rstd_from_moments(m, 0.0, true);

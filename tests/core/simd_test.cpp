@@ -67,7 +67,8 @@ void check_widening() {
     for (std::size_t k = 0; k < std::size_t(W); ++k) {
       const float want = static_cast<float>(values[i + k]);
       const bool same = std::isnan(want) ? std::isnan(lanes[k]) : bits(lanes[k]) == bits(want);
-      if (!same && ++mismatches <= 5) FAIL_CHECK("pattern " << bits(values[i + k]) << ": got " << lanes[k] << " want " << want);
+      if (!same && ++mismatches <= 5)
+        FAIL_CHECK("pattern " << bits(values[i + k]) << ": got " << lanes[k] << " want " << want);
     }
   }
   CHECK(mismatches == 0);
@@ -88,7 +89,8 @@ void check_narrowing(bool stream) {
     const T want = static_cast<T>(in[i]);
     const bool same = std::isnan(in[i]) ? std::isnan(static_cast<float>(out[i])) : bits(out[i]) == bits(want);
     if (!same && ++mismatches <= 5)
-      FAIL_CHECK(std::hexfloat << in[i] << ": got " << static_cast<float>(out[i]) << " want " << static_cast<float>(want));
+      FAIL_CHECK(std::hexfloat << in[i] << ": got " << static_cast<float>(out[i]) << " want "
+                               << static_cast<float>(want));
   }
   CHECK(mismatches == 0);
   CHECK(in.size() > 100000);  // the inputs really cover the format

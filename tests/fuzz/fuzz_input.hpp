@@ -16,22 +16,22 @@ enum Functor : std::uint8_t { kLayerNorm = 0, kRMSNorm = 1, kBatchNorm = 2 };
 
 // Header::flags
 enum Flags : std::uint8_t {
-  kDouble = 1 << 0,       // T = double (else float)
-  kXColMajor = 1 << 1,    // x is ColMajor (else RowMajor)
-  kOutFlip = 1 << 2,      // y, dy and dx in the other layout than x
-                          // bit 3: unused
-  kOffsetShift = 4,       // bits 4-5: every buffer starts this many elements (0..3) past an aligned one
-  kCallOperator = 1 << 6, // also call operator()(x)
+  kDouble = 1 << 0,        // T = double (else float)
+  kXColMajor = 1 << 1,     // x is ColMajor (else RowMajor)
+  kOutFlip = 1 << 2,       // y, dy and dx in the other layout than x
+                           // bit 3: unused
+  kOffsetShift = 4,        // bits 4-5: every buffer starts this many elements (0..3) past an aligned one
+  kCallOperator = 1 << 6,  // also call operator()(x)
 };
 
 // Header::options
 enum Options : std::uint8_t {
-  kNoAffine = 1 << 0,     // elementwise_affine / affine off
-  kFlipBias = 1 << 1,     // bias the other way than the functor's default (LN on, RMS off)
-  kOutside = 1 << 2,      // EpsPlacement::OutsideSqrt (LN/RMS)
-  kNoTracking = 1 << 3,   // BatchNorm track_running_stats = false
-  kPool = 1 << 4,         // run on the 2-thread Eigen::ThreadPoolDevice
-  kToggleMode = 1 << 5,   // BatchNorm: flip train/eval between the last forward and backward
+  kNoAffine = 1 << 0,    // elementwise_affine / affine off
+  kFlipBias = 1 << 1,    // bias the other way than the functor's default (LN on, RMS off)
+  kOutside = 1 << 2,     // EpsPlacement::OutsideSqrt (LN/RMS)
+  kNoTracking = 1 << 3,  // BatchNorm track_running_stats = false
+  kPool = 1 << 4,        // run on the 2-thread Eigen::ThreadPoolDevice
+  kToggleMode = 1 << 5,  // BatchNorm: flip train/eval between the last forward and backward
 };
 
 // Header::size_mode % 32: small (at most 4096 elements) unless
@@ -60,15 +60,15 @@ struct Recipe {
 };
 
 struct Header {
-  std::uint8_t functor;       // % 3
-  std::uint8_t flags;         // Flags
-  std::uint8_t rank;          // % 4 + 1
-  std::uint8_t dims[4];       // (b + 4) % 18 each; only the first `rank` are used; total capped (fuzz_norms.cpp)
-  std::uint8_t size_mode;     // SizeMode
-  std::uint8_t shape;         // LN/RMS: bits 0-1 normalized rank - 1; bits 2-4 shape kind (0-4 = x's
-                              // trailing dims, 5 one entry off, 6 from shape_aux, 7 a zero or negative
-                              // entry, or entries whose product does not fit in Index)
-                              // BN: bits 2-4 num_features kind (0-5 = the channel dim, 6 off by some, 7 from shape_aux)
+  std::uint8_t functor;    // % 3
+  std::uint8_t flags;      // Flags
+  std::uint8_t rank;       // % 4 + 1
+  std::uint8_t dims[4];    // (b + 4) % 18 each; only the first `rank` are used; total capped (fuzz_norms.cpp)
+  std::uint8_t size_mode;  // SizeMode
+  std::uint8_t shape;      // LN/RMS: bits 0-1 normalized rank - 1; bits 2-4 shape kind (0-4 = x's
+                           // trailing dims, 5 one entry off, 6 from shape_aux, 7 a zero or negative
+                           // entry, or entries whose product does not fit in Index)
+                           // BN: bits 2-4 num_features kind (0-5 = the channel dim, 6 off by some, 7 from shape_aux)
   std::uint8_t shape_aux[2];
   std::uint8_t eps;           // % 32: < 16 picks from the eps palette, else the functor's default
   std::uint8_t options;       // Options

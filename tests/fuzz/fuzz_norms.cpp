@@ -62,11 +62,11 @@ namespace {
 using Eigen::Index;
 using Dims = std::vector<Index>;
 
-constexpr Index kMaxElements = 4096;             // small cases
-constexpr Index kBigElements = Index(1) << 17;   // two of normkit's 64Ki-element chunks
-constexpr Index kStreamBytes = Index(8) << 20;   // normkit streams outputs of 8 MiB and more
-constexpr Index kGuard = 16;                     // guard elements on each side of every buffer
-constexpr Index kMaxParams = Index(1) << 22;     // weights of a LayerNorm/RMSNorm
+constexpr Index kMaxElements = 4096;            // small cases
+constexpr Index kBigElements = Index(1) << 17;  // two of normkit's 64Ki-element chunks
+constexpr Index kStreamBytes = Index(8) << 20;  // normkit streams outputs of 8 MiB and more
+constexpr Index kGuard = 16;                    // guard elements on each side of every buffer
+constexpr Index kMaxParams = Index(1) << 22;    // weights of a LayerNorm/RMSNorm
 constexpr Index kMaxIndex = std::numeric_limits<Index>::max();
 constexpr unsigned char kSentinel = 0xA5;
 
@@ -89,9 +89,9 @@ HARNESS_LOOP T special(unsigned i) {
     case 3: return -L::quiet_NaN();
     case 4: return L::infinity();
     case 5: return -L::infinity();
-    case 6: return L::denorm_min();                 // 1.4e-45 / 4.9e-324
+    case 6: return L::denorm_min();  // 1.4e-45 / 4.9e-324
     case 7: return -L::denorm_min();
-    case 8: return L::min() / T(8);                 // subnormal (float ~1.5e-39)
+    case 8: return L::min() / T(8);  // subnormal (float ~1.5e-39)
     case 9: return L::min();
     case 10: return L::max();
     case 11: return -L::max();
@@ -108,13 +108,13 @@ HARNESS_LOOP T special(unsigned i) {
     case 22: return T(1e4);
     case 23: return T(1e6);
     case 24: return L::signaling_NaN();
-    case 25: return f ? T(1e-19) : T(1e-160);       // squares underflow
-    case 26: return f ? T(1e19) : T(1e160);         // squares overflow
+    case 25: return f ? T(1e-19) : T(1e-160);  // squares underflow
+    case 26: return f ? T(1e19) : T(1e160);    // squares overflow
     case 27: return T(-1);
     case 28: return T(1);
     case 29: return T(0.1);
     case 30: return f ? T(3e38) : T(1e300);
-    default: return f ? T(1e-40) : T(1e-310);       // subnormal
+    default: return f ? T(1e-40) : T(1e-310);  // subnormal
   }
 }
 
@@ -138,13 +138,14 @@ HARNESS_LOOP T from_byte(std::uint8_t b) {
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();
-const double kEps[16] = {1e-5, 0.0, -0.0, 1e-12, 1e-300, 4.9e-324, 1e-45, 1e-38,
-                         1.0,  1e10, kInf, -1e-5, kNaN,  1e-6,      0.25,  1e300};
-const std::optional<double> kMomentum[16] = {0.1, std::nullopt, 0.0, 1.0, 0.5, kNaN, -0.1, 1.5,
-                                             kInf, -0.0, 1e-300, 1.0000000000000002, -4.9e-324, 0.9,
-                                             std::nullopt, 0.1};
-const Index kAxis[16] = {1, -1, 0, 2, 3, -2, -3, -4, 4, -5, 5, std::numeric_limits<Index>::min(),
-                         std::numeric_limits<Index>::max(), 1, -1, 1};
+const double kEps[16] = {1e-5, 0.0,  -0.0, 1e-12, 1e-300, 4.9e-324, 1e-45, 1e-38,
+                         1.0,  1e10, kInf, -1e-5, kNaN,   1e-6,     0.25,  1e300};
+const std::optional<double> kMomentum[16] = {0.1,       std::nullopt, 0.0,          1.0,  0.5,    kNaN,
+                                             -0.1,      1.5,          kInf,         -0.0, 1e-300, 1.0000000000000002,
+                                             -4.9e-324, 0.9,          std::nullopt, 0.1};
+const Index kAxis[16] = {
+    1, -1, 0, 2, 3, -2, -3, -4, 4, -5, 5, std::numeric_limits<Index>::min(), std::numeric_limits<Index>::max(),
+    1, -1, 1};
 
 struct Rng {  // splitmix64
   std::uint64_t s;
@@ -188,7 +189,9 @@ struct Case {
   int steps = 1;
   unsigned eval_mask = 0;
 
-  const char* name() const { return functor == kLayerNorm ? "LayerNorm" : functor == kRMSNorm ? "RMSNorm" : "BatchNorm"; }
+  const char* name() const {
+    return functor == kLayerNorm ? "LayerNorm" : functor == kRMSNorm ? "RMSNorm" : "BatchNorm";
+  }
 };
 
 Dims perturb(const Dims& d, std::uint8_t m) {
@@ -325,10 +328,13 @@ std::string describe(const Case& c) {
   s.precision(17);
   const char* layout[2] = {"RowMajor", "ColMajor"};
   s << "  " << c.name() << '<' << (c.dbl ? "double" : "float") << ">, rank " << c.rank << ", x " << layout[c.x_col]
-    << ", y/dy/dx " << layout[c.x_col != c.out_flip] << ", offset " << c.offset
-    << " elements, " << (c.pool ? "2-thread pool" : "serial") << ", size mode "
-    << (c.size_mode == 2 ? "huge" : c.size_mode == 1 ? "big" : "small") << "\n  x " << dims_text(c.dims) << ", y "
-    << dims_text(c.y_dims) << ", dy " << dims_text(c.dy_dims) << ", dx " << dims_text(c.dx_dims) << "\n  ";
+    << ", y/dy/dx " << layout[c.x_col != c.out_flip] << ", offset " << c.offset << " elements, "
+    << (c.pool ? "2-thread pool" : "serial") << ", size mode "
+    << (c.size_mode == 2   ? "huge"
+        : c.size_mode == 1 ? "big"
+                           : "small")
+    << "\n  x " << dims_text(c.dims) << ", y " << dims_text(c.y_dims) << ", dy " << dims_text(c.dy_dims) << ", dx "
+    << dims_text(c.dx_dims) << "\n  ";
   if (c.functor == kBatchNorm) {
     s << "num_features " << c.features << ", eps " << c.eps << ", momentum ";
     if (c.momentum) s << *c.momentum;
@@ -398,7 +404,9 @@ Outcome attempt(F&& f, std::string& message) {
 
 void check_outcome(const Case& c, const char* call, Expect e, Outcome o, const std::string& message) {
   const char* names[] = {"no exception", "normkit::shape_error", "std::invalid_argument"};
-  const char* wanted = e == Expect::Ok ? "no exception" : e == Expect::Shape ? "normkit::shape_error" : "std::invalid_argument";
+  const char* wanted = e == Expect::Ok      ? "no exception"
+                       : e == Expect::Shape ? "normkit::shape_error"
+                                            : "std::invalid_argument";
   const bool good = e == Expect::Either || (e == Expect::Ok && o == Outcome::Ok) ||
                     (e == Expect::Shape && o == Outcome::Shape) || (e == Expect::Invalid && o != Outcome::Ok);
   if (!good)
@@ -517,7 +525,8 @@ Groups make_groups(const Case& c) {
     if (need_dy) g.dy[std::size_t(j)] = linear(c.dims, co, dy_col);
   });
   if (g.valid && c.functor == kBatchNorm) g.count = c.features;
-  if (g.valid && c.functor != kBatchNorm) g.count = product(Dims(c.dims.begin(), c.dims.begin() + std::ptrdiff_t(lead)));
+  if (g.valid && c.functor != kBatchNorm)
+    g.count = product(Dims(c.dims.begin(), c.dims.begin() + std::ptrdiff_t(lead)));
   return g;
 }
 
@@ -525,8 +534,8 @@ Groups make_groups(const Case& c) {
 // Values
 
 template <class T>
-HARNESS_LOOP void fill_values(T* v, Index n, const Recipe& r, const std::vector<Index>* group, Index groups, const Case& c,
-                 std::uint64_t salt) {
+HARNESS_LOOP void fill_values(T* v, Index n, const Recipe& r, const std::vector<Index>* group, Index groups,
+                              const Case& c, std::uint64_t salt) {
   Rng rng{(std::uint64_t(r.seed_hi) << 8 | r.seed_lo) * 0x2545f4914f6cdd1dull + salt};
   const unsigned mask = unsigned(r.mask_lo) | unsigned(r.mask_hi) << 8;
   const auto grp = [&](Index j) HARNESS_LOOP { return group ? (*group)[std::size_t(j)] : Index(0); };
@@ -583,7 +592,8 @@ HARNESS_LOOP void fill_values(T* v, Index n, const Recipe& r, const std::vector<
       for (Index j = 0; j < n; ++j) ++size[std::size_t(grp(j))];
       for (Index g = 0; g < groups; ++g) {
         const std::uint64_t u = rng();
-        if ((u & 255) < r.density && size[std::size_t(g)] > 0) target[std::size_t(g)] = Index((u >> 8) % std::uint64_t(size[std::size_t(g)]));
+        if ((u & 255) < r.density && size[std::size_t(g)] > 0)
+          target[std::size_t(g)] = Index((u >> 8) % std::uint64_t(size[std::size_t(g)]));
       }
       const T bad[3] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
                         -std::numeric_limits<T>::infinity()};
@@ -637,7 +647,8 @@ void fill_param(Eigen::Tensor<T, 1>& p, int mode, std::uint64_t seed) {
     const std::uint64_t u = rng();
     if (mode == 1) p(i) = ordinary<T>(u);
     else if (mode == 2) p(i) = (u & 3) == 0 ? special<T>(unsigned(u >> 8)) : ordinary<T>(u >> 16);
-    else p(i) = std::ldexp(T(1) + T(double(u & 0xff) / 256.0), int((u >> 8) % 200) - 100) * ((u >> 30 & 1) ? T(-1) : T(1));
+    else
+      p(i) = std::ldexp(T(1) + T(double(u & 0xff) / 256.0), int((u >> 8) % 200) - 100) * ((u >> 30 & 1) ? T(-1) : T(1));
   }
 }
 
@@ -654,7 +665,9 @@ T finite_bound() {
 }
 
 template <class T>
-bool moderate(T v) { return std::isfinite(v) && std::abs(v) <= T(1e6); }
+bool moderate(T v) {
+  return std::isfinite(v) && std::abs(v) <= T(1e6);
+}
 
 template <class T>
 bool all_moderate(const Eigen::Tensor<T, 1>& p) {
@@ -664,7 +677,9 @@ bool all_moderate(const Eigen::Tensor<T, 1>& p) {
 }
 
 template <class T>
-std::vector<T> copy_of(const Eigen::Tensor<T, 1>& p) { return std::vector<T>(p.data(), p.data() + p.size()); }
+std::vector<T> copy_of(const Eigen::Tensor<T, 1>& p) {
+  return std::vector<T>(p.data(), p.data() + p.size());
+}
 template <class T>
 bool same(const Eigen::Tensor<T, 1>& p, const std::vector<T>& v) {
   return Index(v.size()) == p.size() && same_bits(p.data(), v.data(), v.size() * sizeof(T));
@@ -761,14 +776,15 @@ class Runner {
   // The value checks of forward with batch statistics. `w_ok(g)`: weight and bias moderate for group g.
   template <class Bias, class WOk>
   HARNESS_LOOP void check_forward_values(const Buffer<T>& y, bool centered, Bias&& bias_of, WOk&& w_ok,
-                            const std::vector<GroupInfo<T>>& info) const {
+                                         const std::vector<GroupInfo<T>>& info) const {
     const T* yd = y.data();
     for (Index j = 0; j < x_.n; ++j) {
       const Index g = groups_.of[std::size_t(j)], p = groups_.param[std::size_t(j)];
       const GroupInfo<T>& gi = info[std::size_t(g)];
       const T yv = yd[groups_.out[std::size_t(j)]];
       if (gi.nonfinite) {
-        if (!std::isnan(yv)) fail(c_, "forward: group " + std::to_string(g) + " holds a NaN or Inf but y is not NaN everywhere in it");
+        if (!std::isnan(yv))
+          fail(c_, "forward: group " + std::to_string(g) + " holds a NaN or Inf but y is not NaN everywhere in it");
       } else if ((centered ? gi.constant : gi.zero) && eps_ok_ && w_ok(g)) {
         if (!(yv == bias_of(p)))
           fail(c_, "forward: constant group " + std::to_string(g) + " (x = " + num(double(gi.first)) +
@@ -792,7 +808,8 @@ class Runner {
     return x;
   }
 
-  HARNESS_LOOP void check_isolation(const Buffer<T>& y, const Buffer<T>& y2, const std::vector<GroupInfo<T>>& info) const {
+  HARNESS_LOOP void check_isolation(const Buffer<T>& y, const Buffer<T>& y2,
+                                    const std::vector<GroupInfo<T>>& info) const {
     for (Index j = 0; j < x_.n; ++j) {
       const Index g = groups_.of[std::size_t(j)];
       if (info[std::size_t(g)].nonfinite) continue;
@@ -805,7 +822,8 @@ class Runner {
 
   // Constant groups (for RMSNorm all-zero rows) give finite dx for moderate dy and weight.
   HARNESS_LOOP void check_backward_values(const Buffer<T>& dx, bool centered, bool weights_ok_all,
-                             const std::vector<bool>* channel_ok, const std::vector<GroupInfo<T>>& info) const {
+                                          const std::vector<bool>* channel_ok,
+                                          const std::vector<GroupInfo<T>>& info) const {
     if (groups_.dy.empty() || !(c_.eps >= 1e-12)) return;
     std::vector<char> dy_ok(std::size_t(groups_.count), 1);
     for (Index j = 0; j < x_.n; ++j)
@@ -837,8 +855,13 @@ class Runner {
     switch (mode) {
       case 8: grow(t.rstd, t.rstd.size() + 1, A(1)); break;
       case 9: grow(t.rstd, t.rstd.size() > 0 ? t.rstd.size() - 1 : 2, A(1)); break;
-      case 10: grow(t.mean, c_.functor == kRMSNorm ? std::max<Index>(t.rstd.size(), 1) : t.mean.size() + 1, A(0)); break;
-      case 11: t.mean_lo = Eigen::Tensor<A, 1>(); pristine = true; break;
+      case 10:
+        grow(t.mean, c_.functor == kRMSNorm ? std::max<Index>(t.rstd.size(), 1) : t.mean.size() + 1, A(0));
+        break;
+      case 11:
+        t.mean_lo = Eigen::Tensor<A, 1>();
+        pristine = true;
+        break;
       case 12: grow(t.mean_lo, t.mean_lo.size() + 1, A(0)); break;
       case 13:
         for (Index i = 0; i < t.rstd.size(); ++i) t.rstd(i) = A(special<T>(c_.h.stats_aux + unsigned(i)));
@@ -872,16 +895,19 @@ class Runner {
     ctor.ambiguous = negative;  // the contract names zero-sized, not negative, dimensions
     std::optional<Norm> fn;
     std::string msg;
-    Outcome o = attempt([&] {
+    Outcome o = attempt(
+        [&] {
       if (c_.nshape.size() == 1 && c_.h.shape_aux[1] & 1) fn.emplace(c_.nshape[0], opt);
       else fn.emplace(c_.nshape, opt);
-    }, msg);
+        },
+        msg);
     check_outcome(c_, "constructor", ctor.expect(), o, msg);
     if (!fn) return;
 
     const Index features = product(c_.nshape);
     const Index want_w = c_.affine ? features : 0, want_b = c_.affine && c_.bias ? features : 0;
-    if (fn->weight().size() != want_w || fn->bias().size() != want_b) fail(c_, "constructor: weight/bias of the wrong size");
+    if (fn->weight().size() != want_w || fn->bias().size() != want_b)
+      fail(c_, "constructor: weight/bias of the wrong size");
     fill_param(fn->weight(), c_.h.params & 3, 11);
     fill_param(fn->bias(), c_.h.params >> 2 & 3, 12);
     Eigen::Tensor<T, 1>* resizable[4] = {&fn->weight(), &fn->bias(), nullptr, nullptr};
@@ -931,7 +957,8 @@ class Runner {
       if (c_.pool && c_.size_mode == 1) {
         Buffer<T> y3(y.n, c_.offset);
         forward(x_.data(), y3);
-        if (!same_bits(y.data(), y3.data(), std::size_t(y.n) * sizeof(T))) fail(c_, "forward on the pool: two runs differ");
+        if (!same_bits(y.data(), y3.data(), std::size_t(y.n) * sizeof(T)))
+          fail(c_, "forward on the pool: two runs differ");
       }
     }
 
@@ -939,11 +966,14 @@ class Runner {
       Problems op;
       op.shape = !x_ok || resized;
       msg.clear();
-      o = attempt([&] {
+      o = attempt(
+          [&] {
         const auto out = (*fn)(x_map(x_.data()));
         for (int i = 0; i < R; ++i)
-          if (out.dimension(std::size_t(i)) != c_.dims[std::size_t(i)]) fail(c_, "operator(): result of the wrong dimensions");
-      }, msg);
+          if (out.dimension(std::size_t(i)) != c_.dims[std::size_t(i)])
+            fail(c_, "operator(): result of the wrong dimensions");
+          },
+          msg);
       check_outcome(c_, "operator()", op.expect(), o, msg);
       check_inputs("operator()");
     }
@@ -958,11 +988,13 @@ class Runner {
     Buffer<T> dx(product(c_.dx_dims), c_.offset);
     Grads grads;
     msg.clear();
-    o = attempt([&] {
+    o = attempt(
+        [&] {
       OutMap dxm(dx.data(), arr(c_.dx_dims));
       grads = c_.pool ? fn->backward(pool_device(), x_map(x_.data()), dy_map(), bs, std::move(dxm))
                       : fn->backward(x_map(x_.data()), dy_map(), bs, std::move(dxm));
-    }, msg);
+        },
+        msg);
     check_outcome(c_, "backward", bp.expect(), o, msg);
     check_output("backward", dx, o, "dx");
     check_inputs("backward");
@@ -1075,7 +1107,8 @@ class Runner {
         normkit::BatchNorm<T> again = before;
         Buffer<T> y3(y.n, c_.offset);
         forward(again, x_.data(), y3);
-        if (!same_bits(y.data(), y3.data(), std::size_t(y.n) * sizeof(T))) fail(c_, "forward on the pool: two runs differ");
+        if (!same_bits(y.data(), y3.data(), std::size_t(y.n) * sizeof(T)))
+          fail(c_, "forward on the pool: two runs differ");
       }
     }
 
@@ -1102,11 +1135,13 @@ class Runner {
     Grads grads;
     const std::vector<T> rm = copy_of(bn->running_mean()), rv = copy_of(bn->running_var());
     msg.clear();
-    o = attempt([&] {
+    o = attempt(
+        [&] {
       OutMap dxm(dx.data(), arr(c_.dx_dims));
       grads = c_.pool ? bn->backward(pool_device(), x_map(x_.data()), dy_map(), bs, std::move(dxm))
                       : bn->backward(x_map(x_.data()), dy_map(), bs, std::move(dxm));
-    }, msg);
+        },
+        msg);
     check_outcome(c_, "backward", bp.expect(), o, msg);
     check_output("backward", dx, o, "dx");
     check_inputs("backward");
@@ -1117,7 +1152,8 @@ class Runner {
       fail(c_, "backward: grads of the wrong size");
     if (x_.n == 0) {
       for (Index i = 0; i < grads.weight.size(); ++i)
-        if (!(grads.weight(i) == T(0)) || !(grads.bias(i) == T(0))) fail(c_, "backward of an empty batch: grads not zero");
+        if (!(grads.weight(i) == T(0)) || !(grads.bias(i) == T(0)))
+          fail(c_, "backward of an empty batch: grads not zero");
     }
     if (pristine && stats_from_batch && shape_ok && values_checked()) {
       const auto info = group_info(x_.data());

@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
   const char* modes[8] = {"ordinary", "mixed", "nearconst", "const", "rawbits", "poisoned", "wideexp", "tail"};
   for (int f = 0; f < 3; ++f)
     for (int m = 1; m < 8; ++m) {
-      Header h = make(f, m % 2 == 0, f == 2 ? std::vector<int>{8, 4, 3} : std::vector<int>{6, 16}, m % 3 ? kXColMajor : 0);
+      Header h = make(f, m % 2 == 0, f == 2 ? std::vector<int>{8, 4, 3} : std::vector<int>{6, 16},
+                      m % 3 ? kXColMajor : 0);
       h.x = Recipe{std::uint8_t(m), 0, 0, std::uint8_t(m == kNearConstant ? 0x42 : 64), std::uint8_t(m), 0};
       h.dy = Recipe{std::uint8_t(m == kFromTail ? kOrdinary : m), 0, 0, 32, std::uint8_t(m + 100), 0};
       std::vector<std::uint8_t> tail;
@@ -78,22 +79,33 @@ int main(int argc, char** argv) {
     }
 
   // Specials one class at a time (mask), near-constant rows at large offsets.
-  const struct { const char* name; unsigned mask; } classes[] = {
-      {"nan", 1u << 2 | 1u << 3}, {"inf", 1u << 4 | 1u << 5}, {"subnormal", 1u << 6 | 1u << 7 | 1u << 8},
-      {"huge", 1u << 10 | 1u << 11 | 1u << 12}, {"offset", 1u << 6 | 1u << 7}};
+  const struct {
+    const char* name;
+    unsigned mask;
+  } classes[] = {{"nan", 1u << 2 | 1u << 3},
+                 {"inf", 1u << 4 | 1u << 5},
+                 {"subnormal", 1u << 6 | 1u << 7 | 1u << 8},
+                 {"huge", 1u << 10 | 1u << 11 | 1u << 12},
+                 {"offset", 1u << 6 | 1u << 7}};
   for (const auto& k : classes)
     for (int f = 0; f < 3; ++f) {
       Header h = make(f, f == 1, f == 2 ? std::vector<int>{5, 3, 4} : std::vector<int>{4, 12});
       const bool near = std::string(k.name) == "offset";
-      h.x = Recipe{std::uint8_t(near ? kNearConstant : kMixed), std::uint8_t(k.mask & 0xff), std::uint8_t(k.mask >> 8),
-                   std::uint8_t(near ? 0x22 : 48), 7, 0};
+      h.x = Recipe{std::uint8_t(near ? kNearConstant : kMixed),
+                   std::uint8_t(k.mask & 0xff),
+                   std::uint8_t(k.mask >> 8),
+                   std::uint8_t(near ? 0x22 : 48),
+                   7,
+                   0};
       add(std::string("special-") + k.name + "-" + fname[f], h);
     }
 
   // Options.
-  const struct { const char* name; std::uint8_t eps; } eps[] = {{"zero", 1}, {"negzero", 2}, {"tiny", 4},
-                                                                {"denorm", 5}, {"inf", 10}, {"negative", 11},
-                                                                {"nan", 12}, {"huge", 15}};
+  const struct {
+    const char* name;
+    std::uint8_t eps;
+  } eps[] = {{"zero", 1}, {"negzero", 2},   {"tiny", 4}, {"denorm", 5},
+             {"inf", 10}, {"negative", 11}, {"nan", 12}, {"huge", 15}};
   for (int i = 0; i < 8; ++i) {
     const int f = i % 3;
     Header h = make(f, i % 2, {4, 6});
@@ -114,7 +126,10 @@ int main(int argc, char** argv) {
     add(std::string("params-specials-") + fname[f], h);
   }
   {
-    const struct { const char* name; std::uint8_t momentum, axis, steps, options, params; } bn[] = {
+    const struct {
+      const char* name;
+      std::uint8_t momentum, axis, steps, options, params;
+    } bn[] = {
         {"momentum-nullopt-3steps", 1, 0, 2, 0, 0},
         {"momentum-nan", 5, 0, 0, 0, 0},
         {"momentum-1.5", 7, 0, 0, 0, 0},
@@ -134,9 +149,15 @@ int main(int argc, char** argv) {
     }
     // A parameter resized after construction (params bits 6-7 = 3): momentum bits 4-5 pick it,
     // bits 6-7 the new size (0 empty, 1 one less, 2 one more). Must throw shape_error, read nothing.
-    const struct { const char* name; int functor; std::uint8_t momentum; } resized[] = {
-        {"ln-weight-shorter", 0, 0x40}, {"rms-bias-added", 1, 0x50}, {"ln-bias-emptied", 0, 0x10},
-        {"bn-running-var-longer", 2, 0xB0}, {"bn-weight-emptied", 2, 0x00}};
+    const struct {
+      const char* name;
+      int functor;
+      std::uint8_t momentum;
+    } resized[] = {{"ln-weight-shorter", 0, 0x40},
+                   {"rms-bias-added", 1, 0x50},
+                   {"ln-bias-emptied", 0, 0x10},
+                   {"bn-running-var-longer", 2, 0xB0},
+                   {"bn-weight-emptied", 2, 0x00}};
     for (const auto& r : resized) {
       Header h = r.functor == 2 ? make(2, false, {6, 3, 4, 2}) : make(r.functor, false, {3, 2, 8});
       h.params = 0xC0;

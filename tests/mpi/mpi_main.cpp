@@ -2,8 +2,8 @@
 // so all ranks must take the same path: CHECK, never REQUIRE, inside them), and the process exits
 // nonzero on every rank when any rank saw a failure. Each rank prints its own Catch2 report.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include <cstdio>
 

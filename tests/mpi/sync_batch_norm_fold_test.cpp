@@ -7,8 +7,8 @@
 #include <normkit/mpi.hpp>
 #include <normkit/normkit.hpp>
 
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include <cstring>
 #include <stdexcept>
@@ -28,8 +28,10 @@ using Sync = SyncBatchNorm<float>;
 using W2 = Eigen::Tensor<float, 2>;
 using B1 = Eigen::Tensor<float, 1>;
 static_assert(std::is_same_v<decltype(std::declval<const Sync&>().folded()), normkit::ChannelAffine<float>>);
-static_assert(std::is_void_v<decltype(std::declval<const Sync&>().fold_into(std::declval<W2&>(), std::declval<B1&>()))>);
-static_assert(std::is_void_v<decltype(std::declval<const Sync&>().fold_into(std::declval<W2&>(), std::declval<B1&>(), Index(1)))>);
+static_assert(
+    std::is_void_v<decltype(std::declval<const Sync&>().fold_into(std::declval<W2&>(), std::declval<B1&>()))>);
+static_assert(std::is_void_v<decltype(std::declval<const Sync&>().fold_into(std::declval<W2&>(), std::declval<B1&>(),
+                                                                            Index(1)))>);
 
 int rank() {
   int r = 0;
@@ -94,7 +96,8 @@ TEST_CASE("SyncBatchNorm folded() and fold_into() after a collective training fo
   CHECK(same_on_every_rank(all));
 }
 
-TEST_CASE("SyncBatchNorm without running statistics cannot fold: std::logic_error naming SyncBatchNorm", "[mpi][fold]") {
+TEST_CASE("SyncBatchNorm without running statistics cannot fold: std::logic_error naming SyncBatchNorm",
+          "[mpi][fold]") {
   BatchNormOptions options;
   options.track_running_stats = false;
   SyncBatchNorm<double> sync(2, MPI_COMM_WORLD, options);

@@ -16,8 +16,8 @@
 #include <normkit/mpi.hpp>
 #include <normkit/normkit.hpp>
 
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include <array>
 #include <cmath>
@@ -98,7 +98,8 @@ double at(const S* p, Index i) {
 template <class S, class R>
 double max_rel(const S* a, const R* b, Index n) {
   double worst = 0;
-  for (Index i = 0; i < n; ++i) worst = std::max(worst, std::abs(at(a, i) - at(b, i)) / std::max(1.0, std::abs(at(b, i))));
+  for (Index i = 0; i < n; ++i)
+    worst = std::max(worst, std::abs(at(a, i) - at(b, i)) / std::max(1.0, std::abs(at(b, i))));
   return worst;
 }
 
@@ -107,13 +108,15 @@ bool same_on_all_ranks(const void* p, std::size_t bytes) {
   std::vector<unsigned char> all(bytes * static_cast<std::size_t>(ranks()));
   MPI_Allgather(p, static_cast<int>(bytes), MPI_BYTE, all.data(), static_cast<int>(bytes), MPI_BYTE, MPI_COMM_WORLD);
   bool same = true;
-  for (int r = 1; r < ranks(); ++r) same = same && std::memcmp(all.data(), all.data() + bytes * std::size_t(r), bytes) == 0;
+  for (int r = 1; r < ranks(); ++r)
+    same = same && std::memcmp(all.data(), all.data() + bytes * std::size_t(r), bytes) == 0;
   return same;
 }
 
 template <class P>
 void set_params(P* w, P* b, Index C) {
-  for (Index c = 0; c < C; ++c) w[c] = static_cast<P>(0.5 + 0.25 * double(c % 8)), b[c] = static_cast<P>(0.1 * double(c % 8) - 0.2);
+  for (Index c = 0; c < C; ++c)
+    w[c] = static_cast<P>(0.5 + 0.25 * double(c % 8)), b[c] = static_cast<P>(0.1 * double(c % 8) - 0.2);
 }
 
 struct Case {
@@ -139,8 +142,8 @@ void check_case(const Case& k) {
   };
   const Index channel_stride = k.channels_last ? 1 : k.H * k.W;
   INFO(type_name<T>() << (std::is_same_v<T, P> ? "" : " with float parameters") << ", " << ranks() << " ranks, "
-                      << (k.channels_last ? "channels-last" : "NCHW") << ", split kind " << k.split_kind << ", N "
-                      << N << " (this rank " << n_local << "), C " << C << ", " << (k.threaded ? "2 threads" : "serial")
+                      << (k.channels_last ? "channels-last" : "NCHW") << ", split kind " << k.split_kind << ", N " << N
+                      << " (this rank " << n_local << "), C " << C << ", " << (k.threaded ? "2 threads" : "serial")
                       << ", rank " << rank());
 
   BatchNormOptions options;
@@ -181,12 +184,13 @@ void check_case(const Case& k) {
 
     if (after_eval) whole.eval(), sync.eval();
     const normkit::NormGrads<P> g_ref = whole.backward(x, dy, ref, dx);
-    const normkit::NormGrads<P> g =
-        k.threaded ? sync.backward(device, x_local, dy_local, stats, dx_local) : sync.backward(x_local, dy_local, stats, dx_local);
+    const normkit::NormGrads<P> g = k.threaded ? sync.backward(device, x_local, dy_local, stats, dx_local)
+                                               : sync.backward(x_local, dy_local, stats, dx_local);
     CHECK(max_rel(dx_local.data(), dx.data() + offset * per_sample, dx_local.size()) <= out_tol<T>());
     // The ranks' dweight/dbias add up to the whole batch's.
     std::vector<double> mine(std::size_t(2 * C)), summed(mine.size()), scale(std::size_t(C), 0.0);
-    for (Index c = 0; c < C; ++c) mine[std::size_t(c)] = at(g.weight.data(), c), mine[std::size_t(C + c)] = at(g.bias.data(), c);
+    for (Index c = 0; c < C; ++c)
+      mine[std::size_t(c)] = at(g.weight.data(), c), mine[std::size_t(C + c)] = at(g.bias.data(), c);
     MPI_Allreduce(mine.data(), summed.data(), int(mine.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     for (Index i = 0; i < x.size(); ++i) {
       const Index c = (i / channel_stride) % C;
@@ -208,8 +212,12 @@ void check_all_cases() {
 
 }  // namespace
 
-TEST_CASE("SyncBatchNorm equals one BatchNorm on the concatenated batch (float)", "[mpi]") { check_all_cases<float, float>(); }
-TEST_CASE("SyncBatchNorm equals one BatchNorm on the concatenated batch (double)", "[mpi]") { check_all_cases<double, double>(); }
+TEST_CASE("SyncBatchNorm equals one BatchNorm on the concatenated batch (float)", "[mpi]") {
+  check_all_cases<float, float>();
+}
+TEST_CASE("SyncBatchNorm equals one BatchNorm on the concatenated batch (double)", "[mpi]") {
+  check_all_cases<double, double>();
+}
 TEST_CASE("SyncBatchNorm equals one BatchNorm on the concatenated batch (bfloat16, float params)", "[mpi]") {
   check_all_cases<Eigen::bfloat16, float>();
 }
@@ -232,10 +240,12 @@ TEST_CASE("SyncBatchNorm in eval mode is local", "[mpi]") {
     SyncBatchNorm<float> sync(4, MPI_COMM_WORLD, options);
     BatchNorm<float> local(4, options);
     const std::vector<float> mean{1, 2, 3, 4}, var{0.5f, 1, 2, 4};
-    if (track) sync.set_running_mean(mean), sync.set_running_var(var), local.set_running_mean(mean), local.set_running_var(var);
+    if (track)
+      sync.set_running_mean(mean), sync.set_running_var(var), local.set_running_mean(mean), local.set_running_var(var);
     sync.eval(), local.eval();
     if (rank() == 0) {
-      Eigen::Tensor<float, 3, Eigen::RowMajor> x(2, 4, 5), dy(2, 4, 5), y(2, 4, 5), y_ref(2, 4, 5), dx(2, 4, 5), dx_ref(2, 4, 5);
+      Eigen::Tensor<float, 3, Eigen::RowMajor> x(2, 4, 5), dy(2, 4, 5), y(2, 4, 5), y_ref(2, 4, 5), dx(2, 4, 5),
+          dx_ref(2, 4, 5);
       fill_channels(x.data(), x.size(), 4, 5, 7u, 1.0, 1.0);
       fill_channels(dy.data(), dy.size(), 4, 5, 8u, 0.0, 1.0);
       const auto s = sync.forward(x, y);
@@ -312,7 +322,8 @@ TEST_CASE("Moments merged across ranks", "[mpi]") {
   normkit::Moments<double> merged;
   for (int r = 0; r < ranks(); ++r) {
     const double* v = gathered.data() + 4 * r;
-    merged = normkit::merge_moments(merged, normkit::Moments<double>{sizes[std::size_t(r)], v[0], v[1], v[2], int(v[3])});
+    merged = normkit::merge_moments(merged,
+                                    normkit::Moments<double>{sizes[std::size_t(r)], v[0], v[1], v[2], int(v[3])});
   }
   long double sum = 0, sq = 0;  // independent two-pass reference in long double
   for (const double v : all) sum += v;
@@ -320,7 +331,8 @@ TEST_CASE("Moments merged across ranks", "[mpi]") {
   for (const double v : all) sq += (v - mean) * (v - mean);
   CHECK(merged.count == Index(all.size()));
   CHECK(std::abs(normkit::mean_of(merged) - double(mean)) <= 1e-15 * double(mean));
-  CHECK(std::abs(normkit::variance_of(merged, true) - double(sq / (all.size() - 1))) <= 1e-12 * double(sq / (all.size() - 1)));
+  CHECK(std::abs(normkit::variance_of(merged, true) - double(sq / (all.size() - 1))) <=
+        1e-12 * double(sq / (all.size() - 1)));
   const double bits[3] = {merged.mean, merged.mean_lo, merged.m2};
   CHECK(same_on_all_ranks(bits, sizeof bits));
 }

@@ -144,7 +144,8 @@ Vec to_rowmajor(const TT& t) {
   const auto dims = dims_vec(t.dimensions(), R);
   const Index n = product(dims);
   Vec out(static_cast<std::size_t>(n));
-  for (Index k = 0; k < n; ++k) out[static_cast<std::size_t>(k)] = static_cast<double>(t.data()[storage_offset(k, dims, rm)]);
+  for (Index k = 0; k < n; ++k)
+    out[static_cast<std::size_t>(k)] = static_cast<double>(t.data()[storage_offset(k, dims, rm)]);
   return out;
 }
 
@@ -158,11 +159,13 @@ void from_rowmajor(const Vec& v, TT&& t) {
   const auto dims = dims_vec(t.dimensions(), R);
   const Index n = product(dims);
   if (static_cast<Index>(v.size()) != n) throw std::logic_error("nkref::from_rowmajor: size mismatch");
-  for (Index k = 0; k < n; ++k) t.data()[storage_offset(k, dims, rm)] = static_cast<Scalar>(v[static_cast<std::size_t>(k)]);
+  for (Index k = 0; k < n; ++k)
+    t.data()[storage_offset(k, dims, rm)] = static_cast<Scalar>(v[static_cast<std::size_t>(k)]);
 }
 
 template <class T, int R, int Layout = Eigen::RowMajor>
-Eigen::Tensor<T, R, Layout> make_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims, const Vec& rowmajor) {
+Eigen::Tensor<T, R, Layout> make_tensor(const std::array<Index, static_cast<std::size_t>(R)>& dims,
+                                        const Vec& rowmajor) {
   Eigen::Tensor<T, R, Layout> t(dims);
   from_rowmajor(rowmajor, t);
   return t;
@@ -233,7 +236,8 @@ template <class A, class B>
 bool bits_equal(const A& a, const B& b) {
   static_assert(sizeof(typename A::Scalar) == sizeof(typename B::Scalar), "same scalar size");
   if (a.size() != b.size()) return false;
-  return a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) == 0;
+  return a.size() == 0 ||
+         std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) == 0;
 }
 
 template <class T>
@@ -247,8 +251,8 @@ bool same_bits(T a, T b) {
 
 struct Mismatch {
   bool ok = true;
-  std::size_t count = 0;       // entries outside tolerance (or of different NaN-ness)
-  std::size_t worst = 0;       // index of the worst entry (ratio error / tolerance)
+  std::size_t count = 0;  // entries outside tolerance (or of different NaN-ness)
+  std::size_t worst = 0;  // index of the worst entry (ratio error / tolerance)
   double got = 0, want = 0, tol = 0, ratio = 0;
   std::string what;
   std::string str() const {
@@ -300,13 +304,15 @@ inline Mismatch compare_tol(const Vec& got, const Vec& want, const std::function
 
 // tol_i = atol + rtol * |want_i|
 inline Mismatch compare(const Vec& got, const Vec& want, double atol, double rtol, const std::string& what = "values") {
-  return compare_tol(got, want, [&](std::size_t i) { return atol + rtol * std::fabs(want[i]); }, what);
+  return compare_tol(
+      got, want, [&](std::size_t i) { return atol + rtol * std::fabs(want[i]); }, what);
 }
 
 // tol_i = rel * scale_i (+ tiny, so that an all-zero scale still accepts exact zeros and denormal noise)
 inline Mismatch compare_scaled(const Vec& got, const Vec& want, const Vec& scale, double rel,
                                const std::string& what = "values") {
-  return compare_tol(got, want, [&](std::size_t i) { return rel * scale[i] + 1e-300; }, what);
+  return compare_tol(
+      got, want, [&](std::size_t i) { return rel * scale[i] + 1e-300; }, what);
 }
 
 // tol_i = rel * scale_i + abs_rel * round_i (round may be empty)
@@ -387,10 +393,10 @@ auto run_backward(Fn&& fn, const std::array<Index, R>& dims, const Vec& x_rowmaj
 // ---------------------------------------------------------------------------------------------------
 
 struct RowNormSpec {
-  bool rms = false;          // RMSNorm: mean = 0, var = mean(x^2)
+  bool rms = false;  // RMSNorm: mean = 0, var = mean(x^2)
   double eps = 1e-5;
-  bool outside = false;      // false: xhat = (x-mu)/sqrt(var+eps); true: xhat = (x-mu)/(sqrt(var)+eps)
-  bool has_weight = true;    // y = xhat * w (+ b)
+  bool outside = false;    // false: xhat = (x-mu)/sqrt(var+eps); true: xhat = (x-mu)/(sqrt(var)+eps)
+  bool has_weight = true;  // y = xhat * w (+ b)
   bool has_bias = true;
 };
 
@@ -428,8 +434,8 @@ inline RowNormForward row_norm_forward(const Vec& x, Index rows, Index features,
       var += d * d;
     }
     var /= static_cast<long double>(F);
-    const long double rstd =
-        s.outside ? 1.0L / (std::sqrt(var) + static_cast<long double>(s.eps)) : 1.0L / std::sqrt(var + static_cast<long double>(s.eps));
+    const long double rstd = s.outside ? 1.0L / (std::sqrt(var) + static_cast<long double>(s.eps))
+                                       : 1.0L / std::sqrt(var + static_cast<long double>(s.eps));
     f.mean[r] = static_cast<double>(mu);
     f.var[r] = static_cast<double>(var);
     f.rstd[r] = static_cast<double>(rstd);
@@ -446,8 +452,8 @@ inline RowNormForward row_norm_forward(const Vec& x, Index rows, Index features,
 }
 
 struct RowNormBackward {
-  Vec dx;        // rows * features
-  Vec dw, db;    // features (empty when the parameter is absent)
+  Vec dx;      // rows * features
+  Vec dw, db;  // features (empty when the parameter is absent)
   // Condition-aware error scales: the sum of the absolute values of the terms that make up each result,
   // so that "error <= c * unit_roundoff * scale" is a fair test however much the terms cancel.
   Vec dx_scale, dw_scale, db_scale;
@@ -486,13 +492,12 @@ inline RowNormBackward row_norm_backward(const Vec& x, const Vec& dy, Index rows
   for (std::size_t r = 0; r < R; ++r) {
     const long double mu = f.mean[r], var = f.var[r], rs = f.rstd[r];
     long double drdvar;
-    if (s.outside)
-      drdvar = var > 0 ? -rs * rs / (2.0L * std::sqrt(var)) : 0.0L;
-    else
-      drdvar = -rs * rs * rs / 2.0L;
+    if (s.outside) drdvar = var > 0 ? -rs * rs / (2.0L * std::sqrt(var)) : 0.0L;
+    else drdvar = -rs * rs * rs / 2.0L;
     long double sum_g = 0, sum_gd = 0, abs_g = 0, abs_gd = 0;
     for (std::size_t j = 0; j < F; ++j) {
-      const long double g = static_cast<long double>(dy[r * F + j]) * (s.has_weight ? static_cast<long double>(w[j]) : 1.0L);
+      const long double g = static_cast<long double>(dy[r * F + j]) *
+                            (s.has_weight ? static_cast<long double>(w[j]) : 1.0L);
       const long double d = static_cast<long double>(x[r * F + j]) - mu;
       sum_g += g;
       sum_gd += g * d;
@@ -501,7 +506,8 @@ inline RowNormBackward row_norm_backward(const Vec& x, const Vec& dy, Index rows
     }
     const long double dvar = sum_gd * drdvar;
     for (std::size_t j = 0; j < F; ++j) {
-      const long double g = static_cast<long double>(dy[r * F + j]) * (s.has_weight ? static_cast<long double>(w[j]) : 1.0L);
+      const long double g = static_cast<long double>(dy[r * F + j]) *
+                            (s.has_weight ? static_cast<long double>(w[j]) : 1.0L);
       const long double d = static_cast<long double>(x[r * F + j]) - mu;
       long double dx = g * rs + dvar * 2.0L * d / n;
       long double sc = std::fabs(g * rs) + std::fabs(abs_gd * drdvar * 2.0L * d / n);
@@ -576,7 +582,8 @@ struct RefBatchNorm {
     const auto C = static_cast<std::size_t>(lay.channels);
     mean.assign(C, 0.0);
     var.assign(C, 0.0);
-    for (std::size_t k = 0; k < x.size(); ++k) mean[static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)))] += x[k];
+    for (std::size_t k = 0; k < x.size(); ++k)
+      mean[static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)))] += x[k];
     for (auto& m : mean) m /= static_cast<double>(lay.per_channel);
     for (std::size_t k = 0; k < x.size(); ++k) {
       const auto c = static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)));
@@ -664,14 +671,14 @@ struct RefBatchNorm {
 };
 
 // Per-channel bound for sums over a channel: sum of |terms| (the natural scale of rounding error).
-inline std::vector<double> channel_abs_sums(const std::vector<Index>& dims, int axis, const std::vector<double>& terms) {
+inline std::vector<double> channel_abs_sums(const std::vector<Index>& dims, int axis,
+                                            const std::vector<double>& terms) {
   const ChannelLayout lay(dims, axis);
   std::vector<double> s(static_cast<std::size_t>(lay.channels), 0.0);
   for (std::size_t k = 0; k < terms.size(); ++k)
     s[static_cast<std::size_t>(lay.channel_of(static_cast<Index>(k)))] += std::abs(terms[k]);
   return s;
 }
-
 
 // ---------------------------------------------------------------------------------------------------
 // Finite differences

@@ -112,8 +112,8 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
 
 // sum_g[c] += sum_r g, sum_gx[c] += sum_r g * xhat, with g = dy * w[r] (w null: g = dy).
 template <class A, class T, class P>
-void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                        const P* w, A* sum_g, A* sum_gx) {
+void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
+                        A* sum_g, A* sum_gx) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);

@@ -98,7 +98,8 @@ template <class A, class T>
 Chunking chunking(const GroupShape& s, Index partial = 0) {
   const Index width = s.inner > 1 ? 1 : panel_width<A, T>(s.outer);
   const Index units = (s.groups + width - 1) / width;
-  const Index cap = partial ? std::max<Index>(1, tuning::kPartialBytes / (partial * Index(sizeof(A)))) : tuning::kMaxChunks;
+  const Index cap = partial ? std::max<Index>(1, tuning::kPartialBytes / (partial * Index(sizeof(A))))
+                            : tuning::kMaxChunks;
   return {units, chunk_count(units, s.size(), std::min(cap, tuning::kMaxChunks)), width};
 }
 
@@ -144,8 +145,8 @@ struct ChunkPartials {
 // each batch's statistics then its sweep, with the next batch or group prefetched when the data
 // lives beyond L2.
 template <class Policy, class Exec>
-void rows_fused(const Exec& exec, const GroupShape& s, const Policy& pol, const Chunking& ch, ChunkPartials<typename Policy::A>& part,
-                Passes passes) {
+void rows_fused(const Exec& exec, const GroupShape& s, const Policy& pol, const Chunking& ch,
+                ChunkPartials<typename Policy::A>& part, Passes passes) {
   using A = typename Policy::A;
   using T = typename Policy::T;
   using Coef = typename Policy::Coef;

@@ -68,7 +68,8 @@ template <class A>
 struct NormalizeColumns {
   A mean[kPanelCols<A>], mean_lo[kPanelCols<A>], scale[kPanelCols<A>], shift[kPanelCols<A>];
   NormalizeColumns(const RunNormalize<A>* c, Index cols) {
-    for (Index j = 0; j < cols; ++j) mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, scale[j] = c[j].scale, shift[j] = c[j].shift;
+    for (Index j = 0; j < cols; ++j)
+      mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, scale[j] = c[j].scale, shift[j] = c[j].shift;
   }
   ColsNormalize<A> view() const { return {mean, mean_lo, scale, shift}; }
 };
@@ -140,7 +141,8 @@ struct NormForward {
     return fold(g, c);
   }
   Coef given(Index g) const {
-    return fold(g, Coef{stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), stats.rstd[g], A(0)});
+    return fold(g,
+                Coef{stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), stats.rstd[g], A(0)});
   }
   // A constant weight and bias fold into the scale and shift.
   Coef fold(Index g, Coef c) const {
@@ -252,8 +254,12 @@ struct NormBackward {
   Coef start(Index g) const {
     const A rstd = stats.rstd[g];
     const A wg = p.affine_axis == AffineAxis::Group && p.weight ? static_cast<A>(p.weight[g]) : A(1);
-    return Coef{stats.mean ? stats.mean[g] : A(0), stats.mean_lo ? stats.mean_lo[g] : A(0), std::isinf(rstd) ? A(0) : rstd,
-                rstd * wg, A(0), A(0)};
+    return Coef{stats.mean ? stats.mean[g] : A(0),
+                stats.mean_lo ? stats.mean_lo[g] : A(0),
+                std::isinf(rstd) ? A(0) : rstd,
+                rstd * wg,
+                A(0),
+                A(0)};
   }
   Partial reduce_run(const Coef& c, Index g, Index o, Index at, A* partial) const {
     if (p.affine_axis == AffineAxis::Channel) return reduce_channels(c, g, at, partial);
@@ -331,7 +337,8 @@ struct NormBackward {
     const P* none = nullptr;
     if (len == 1) {
       backward_runs_dx<1>(x + at, dy + at, p.weight ? p.weight + first : none, dx.at(at), s.inner, s.inner, &c,
-                          partial ? partial + first : nullptr, partial ? partial + param_size() + first : nullptr, stream);
+                          partial ? partial + first : nullptr, partial ? partial + param_size() + first : nullptr,
+                          stream);
       return;
     }
     for (Index j = 0; j < p.group_channels; ++j) {

@@ -212,8 +212,8 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, const Store& dx,
 // also accumulates the runs' parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
 // next: as for normalize_runs, for x and dy.
 template <int R = 1, class A, class T, class P, class Store, if_fusion<Store> = 0>
-void backward_runs_dx(const T* x, const T* dy, const P* w, const Store& dx, Index n, Index stride,
-                      const RunGrad<A>* c, A* dweight, A* dbias, bool stream = false, Index next = 0) {
+void backward_runs_dx(const T* x, const T* dy, const P* w, const Store& dx, Index n, Index stride, const RunGrad<A>* c,
+                      A* dweight, A* dbias, bool stream = false, Index next = 0) {
   if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
   else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
 }

@@ -72,7 +72,8 @@ EIGEN_STRONG_INLINE type to_bf16(__m512 v) {
 #endif
   const __m512i b = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, b, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)),
+                                      16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
   return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
 }
@@ -112,8 +113,9 @@ inline constexpr bool bf16 = false, half = false;
 
 // Whether T widens to A packet by packet with the conversions above; otherwise through a lane buffer.
 template <class A, class T>
-inline constexpr bool vector_convert = std::is_same_v<A, float> && ((std::is_same_v<T, Eigen::bfloat16> && bits16::bf16) ||
-                                                                    (std::is_same_v<T, Eigen::half> && bits16::half));
+inline constexpr bool vector_convert = std::is_same_v<A, float> &&
+                                       ((std::is_same_v<T, Eigen::bfloat16> && bits16::bf16) ||
+                                        (std::is_same_v<T, Eigen::half> && bits16::half));
 
 template <class A, class T>
 EIGEN_STRONG_INLINE packet<A> load(const T* p) {
@@ -207,14 +209,28 @@ EIGEN_STRONG_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2
 inline void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 template <class A>
-EIGEN_STRONG_INLINE packet<A> set1(A v) { return Eigen::internal::pset1<packet<A>>(v); }
+EIGEN_STRONG_INLINE packet<A> set1(A v) {
+  return Eigen::internal::pset1<packet<A>>(v);
+}
 
 // The arithmetic below takes V = packet<A> or V = A itself (Eigen's generic padd & co. are the
 // scalar operators), so that a kernel writes its formula once for the vector body and the tail.
-template <class V> EIGEN_STRONG_INLINE V add(const V& a, const V& b) { return Eigen::internal::padd(a, b); }
-template <class V> EIGEN_STRONG_INLINE V sub(const V& a, const V& b) { return Eigen::internal::psub(a, b); }
-template <class V> EIGEN_STRONG_INLINE V mul(const V& a, const V& b) { return Eigen::internal::pmul(a, b); }
-template <class V> EIGEN_STRONG_INLINE V abs(const V& a) { return Eigen::internal::pabs(a); }
+template <class V>
+EIGEN_STRONG_INLINE V add(const V& a, const V& b) {
+  return Eigen::internal::padd(a, b);
+}
+template <class V>
+EIGEN_STRONG_INLINE V sub(const V& a, const V& b) {
+  return Eigen::internal::psub(a, b);
+}
+template <class V>
+EIGEN_STRONG_INLINE V mul(const V& a, const V& b) {
+  return Eigen::internal::pmul(a, b);
+}
+template <class V>
+EIGEN_STRONG_INLINE V abs(const V& a) {
+  return Eigen::internal::pabs(a);
+}
 template <class V>
 EIGEN_STRONG_INLINE V max(const V& a, const V& b) {
 #if defined(EIGEN_VECTORIZE_AVX512)  // Eigen's pmax here carries an _mm512_undefined operand (GCC bug 105593)
@@ -282,8 +298,14 @@ auto max_lane(const V& a) {
   return m;
 }
 
-template <class A, class T> EIGEN_STRONG_INLINE A load_scalar(const T* p) { return static_cast<A>(*p); }
-template <class T, class A> EIGEN_STRONG_INLINE void store_scalar(T* p, A v) { *p = static_cast<T>(v); }
+template <class A, class T>
+EIGEN_STRONG_INLINE A load_scalar(const T* p) {
+  return static_cast<A>(*p);
+}
+template <class T, class A>
+EIGEN_STRONG_INLINE void store_scalar(T* p, A v) {
+  *p = static_cast<T>(v);
+}
 
 // Lanes of either shape, for formulas written once: V is packet<A> (the vector body) or A (heads
 // and tails, one value at a time). lane_t<V> is A in both cases.

@@ -68,9 +68,10 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = _mm512_fmadd_ps(p, r, c(5.0000001201E-1f));
     __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
     q = _mm512_mask_mov_ps(q, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-    const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvttps_epi32(0xFFFF, _mm512_add_ps(n, c(127.0f))), 23);
-    const __m512 scale =
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ), _mm512_castsi512_ps(e));
+    const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvttps_epi32(0xFFFF, _mm512_add_ps(n, c(127.0f))),
+                                              23);
+    const __m512 scale = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ),
+                                             _mm512_castsi512_ps(e));
     return {scale, q};
   }
 #endif
@@ -316,7 +317,8 @@ void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, MaxSum<A>
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V m[N], s[N], cc[N];
-    for (std::size_t j = 0; j < N; ++j) m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j];
+    for (std::size_t j = 0; j < N; ++j)
+      m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j];
     const auto block = [&](Index r, auto count) {
       constexpr std::size_t K = decltype(count)::value;
       for (Index j = 0; j < S; ++j) {

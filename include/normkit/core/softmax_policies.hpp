@@ -36,9 +36,9 @@ struct CrossEntropyGroups {
   std::int64_t ignore_index = -100;
   const P* weight = nullptr;  // per class, or null
   double smoothing = 0;
-  double weight_sum = 0;      // W: sum of the class weights (C without)
-  const A* scale = nullptr;   // per group g (gradient), or null: no sweep
-  double* loss = nullptr;     // per group, or null
+  double weight_sum = 0;     // W: sum of the class weights (C without)
+  const A* scale = nullptr;  // per group g (gradient), or null: no sweep
+  double* loss = nullptr;    // per group, or null
 };
 
 namespace detail {
@@ -71,9 +71,7 @@ struct SoftmaxForward {
   void empty(Passes) const {}
 
   Coef start(Index) const { return Coef{}; }
-  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
-    return run_max_sum<A>(x.at(at), s.inner);
-  }
+  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const { return run_max_sum<A>(x.at(at), s.inner); }
   void reduce_panel(const Coef*, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
     cols_max_sum<A>(x.at(at), rows, cols, s.groups, out);
@@ -92,7 +90,9 @@ struct SoftmaxForward {
   static void set_k(Coef& c, double k, bool relative) {
     c.k = static_cast<A>(k);
     const double lo = k - static_cast<double>(c.k);
-    c.k_lo = !std::isfinite(lo) ? A(0) : relative ? (c.k != A(0) ? static_cast<A>(lo / static_cast<double>(c.k)) : A(0)) : static_cast<A>(lo);
+    c.k_lo = !std::isfinite(lo) ? A(0)
+             : relative         ? (c.k != A(0) ? static_cast<A>(lo / static_cast<double>(c.k)) : A(0))
+                                : static_cast<A>(lo);
   }
   Coef finish_ce(Index g, const Partial& p, Coef c) const {
     const std::int64_t t = ce.target[g];
@@ -111,14 +111,16 @@ struct SoftmaxForward {
         double smooth = 0;
         for (Index k = 0; k < s.group_size(); ++k) {
           const double wk = ce.weight ? static_cast<double>(static_cast<A>(ce.weight[k])) : 1.0;
-          smooth += wk * (m - static_cast<double>(x.template load<A>(s.inner > 1 ? s.run_at(0, g) + k : s.run_at(k, g))));
+          smooth += wk *
+                    (m - static_cast<double>(x.template load<A>(s.inner > 1 ? s.run_at(0, g) + k : s.run_at(k, g))));
         }
         loss += eps / static_cast<double>(s.group_size()) * (smooth + l * ce.weight_sum);
       }
       ce.loss[g] = loss;
     }
     if (!ce.scale) return c;
-    const double gs = static_cast<double>(ce.scale[g]), a = (1 - eps) * wt, b = eps / static_cast<double>(s.group_size());
+    const double gs = static_cast<double>(ce.scale[g]), a = (1 - eps) * wt,
+                 b = eps / static_cast<double>(s.group_size());
     set_k(c, gs * (a + b * ce.weight_sum) / (p.sum + p.lo), true);
     c.beta = static_cast<A>(gs * b);
     c.gamma = static_cast<A>(gs * a);

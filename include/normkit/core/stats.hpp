@@ -28,7 +28,7 @@ namespace detail {
 // The stack arrays take their bound from a std::size_t copy (constexpr std::size_t kPanel): GCC's
 // -Wsign-conversion flags a signed bound that depends on a template parameter.
 template <class A>
-inline constexpr Index kMaxPanel = tuning::kMaxPanelPackets * simd::width<A>;
+inline constexpr Index kMaxPanel = tuning::kMaxPanelPackets* simd::width<A>;
 
 // Rows per block of a column panel: the block is swept twice and should stay in L1/L2 meanwhile.
 template <class T>
@@ -195,10 +195,12 @@ void panel_moments_blocked(const Load& x, Index rows, Index cols, Index stride, 
     std::fill(s2, s2 + cols, A(0));
     cols_sums(xb, rb, cols, stride, mean0, s1, s2);
     for (Index c = 0; c < cols; ++c) {
-      Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]}) : Moments<A>{rb, A(0), A(0), s2[c]};
+      Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]})
+                              : Moments<A>{rb, A(0), A(0), s2[c]};
       if (!in_range(b)) {  // rare: redo this column of the block as a contiguous run
         std::vector<T> column(static_cast<std::size_t>(rb));
-        for (Index r = 0; r < rb; ++r) column[static_cast<std::size_t>(r)] = static_cast<T>(xb.template load<A>(r * stride + c));
+        for (Index r = 0; r < rb; ++r)
+          column[static_cast<std::size_t>(r)] = static_cast<T>(xb.template load<A>(r * stride + c));
         b = run_moments<A>(LoadX<T>{column.data()}, rb, centered);
       }
       m[c] = merge(m[c], b);
