@@ -19,7 +19,7 @@
 //     below what any wrong formula gives (O(1)).
 #include <normkit/normkit.hpp>
 
-#include "support/batch_norm_reference.hpp"
+#include "support/reference.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -34,7 +34,7 @@
 
 namespace {
 
-using bnref::Index;
+using nkref::Index;
 using normkit::BatchNorm;
 using normkit::BatchNormOptions;
 using Vec = std::vector<double>;
@@ -61,15 +61,15 @@ template <class T, class P>
 BnParams load(BatchNorm<T, P>& bn, Index C, std::uint64_t seed) {
   const auto n = static_cast<std::size_t>(C);
   BnParams p;
-  p.mean = bnref::rounded<P>(bnref::random_vector(n, -2.0, 2.0, seed ^ 0x11));
-  p.var = bnref::rounded<P>(bnref::random_vector(n, 0.05, 4.0, seed ^ 0x22));
-  bn.running_mean() = bnref::tensor1<P>(p.mean);
-  bn.running_var() = bnref::tensor1<P>(p.var);
+  p.mean = nkref::round_to<P>(nkref::uniform_vec(n, seed ^ 0x11, -2.0, 2.0));
+  p.var = nkref::round_to<P>(nkref::uniform_vec(n, seed ^ 0x22, 0.05, 4.0));
+  bn.running_mean() = nkref::tensor1<P>(p.mean);
+  bn.running_var() = nkref::tensor1<P>(p.var);
   if (bn.options().affine) {
-    p.weight = bnref::rounded<P>(bnref::random_vector(n, -1.5, 1.5, seed ^ 0x33));
-    p.bias = bnref::rounded<P>(bnref::random_vector(n, -1.0, 1.0, seed ^ 0x44));
-    bn.weight() = bnref::tensor1<P>(p.weight);
-    bn.bias() = bnref::tensor1<P>(p.bias);
+    p.weight = nkref::round_to<P>(nkref::uniform_vec(n, seed ^ 0x33, -1.5, 1.5));
+    p.bias = nkref::round_to<P>(nkref::uniform_vec(n, seed ^ 0x44, -1.0, 1.0));
+    bn.weight() = nkref::tensor1<P>(p.weight);
+    bn.bias() = nkref::tensor1<P>(p.bias);
   } else {
     p.weight.assign(n, 1.0);
     p.bias.assign(n, 0.0);
@@ -102,11 +102,11 @@ void check_fold_into_elementwise(std::array<Index, static_cast<std::size_t>(R)> 
   const Index C = dims[static_cast<std::size_t>(out_axis)];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec w = bnref::rounded<P>(
-      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<R>(dims))), -1, 1, seed ^ 0x55));
-  const Vec b = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(C), -1, 1, seed ^ 0x66));
-  auto wt = bnref::make_tensor<P, R, L>(dims, w);
-  Eigen::Tensor<P, 1> bt = bnref::tensor1<P>(b);
+  const Vec w = nkref::round_to<P>(
+      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(dims, R))), seed ^ 0x55, -1, 1));
+  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x66, -1, 1));
+  auto wt = nkref::make_tensor<P, R, L>(dims, w);
+  Eigen::Tensor<P, 1> bt = nkref::tensor1<P>(b);
   bn.fold_into(wt, bt, out_axis);
 
   INFO("rank " << R << (L == kRow ? " RowMajor" : " ColMajor") << ", out_axis " << out_axis
@@ -114,7 +114,7 @@ void check_fold_into_elementwise(std::array<Index, static_cast<std::size_t>(R)> 
   // Channel of logical row-major index k: (k / inner) % C, inner = product of the dims after out_axis.
   Index inner = 1;
   for (std::size_t a = static_cast<std::size_t>(out_axis) + 1; a < static_cast<std::size_t>(R); ++a) inner *= dims[a];
-  const Vec got = bnref::values(wt);
+  const Vec got = nkref::to_rowmajor(wt);
   for (std::size_t k = 0; k < w.size(); ++k) {
     const auto c = static_cast<std::size_t>((static_cast<Index>(k) / inner) % C);
     const double s = ref_scale(p, 1e-3, c);
@@ -184,11 +184,11 @@ template <class P, int R, int L>
 void check_against_unfolded(BatchNorm<P>& bn, const BnParams& p, const Vec& y, const Vec& layer_bias,
                             const Vec& abs_terms, const Vec& folded_y,
                             std::array<Index, static_cast<std::size_t>(R)> yd, Index K) {
-  const auto yt = bnref::make_tensor<P, R, L>(yd, y);
-  auto bn_y = bnref::filled<P, R, L>(yd, P(-777));
+  const auto yt = nkref::make_tensor<P, R, L>(yd, y);
+  auto bn_y = nkref::filled_tensor<P, R, L>(yd, P(-777));
   bn.forward(yt, bn_y);
-  const Vec unfolded = bnref::values(bn_y);
-  const bnref::Layout lay(bnref::to_vec<R>(yd), 1);
+  const Vec unfolded = nkref::to_rowmajor(bn_y);
+  const nkref::ChannelLayout lay(nkref::dims_vec(yd, R), 1);
   const double u = unit_roundoff<P>();
   double worst = 0;
   for (std::size_t k = 0; k < y.size(); ++k) {
@@ -212,18 +212,18 @@ void check_linear(Index out_axis, bool affine, std::uint64_t seed) {
   const Index N = 16, K = 24, C = 8;
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec x = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(N * K), -1, 1, seed ^ 0x77));
-  const Vec w = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(K * C), -0.5, 0.5, seed ^ 0x88));
-  const Vec b = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(C), -1, 1, seed ^ 0x99));
+  const Vec x = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(N * K), seed ^ 0x77, -1, 1));
+  const Vec w = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(K * C), seed ^ 0x88, -0.5, 0.5));
+  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1));
   Vec y, abs_terms;
   linear<P>(x, w, b, N, K, C, out_axis, y, abs_terms);
 
   const std::array<Index, 2> wd = out_axis == 0 ? std::array<Index, 2>{C, K} : std::array<Index, 2>{K, C};
-  auto wt = bnref::make_tensor<P, 2, L>(wd, w);
-  Eigen::Tensor<P, 1> bt = bnref::tensor1<P>(b);
+  auto wt = nkref::make_tensor<P, 2, L>(wd, w);
+  Eigen::Tensor<P, 1> bt = nkref::tensor1<P>(b);
   bn.fold_into(wt, bt, out_axis);
   Vec folded_y, unused;
-  linear<P>(x, bnref::values(wt), bnref::values1(bt), N, K, C, out_axis, folded_y, unused);
+  linear<P>(x, nkref::to_rowmajor(wt), nkref::vec1(bt), N, K, C, out_axis, folded_y, unused);
 
   INFO((L == kRow ? "RowMajor" : "ColMajor")
        << " Linear weight, out_axis " << out_axis << (affine ? "" : ", no affine"));
@@ -236,19 +236,19 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
   const Index C = wd[0], K = wd[1] * wd[2] * wd[3];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec x = bnref::rounded<P>(
-      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(xd))), -1, 1, seed ^ 0x77));
-  const Vec w = bnref::rounded<P>(
-      bnref::random_vector(static_cast<std::size_t>(bnref::numel(bnref::to_vec<4>(wd))), -0.4, 0.4, seed ^ 0x88));
-  const Vec b = bnref::rounded<P>(bnref::random_vector(static_cast<std::size_t>(C), -1, 1, seed ^ 0x99));
+  const Vec x = nkref::round_to<P>(
+      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(xd, 4))), seed ^ 0x77, -1, 1));
+  const Vec w = nkref::round_to<P>(
+      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(wd, 4))), seed ^ 0x88, -0.4, 0.4));
+  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1));
   Vec y, abs_terms;
   conv2d<P>(x, w, b, xd, wd, y, abs_terms);
 
   // The weight as a tensor of layout L, or as a temporary TensorMap over a buffer of that layout.
-  auto wt = bnref::make_tensor<P, 4, L>(wd, w);
+  auto wt = nkref::make_tensor<P, 4, L>(wd, w);
   std::vector<P> wbuf(wt.data(), wt.data() + wt.size()), bbuf(static_cast<std::size_t>(C));
   for (std::size_t c = 0; c < bbuf.size(); ++c) bbuf[c] = static_cast<P>(b[c]);
-  Eigen::Tensor<P, 1> bt = bnref::tensor1<P>(b);
+  Eigen::Tensor<P, 1> bt = nkref::tensor1<P>(b);
   if (as_map) {
     bn.fold_into(Eigen::TensorMap<Eigen::Tensor<P, 4, L>>(wbuf.data(), wd),
                  Eigen::TensorMap<Eigen::Tensor<P, 1>>(bbuf.data(), C));
@@ -258,7 +258,7 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
     bn.fold_into(wt, bt);  // out_axis defaults to 0: OIHW
   }
   Vec folded_y, unused;
-  conv2d<P>(x, bnref::values(wt), bnref::values1(bt), xd, wd, folded_y, unused);
+  conv2d<P>(x, nkref::to_rowmajor(wt), nkref::vec1(bt), xd, wd, folded_y, unused);
 
   INFO((L == kRow ? "RowMajor" : "ColMajor")
        << " OIHW conv weight" << (as_map ? " (TensorMap)" : "") << (affine ? "" : ", no affine"));
@@ -313,11 +313,11 @@ TEST_CASE("BatchNorm folded() applied to x equals the eval forward", "[batch_nor
   BatchNorm<float> bn(C, options(true));
   load(bn, C, 77);
   const std::array<Index, 3> dims{N, C, L};
-  const Vec x = bnref::rounded<float>(bnref::random_input(bnref::to_vec<3>(dims), 1, 78));
-  const auto xt = bnref::make_tensor<float, 3, kRow>(dims, x);
-  const Vec y = bnref::values(bn(xt));
+  const Vec x = nkref::round_to<float>(nkref::channel_input(nkref::dims_vec(dims, 3), 1, 78));
+  const auto xt = nkref::make_tensor<float, 3, kRow>(dims, x);
+  const Vec y = nkref::to_rowmajor(bn(xt));
   const auto f = bn.folded();
-  const bnref::Layout lay(bnref::to_vec<3>(dims), 1);
+  const nkref::ChannelLayout lay(nkref::dims_vec(dims, 3), 1);
   for (std::size_t k = 0; k < x.size(); ++k) {
     const Index c = lay.channel_of(static_cast<Index>(k));
     const double mapped = static_cast<double>(f.scale(c)) * x[k] + static_cast<double>(f.shift(c));
