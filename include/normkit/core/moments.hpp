@@ -5,7 +5,7 @@
 //     mean = shift + s1/n            (kept as the pair shift, mean_lo = s1/n)
 //     m2   = s2 - s1 * s1/n          (sum of squared deviations from the corrected mean)
 // The shift comes from the block's first packet (one pass) or from a first pass over the block
-// (groups.hpp says when); m2 loses only log2(1 + n (mean - shift)^2 / m2) bits, so the shift need
+// (stats.hpp says when); m2 loses only log2(1 + n (mean - shift)^2 / m2) bits, so the shift need
 // only be within about a std of the mean. The unshifted E[x^2] - E[x]^2 is never used: it loses
 // every digit once |mean| >> std.
 // Keeping the mean as a (hi, lo) pair lets later sweeps compute (x - hi) - lo, which is exact in
