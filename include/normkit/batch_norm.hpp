@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "calling_forms.hpp"
 #include "core/groups.hpp"
 #include "errors.hpp"
 #include "options.hpp"
@@ -277,8 +278,10 @@ class BatchNormBase {
     return p;
   }
 
+  // forward_on / backward_on: statistics of this process's batch. SyncBatchNorm's own hide them and
+  // fall back to them where nothing is shared (eval; stats not synced).
   template <class Exec, class X, class Y>
-  NormStats<T> forward_local(const Exec& exec, const X& x, Y& y) {
+  NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) {
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<Y>, T>,
                   "normkit: x and y must hold T");
     static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
@@ -329,7 +332,7 @@ class BatchNormBase {
   }
 
   template <class Exec, class X, class DY, class DX>
-  NormGrads<P> backward_local(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
+  NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
                       std::is_same_v<detail::scalar_t<DX>, T>,
                   "normkit: x, dy and dx must hold T");
@@ -370,37 +373,13 @@ class BatchNormBase {
 }  // namespace detail
 
 template <class T, class P = T>
-class BatchNorm : public detail::BatchNormBase<T, P> {
+class BatchNorm : public detail::BatchNormBase<T, P>, public detail::CallingForms<BatchNorm<T, P>, T, P> {
+  friend detail::CallingForms<BatchNorm<T, P>, T, P>;
   using Index = Eigen::Index;
 
  public:
   explicit BatchNorm(Index num_features, BatchNormOptions options = {})
       : detail::BatchNormBase<T, P>("BatchNorm", num_features, options) {}
-
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) {
-    return this->forward_local(core::SerialExecutor{}, x, y);
-  }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
-    return this->forward_local(detail::PoolExecutor{device}, x, y);
-  }
-  template <class X>
-  auto operator()(const X& x) {
-    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return this->backward_local(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return this->backward_local(detail::PoolExecutor{device}, x, dy, stats, dx);
-  }
 };
 
 }  // namespace normkit

@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "calling_forms.hpp"
 #include "core/groups.hpp"
 #include "errors.hpp"
 #include "options.hpp"
@@ -214,7 +215,8 @@ void check_grouped_stats(const std::string& where, const S& stats, Index expecte
 }  // namespace detail
 
 template <class T, class P = T>
-class GroupNorm {
+class GroupNorm : public detail::CallingForms<GroupNorm<T, P>, T, P> {
+  friend detail::CallingForms<GroupNorm<T, P>, T, P>;
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
   static_assert(is_param_type_v<T, P>,
                 "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
@@ -257,31 +259,6 @@ class GroupNorm {
   void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
   void set_bias(const P* data, Index size) { detail::set_param("GroupNorm::set_bias", slots_of(*this)[1], data, size); }
   void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
-
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) const {
-    return forward_on(core::SerialExecutor{}, x, y);
-  }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
-    return forward_on(detail::PoolExecutor{device}, x, y);
-  }
-  template <class X>
-  auto operator()(const X& x) const {
-    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
-  }
 
  private:
   template <class Self>

@@ -36,7 +36,8 @@ struct InstanceNormOptions {
 };
 
 template <class T, class P = T>
-class InstanceNorm : private detail::BatchNormBase<T, P> {
+class InstanceNorm : private detail::BatchNormBase<T, P>, public detail::CallingForms<InstanceNorm<T, P>, T, P> {
+  friend detail::CallingForms<InstanceNorm<T, P>, T, P>;
   using Base = detail::BatchNormBase<T, P>;
   using A = accum_t<T>;
   using Index = Eigen::Index;
@@ -66,31 +67,6 @@ class InstanceNorm : private detail::BatchNormBase<T, P> {
   using Base::weight;
   const InstanceNormOptions& options() const { return instance_options_; }
   Index num_features() const { return this->channels_; }
-
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) {
-    return forward_on(core::SerialExecutor{}, x, y);
-  }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
-    return forward_on(detail::PoolExecutor{device}, x, y);
-  }
-  template <class X>
-  auto operator()(const X& x) {
-    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
-  }
 
  private:
   template <class Exec, class X, class Y>

@@ -98,7 +98,8 @@ inline void check_same_channels(const std::string& where, const std::vector<std:
 }  // namespace detail
 
 template <class T, class P = T>
-class SyncBatchNorm : public detail::BatchNormBase<T, P> {
+class SyncBatchNorm : public detail::BatchNormBase<T, P>, public detail::CallingForms<SyncBatchNorm<T, P>, T, P> {
+  friend detail::CallingForms<SyncBatchNorm<T, P>, T, P>;
   using A = accum_t<T>;
   using Index = Eigen::Index;
 
@@ -107,31 +108,6 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
       : detail::BatchNormBase<T, P>("SyncBatchNorm", num_features, options), comm_(comm) {}
 
   MPI_Comm comm() const { return comm_; }
-
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) {
-    return forward_on(core::SerialExecutor{}, x, y);
-  }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) {
-    return forward_on(detail::PoolExecutor{device}, x, y);
-  }
-  template <class X>
-  auto operator()(const X& x) {
-    Eigen::Tensor<T, detail::rank_v<X>, detail::layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return backward_on(detail::PoolExecutor{device}, x, dy, stats, dx);
-  }
 
  private:
   std::size_t ranks() const {
@@ -218,7 +194,7 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
 
   template <class Exec, class X, class Y>
   NormStats<T> forward_on(const Exec& exec, const X& x, Y& y) {
-    if (!this->training_) return this->forward_local(exec, x, y);  // eval: nothing to share
+    if (!this->training_) return detail::BatchNormBase<T, P>::forward_on(exec, x, y);  // eval: nothing to share
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<Y>, T>,
                   "normkit: x and y must hold T");
     static_assert(detail::rank_v<X> == detail::rank_v<Y>, "normkit: x and y must have the same rank");
@@ -257,7 +233,7 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P> {
 
   template <class Exec, class X, class DY, class DX>
   NormGrads<P> backward_on(const Exec& exec, const X& x, const DY& dy, const NormStats<T>& stats, DX& dx) const {
-    if (stats.source != StatsSource::Synced) return this->backward_local(exec, x, dy, stats, dx);
+    if (stats.source != StatsSource::Synced) return detail::BatchNormBase<T, P>::backward_on(exec, x, dy, stats, dx);
     static_assert(std::is_same_v<detail::scalar_t<X>, T> && std::is_same_v<detail::scalar_t<DY>, T> &&
                       std::is_same_v<detail::scalar_t<DX>, T>,
                   "normkit: x, dy and dx must hold T");

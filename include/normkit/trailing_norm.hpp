@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "calling_forms.hpp"
 #include "core/groups.hpp"
 #include "errors.hpp"
 #include "options.hpp"
@@ -25,7 +26,8 @@
 namespace normkit::detail {
 
 template <class T, class P>
-class TrailingNorm {
+class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
+  friend CallingForms<TrailingNorm<T, P>, T, P>;
   static_assert(is_storage_v<T>, "normkit: T must be float, double, Eigen::bfloat16 or Eigen::half");
   static_assert(is_param_type_v<T, P>,
                 "normkit: the parameter type P must be T or accum_t<T> (float beside bfloat16/half)");
@@ -47,22 +49,6 @@ class TrailingNorm {
   void set_weight(const std::vector<P>& v) { set_weight(v.data(), static_cast<Index>(v.size())); }
   void set_bias(const P* data, Index size) { set_param(name_ + "::set_bias", slots_of(*this)[1], data, size); }
   void set_bias(const std::vector<P>& v) { set_bias(v.data(), static_cast<Index>(v.size())); }
-
-  template <class X, class Y>
-  NormStats<T> forward(const X& x, Y&& y) const {
-    return forward_on(core::SerialExecutor{}, x, y);
-  }
-  template <class X, class Y>
-  NormStats<T> forward(const Eigen::ThreadPoolDevice& device, const X& x, Y&& y) const {
-    return forward_on(PoolExecutor{device}, x, y);
-  }
-  // y = forward(x) as a new tensor of x's dimensions and layout.
-  template <class X>
-  auto operator()(const X& x) const {
-    Eigen::Tensor<T, rank_v<X>, layout_v<X>> y(x.dimensions());
-    forward(x, y);
-    return y;
-  }
 
   // Residual add + norm (a transformer block's x + sublayer(x) before the next norm): h = x + alpha *
   // residual, computed in accum_t<T> and rounded once to T, is written to h, and y = norm(h), in the
@@ -88,16 +74,6 @@ class TrailingNorm {
   NormGrads<P> backward_add(const Eigen::ThreadPoolDevice& device, const H& h, const DY& dy, const DH& dh,
                             const NormStats<T>& stats, DX&& dx) const {
     return backward_add_on(PoolExecutor{device}, h, dy, dh, stats, dx);
-  }
-
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const X& x, const DY& dy, const NormStats<T>& stats, DX&& dx) const {
-    return backward_on(core::SerialExecutor{}, x, dy, stats, dx);
-  }
-  template <class X, class DY, class DX>
-  NormGrads<P> backward(const Eigen::ThreadPoolDevice& device, const X& x, const DY& dy, const NormStats<T>& stats,
-                        DX&& dx) const {
-    return backward_on(PoolExecutor{device}, x, dy, stats, dx);
   }
 
  protected:
