@@ -128,11 +128,11 @@ class GroupedCore {
                core::StatsMode mode) const {
     if (m.reorder) {  // through (N, C, S) copies; x is read whole before y is written (in place)
       Eigen::Tensor<T, 1> xt(m.stride), yt(m.stride);  // uninitialized
-      channels_to_front(exec, x, xt.data(), m.N, m.S, m.C);
+      transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);
       GroupedMap front = m;
       front.reorder = false;
       forward(exec, front, xt.data(), yt.data(), st, mode);
-      channels_to_back(exec, yt.data(), y, m.N, m.S, m.C);
+      transpose_samples(exec, yt.data(), y, m.N, m.C, m.S);
       return;
     }
     const Index G = m.shape.groups;
@@ -156,12 +156,12 @@ class GroupedCore {
                 const core::StatsArrays<const A>& st, core::StatsOrigin origin, P* dweight, P* dbias) const {
     if (m.reorder) {  // as forward: x and dy are read whole before dx is written
       Eigen::Tensor<T, 1> xt(m.stride), dyt(m.stride), dxt(m.stride);
-      channels_to_front(exec, x, xt.data(), m.N, m.S, m.C);
-      channels_to_front(exec, dy, dyt.data(), m.N, m.S, m.C);
+      transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);
+      transpose_samples(exec, dy, dyt.data(), m.N, m.S, m.C);
       GroupedMap front = m;
       front.reorder = false;
       backward(exec, front, xt.data(), dyt.data(), dxt.data(), st, origin, dweight, dbias);
-      channels_to_back(exec, dxt.data(), dx, m.N, m.S, m.C);
+      transpose_samples(exec, dxt.data(), dx, m.N, m.C, m.S);
       return;
     }
     const Index G = m.shape.groups, C = channels_;
