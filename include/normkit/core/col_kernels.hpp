@@ -40,7 +40,7 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.
 template <class A, class Load, if_fusion<Load> = 0>
-void cols_sums(const Load& x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
+void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);
@@ -79,8 +79,8 @@ struct ColsGrad {
 // y = ((x - mean[c]) - mean_lo[c]) * scale[c] * w[r] + shift[c] + b[r]; w, b may be null (1 and 0).
 // stream: non-temporal stores for y (simd.hpp).
 template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
-void normalize_cols(const Load& x, const Store& y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k,
-                    const P* w, const P* b, bool stream = false) {
+void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
+                    const P* b, bool stream = false) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);
@@ -143,8 +143,8 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
 // per-row parameter gradients over this panel: dweight[r] += sum_c dy * xhat, dbias[r] += sum_c dy
 // (strip by strip, then the columns left over).
 template <class A, class T, class P, class Store, if_fusion<Store> = 0>
-void backward_cols_dx(const T* x, const T* dy, const Store& dx, Index rows, Index cols, Index stride,
-                      const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream = false) {
+void backward_cols_dx(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
+                      const P* w, A* dweight, A* dbias, bool stream = false) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);

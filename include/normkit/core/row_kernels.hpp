@@ -28,7 +28,7 @@ namespace normkit::core {
 // accumulators per sum: they hide the add latency and split the run into interleaved partial sums,
 // which also cuts rounding error.
 template <bool Squares, bool Scaled, class A, class Load>
-Sums<A> run_sums_impl(const Load& x, Index n, A shift, A scale) {
+Sums<A> run_sums_impl(Load x, Index n, A shift, A scale) {
   using namespace simd;
   constexpr Index W = width<A>;
   const Splat<A> s(shift), neg_s(-shift), k(scale);
@@ -53,7 +53,7 @@ Sums<A> run_sums_impl(const Load& x, Index n, A shift, A scale) {
 
 // scale is 1, or a power of two for data at the edges of the range (moments.hpp).
 template <class A, class Load, if_fusion<Load> = 0>
-Sums<A> run_sums(const Load& x, Index n, A shift, A scale = A(1)) {
+Sums<A> run_sums(Load x, Index n, A shift, A scale = A(1)) {
   return scale == A(1) ? run_sums_impl<true, false>(x, n, shift, scale) : run_sums_impl<true, true>(x, n, shift, scale);
 }
 template <class A, class T>
@@ -63,7 +63,7 @@ Sums<A> run_sums(const T* x, Index n, A shift, A scale = A(1)) {
 
 // sum(x * scale) alone: the first pass of the two-pass moments (stats.hpp).
 template <class A, class Load>
-A run_sum(const Load& x, Index n, A scale = A(1)) {
+A run_sum(Load x, Index n, A scale = A(1)) {
   return scale == A(1) ? run_sums_impl<false, false>(x, n, A(0), scale).s1
                        : run_sums_impl<false, true>(x, n, A(0), scale).s1;
 }
@@ -71,7 +71,7 @@ A run_sum(const Load& x, Index n, A scale = A(1)) {
 // max |x| over a run, for the rare path that rescales a block (moments.hpp). NaN may or may not
 // win; the caller only needs a power of two for finite data.
 template <class A, class Load>
-A run_max_abs(const Load& x, Index n) {
+A run_max_abs(Load x, Index n) {
   simd::packet<A> top = simd::set1<A>(A(0));
   A m = 0;
   for_lanes<A>(n, 0, [&](Index i, auto v) {
@@ -91,8 +91,8 @@ struct RunNormalize {
 // R runs at r * stride (r < R) with their own coefficients and the same w, b: each packet of w and
 // b is loaded once for the R runs (LayerNorm rows in cache were bound by those loads).
 template <int R, bool HasW, bool HasB, class A, class Load, class Store, class P>
-void normalize_runs_impl(const Load& x, const Store& y, Index n, Index stride, const RunNormalize<A>* c, const P* w,
-                         const P* b, bool stream, Index next) {
+void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
+                         bool stream, Index next) {
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
   Splat<A> mean[N], lo[N], scale[N], shift[N];
@@ -122,8 +122,8 @@ void normalize_runs_impl(const Load& x, const Store& y, Index n, Index stride, c
 // are read next by the caller and are prefetched into L2 meanwhile, so that memory serves that read
 // while this sweep mostly writes.
 template <int R = 1, class A, class Load, class Store, class P, if_fusion<Load> = 0>
-void normalize_runs(const Load& x, const Store& y, Index n, Index stride, const RunNormalize<A>* c, const P* w,
-                    const P* b, bool stream = false, Index next = 0) {
+void normalize_runs(Load x, Store y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
+                    bool stream = false, Index next = 0) {
   if (w && b) normalize_runs_impl<R, true, true>(x, y, n, stride, c, w, b, stream, next);
   else if (w) normalize_runs_impl<R, true, false>(x, y, n, stride, c, w, b, stream, next);
   else if (b) normalize_runs_impl<R, false, true>(x, y, n, stride, c, w, b, stream, next);
@@ -175,8 +175,8 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
 // and stored once per packet for the R runs (for LayerNorm backward in cache, those loads and
 // stores were the bound). Each element still adds the runs in order: the sums equal R single calls.
 template <int R, bool HasW, class A, class T, class P, class Store>
-void backward_runs_dx_impl(const T* x, const T* dy, const P* w, const Store& dx, Index n, Index stride,
-                           const RunGrad<A>* c, A* dweight, A* dbias, bool stream, Index next) {
+void backward_runs_dx_impl(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride, const RunGrad<A>* c,
+                           A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
   Splat<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
@@ -212,7 +212,7 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, const Store& dx,
 // also accumulates the runs' parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
 // next: as for normalize_runs, for x and dy.
 template <int R = 1, class A, class T, class P, class Store, if_fusion<Store> = 0>
-void backward_runs_dx(const T* x, const T* dy, const P* w, const Store& dx, Index n, Index stride, const RunGrad<A>* c,
+void backward_runs_dx(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride, const RunGrad<A>* c,
                       A* dweight, A* dbias, bool stream = false, Index next = 0) {
   if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
   else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);

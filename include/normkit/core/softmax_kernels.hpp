@@ -285,7 +285,7 @@ MaxSum<simd::lane_t<V>> online_reduce(const V& m, const V& s, const V& c) {
 
 // MaxSum of a run of n values.
 template <class A, class Load>
-MaxSum<A> run_max_sum(const Load& x, Index n) {
+MaxSum<A> run_max_sum(Load x, Index n) {
   using namespace simd;
   constexpr Index W = width<A>;
   constexpr std::size_t B = tuning::kSoftmaxBlock;
@@ -309,7 +309,7 @@ MaxSum<A> run_max_sum(const Load& x, Index n) {
 
 // out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
 template <class A, class Load>
-void cols_max_sum(const Load& x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
+void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
   using namespace simd;
   constexpr Index B = tuning::kSoftmaxBlock;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
@@ -356,7 +356,7 @@ struct SoftmaxCoef {
 
 // The sweep of one run: y[i] from x[i] (w: cross-entropy's class weights, per element; may be null).
 template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
-void softmax_sweep_run(const Load& x, const Store& y, Index n, const SoftmaxCoef<A>& c, const P* w, bool stream) {
+void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, bool stream) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
   for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) {
@@ -374,8 +374,8 @@ void softmax_sweep_run(const Load& x, const Store& y, Index n, const SoftmaxCoef
 
 // The sweep of a panel: column c with coefficients c[c], class weight w[r] per row (may be null).
 template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
-void softmax_sweep_cols(const Load& x, const Store& y, Index rows, Index cols, Index stride, const A* max, const A* k,
-                        const A* k_lo, const A* neg_beta, const P* w, bool stream) {
+void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, const A* max, const A* k, const A* k_lo,
+                        const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);
@@ -451,7 +451,7 @@ EIGEN_STRONG_INLINE V grad_value(const V& y, const V& dy, const V& s) {
 }
 
 template <bool Softmax, class A, class T, class Store>
-void grad_sweep_run(const T* y, const T* dy, const Store& dx, Index n, A s, bool stream) {
+void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream) {
   using namespace simd;
   const Splat<A> sum(s);
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) {
@@ -461,8 +461,7 @@ void grad_sweep_run(const T* y, const T* dy, const Store& dx, Index n, A s, bool
 }
 
 template <bool Softmax, class A, class T, class Store>
-void grad_sweep_cols(const T* y, const T* dy, const Store& dx, Index rows, Index cols, Index stride, const A* s,
-                     bool stream) {
+void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
   for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
     using V = decltype(lane);

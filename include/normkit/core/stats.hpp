@@ -87,7 +87,7 @@ inline constexpr bool first_pass_squares = sizeof(T) < sizeof(A);
 
 // Two passes over a run whose values are taken as x * 2^-exp2 (exp2 = 0: as they are).
 template <class A, class Load>
-Moments<A> run_two_pass(const Load& run, Index n, bool centered, int exp2) {
+Moments<A> run_two_pass(Load run, Index n, bool centered, int exp2) {
   using T = typename Load::value_type;
   const A scale = exp2 ? std::ldexp(A(1), -exp2) : A(1);
   Moments<A> m;
@@ -117,7 +117,7 @@ Moments<A> run_two_pass(const Load& run, Index n, bool centered, int exp2) {
 // second pass around the mean found here. Rows in cache so take two sweeps before the normalize
 // sweep instead of three.
 template <class A, class Load>
-bool run_one_pass(const Load& run, Index n, Moments<A>& m) {
+bool run_one_pass(Load run, Index n, Moments<A>& m) {
   using T = typename Load::value_type;
   constexpr Index W = simd::width<A>;
   A shift = run.template load<A>(0);
@@ -147,7 +147,7 @@ bool in_range(const Moments<A>& m) {
 // a poor shift), and two more on scaled data when those left the range (moments.hpp; never for
 // ordinary data).
 template <class A, class Load, if_fusion<Load> = 0>
-Moments<A> run_moments(const Load& run, Index n, bool centered) {
+Moments<A> run_moments(Load run, Index n, bool centered) {
   using T = typename Load::value_type;
   Moments<A> m;
   if (!centered) {
@@ -168,7 +168,7 @@ Moments<A> run_moments(const Load& run, Index n, bool centered) {
 // Each column's second-pass shift from rows [0, rows) of a panel: their mean, rounded as
 // second_pass_shift rounds it (one pass of sums and squares).
 template <class A, class Load>
-void cols_shift(const Load& x, Index rows, Index cols, Index stride, A* shift) {
+void cols_shift(Load x, Index rows, Index cols, Index stride, A* shift) {
   using T = typename Load::value_type;
   constexpr std::size_t kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {};
@@ -182,8 +182,7 @@ void cols_shift(const Load& x, Index rows, Index cols, Index stride, A* shift) {
 // The robust form; panel_moments falls back to it for the columns its one pass cannot vouch for.
 // Columns are independent: a column gives the same bits alone as within a panel.
 template <class A, class Load, if_fusion<Load> = 0>
-void panel_moments_blocked(const Load& x, Index rows, Index cols, Index stride, Index block, bool centered,
-                           Moments<A>* m) {
+void panel_moments_blocked(Load x, Index rows, Index cols, Index stride, Index block, bool centered, Moments<A>* m) {
   using T = typename Load::value_type;
   constexpr std::size_t kPanel = kMaxPanel<A>;
   A mean0[kPanel] = {}, s1[kPanel], s2[kPanel];  // mean0 stays 0 without centering: one pass
@@ -220,7 +219,7 @@ void panel_moments_blocked(const Load& x, Index rows, Index cols, Index stride, 
 // squares: when few columns fail they are redone one by one, so that one such column does not
 // cost the whole panel two more passes.
 template <class A, class Load, if_fusion<Load> = 0>
-void panel_moments(const Load& x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+void panel_moments(Load x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
   using T = typename Load::value_type;
   constexpr std::size_t kPanel = kMaxPanel<A>;
   if (rows == 0) return;
