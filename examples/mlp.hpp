@@ -261,26 +261,34 @@ struct SingleProcess {
   bool prints() const { return true; }
 };
 
+// What train returns: the train loss of every epoch and the trained model.
+template <class Norm>
+struct Trained {
+  std::vector<double> losses;
+  MLP<Norm> model;
+};
+
 // SGD on the training set for kEpochs, printing a line per epoch; returns the train loss of every
-// epoch. `parallel` says which rows of each batch this process takes (rows), adds a buffer up over
+// epoch and the model. `parallel` says which rows of each batch this process takes (rows), adds a buffer up over
 // the processes in place (sum: the parameter gradients and the loss), and whether to print: every
 // process then applies the same update (data-parallel training). `norm_args` follow num_features
 // in the norms' constructors.
 template <class Norm, class Parallel, class... NormArgs>
-std::vector<double> train(const char* name, const Dataset& train, const Dataset& test, const Parallel& parallel,
-                          NormArgs... norm_args) {
+Trained<Norm> train(const char* name, const Dataset& train, const Dataset& test, const Parallel& parallel,
+                    NormArgs... norm_args) {
   if (parallel.prints()) {
     std::printf("\n== MLP 2-%d-%d-%d with %s, SGD lr %.2g, batch %d, %zu train / %zu test points ==\n", kHidden,
                 kHidden, kClasses, name, static_cast<double>(kLearningRate), kBatch, train.y.size(), test.y.size());
     std::printf("epoch  train loss  train acc  |  eval loss  eval acc\n");
   }
   Rng rng(3);
-  MLP<Norm> model(rng, norm_args...);
+  Trained<Norm> out{{}, MLP<Norm>(rng, norm_args...)};
+  MLP<Norm>& model = out.model;
   std::vector<Index> order(train.y.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<Index>(i);
   const auto [r0, r1] = parallel.rows(kBatch);
 
-  std::vector<double> losses;
+  std::vector<double>& losses = out.losses;
   for (int epoch = 1; epoch <= kEpochs; ++epoch) {
     for (std::size_t i = order.size() - 1; i > 0; --i)  // Fisher-Yates shuffle
       std::swap(order[i], order[rng.engine() % (i + 1)]);
@@ -313,7 +321,7 @@ std::vector<double> train(const char* name, const Dataset& train, const Dataset&
                   100.0 * hits / static_cast<double>(seen), eval_loss, 100.0 * eval_acc);
     losses.push_back(train_loss);
   }
-  return losses;
+  return out;
 }
 
 }  // namespace mlp

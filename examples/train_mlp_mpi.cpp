@@ -51,13 +51,15 @@ int run(const MpiRanks& ranks, bool unsynced) {
   const mlp::Dataset test = mlp::make_spirals(250, 2);
   const std::vector<double> synced =
       unsynced ? mlp::train<normkit::BatchNorm<float>>("BatchNorm on each rank's share (unsynced)", train, test, ranks)
+                     .losses
                : mlp::train<normkit::SyncBatchNorm<float>>("SyncBatchNorm over MPI ranks", train, test, ranks,
-                                                           MPI_COMM_WORLD);
+                                                           MPI_COMM_WORLD)
+                     .losses;
   if (ranks.rank != 0) return 0;
 
   std::printf("\nThe same training in one process (BatchNorm on whole batches), for comparison:\n");
-  const std::vector<double> single = mlp::train<normkit::BatchNorm<float>>("BatchNorm", train, test,
-                                                                           mlp::SingleProcess{});
+  const std::vector<double> single =
+      mlp::train<normkit::BatchNorm<float>>("BatchNorm", train, test, mlp::SingleProcess{}).losses;
   double worst = 0;
   std::printf("\nepoch  %d ranks (%s)  1 process (BatchNorm)  relative difference\n", ranks.size,
               unsynced ? "BatchNorm, unsynced" : "SyncBatchNorm");
