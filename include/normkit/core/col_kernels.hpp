@@ -28,7 +28,7 @@ inline constexpr Index kStrip = tuning::kStripPackets;
 // Calls strip(c, S, V{}) for strips of S lanes of V starting at column c: S = kStrip packets, then
 // single packets, then (V = A) single columns. A kernel writes its body once, over S and V.
 template <class A, class Strip>
-EIGEN_STRONG_INLINE void for_strips(Index cols, Strip&& strip) {
+EIGEN_ALWAYS_INLINE void for_strips(Index cols, Strip&& strip) {
   constexpr Index W = simd::width<A>, S = kStrip<A>;
   Index c = 0;
   for (; c + S * W <= cols; c += S * W) strip(c, std::integral_constant<Index, S>{}, simd::packet<A>{});
@@ -42,7 +42,7 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 template <class A, class Load, if_fusion<Load> = 0>
 void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
@@ -82,7 +82,7 @@ template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
 void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
                     const P* b, bool stream = false) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -115,7 +115,7 @@ template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
                         A* sum_g, A* sum_gx) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -146,7 +146,7 @@ template <class A, class T, class P, class Store, if_fusion<Store> = 0>
 void backward_cols_dx(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
                       const P* w, A* dweight, A* dbias, bool stream = false) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)

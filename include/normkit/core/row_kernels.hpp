@@ -74,7 +74,7 @@ template <class A, class Load>
 A run_max_abs(Load x, Index n) {
   simd::packet<A> top = simd::set1<A>(A(0));
   A m = 0;
-  for_lanes<A>(n, 0, [&](Index i, auto v) {
+  for_lanes<A>(n, 0, [&](Index i, auto v) NORMKIT_LANE {
     using V = decltype(v);
     if constexpr (simd::is_scalar<V>) m = std::max(m, std::abs(x.template load<V>(i)));
     else top = simd::max(top, simd::abs(x.template load<V>(i)));
@@ -99,7 +99,7 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
   for (int r = 0; r < R; ++r)
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), scale[r] = Splat<A>(c[r].scale),
     shift[r] = Splat<A>(c[r].shift);
-  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) {
+  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next)
@@ -188,7 +188,7 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, Store dx, Index 
   // One register for the constant weight, not one per run: with R = 4 runs the six per-run
   // coefficients already take 24 of AVX-512's 32 registers.
   const Splat<A> weight(c[0].weight);
-  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) {
+  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next)

@@ -312,7 +312,7 @@ template <class A, class Load>
 void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
   using namespace simd;
   constexpr Index B = tuning::kSoftmaxBlock;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
@@ -359,7 +359,7 @@ template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
 void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, bool stream) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
-  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) {
+  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     const V xv = x.template load<V>(i);
     if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
@@ -377,7 +377,7 @@ template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
 void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, const A* max, const A* k, const A* k_lo,
                         const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
@@ -427,7 +427,7 @@ A run_grad_sum(const T* y, const T* dy, Index n) {
 template <bool Softmax, class A, class T>
 void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride, A* out) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
@@ -454,7 +454,7 @@ template <bool Softmax, class A, class T, class Store>
 void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream) {
   using namespace simd;
   const Splat<A> sum(s);
-  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) {
+  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), stream);
   });
@@ -463,7 +463,7 @@ void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream
 template <bool Softmax, class A, class T, class Store>
 void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) {
+  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
