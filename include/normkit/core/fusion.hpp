@@ -117,10 +117,10 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 template <class A, class F>
 EIGEN_ALWAYS_INLINE void for_lanes(Index n, Index head, F&& f) {
   constexpr Index W = simd::width<A>;
-  Index i = 0;
-  for (; i < head; ++i) f(i, A{});
-  for (; i + W <= n; i += W) f(i, simd::packet<A>{});
-  for (; i < n; ++i) f(i, A{});
+  const Index body_end = head + (n - head) / W * W;
+  for (Index i = 0; i < head; ++i) f(i, A{});
+  for (Index i = head; i < body_end; i += W) f(i, simd::packet<A>{});
+  for (Index i = body_end; i < n; ++i) f(i, A{});
 }
 
 }  // namespace normkit::core
