@@ -30,10 +30,12 @@ inline constexpr Index kStrip = tuning::kStripPackets;
 template <class A, class Strip>
 EIGEN_ALWAYS_INLINE void for_strips(Index cols, Strip&& strip) {
   constexpr Index W = simd::width<A>, S = kStrip<A>;
-  Index c = 0;
-  for (; c + S * W <= cols; c += S * W) strip(c, std::integral_constant<Index, S>{}, simd::packet<A>{});
-  for (; c + W <= cols; c += W) strip(c, std::integral_constant<Index, 1>{}, simd::packet<A>{});
-  for (; c < cols; ++c) strip(c, std::integral_constant<Index, 1>{}, A{});
+  // Each loop's end computed once (as in for_lanes: g++ 12 misjudges `c + W <= cols` with a constant
+  // cols once this is inlined).
+  const Index strips_end = cols / (S * W) * (S * W), packets_end = cols / W * W;
+  for (Index c = 0; c < strips_end; c += S * W) strip(c, std::integral_constant<Index, S>{}, simd::packet<A>{});
+  for (Index c = strips_end; c < packets_end; c += W) strip(c, std::integral_constant<Index, 1>{}, simd::packet<A>{});
+  for (Index c = packets_end; c < cols; ++c) strip(c, std::integral_constant<Index, 1>{}, A{});
 }
 template <class V>
 inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;

@@ -117,6 +117,8 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 template <class A, class F>
 EIGEN_ALWAYS_INLINE void for_lanes(Index n, Index head, F&& f) {
   constexpr Index W = simd::width<A>;
+  // The body's end computed once: with `i + W <= n` and a constant n, g++ 12 warns (inlined) that
+  // the tail's index could overflow.
   const Index body_end = head + (n - head) / W * W;
   for (Index i = 0; i < head; ++i) f(i, A{});
   for (Index i = head; i < body_end; i += W) f(i, simd::packet<A>{});
