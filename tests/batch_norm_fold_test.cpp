@@ -1,8 +1,9 @@
 // tests/batch_norm_fold_test.cpp — BatchNorm::folded() and BatchNorm::fold_into() (contract v2,
-// "BatchNorm folding"): against a float64 reference of the formulas, end to end (a Linear or a
-// convolution, written as plain loops, followed by BatchNorm in eval mode, against the folded layer),
-// every out_axis of rank-2/3/4 weights in both layouts, Tensor and temporary TensorMap, and every
-// error (nothing written on a throw). SyncBatchNorm's members: tests/mpi/sync_batch_norm_fold_test.cpp.
+// "BatchNorm folding"): against a float64 reference of the formulas, end to end (a Linear, a
+// convolution or a transposed convolution, written as plain loops, followed by BatchNorm in eval
+// mode, against the folded layer), every out_axis of rank-2/3/4 weights in both layouts, Tensor and
+// temporary TensorMap, and every error (nothing written on a throw). SyncBatchNorm's members:
+// tests/mpi/sync_batch_norm_fold_test.cpp.
 //
 // Tolerances, with u = the unit roundoff of P (2^-24 float, 2^-53 double) and u64 = 2^-53:
 //   folded(), fold_into()'s weight and bias vs the float64 reference: the library computes each value
@@ -178,6 +179,37 @@ void conv2d(const Vec& x, const Vec& w, const Vec& b, std::array<Index, 4> xd, s
         }
 }
 
+// A transposed 2-D convolution (stride 1, no padding), NCHW input (N, I, H, W), weight (I, O, kh, kw)
+// as PyTorch's ConvTranspose2d stores it (out channels on axis 1): out (N, O, H + kh - 1, W + kw - 1),
+// y[n][o][r][q] = b[o] + sum over i, u, v of x[n][i][r - u][q - v] w[i][o][u][v] (the x inside its
+// bounds), accumulated in P; plus sum |w x| per output.
+template <class P>
+void conv_transpose2d(const Vec& x, const Vec& w, const Vec& b, std::array<Index, 4> xd, std::array<Index, 4> wd,
+                      Vec& y, Vec& abs_terms) {
+  const Index N = xd[0], I = xd[1], H = xd[2], W = xd[3], O = wd[1], KH = wd[2], KW = wd[3];
+  const Index OH = H + KH - 1, OW = W + KW - 1;
+  y.assign(static_cast<std::size_t>(N * O * OH * OW), 0), abs_terms.assign(y.size(), 0);
+  auto at = [](Index i) { return static_cast<std::size_t>(i); };
+  for (Index n = 0; n < N; ++n)
+    for (Index o = 0; o < O; ++o)
+      for (Index r = 0; r < OH; ++r)
+        for (Index q = 0; q < OW; ++q) {
+          P acc = static_cast<P>(b[at(o)]);
+          double abs_sum = 0;
+          for (Index i = 0; i < I; ++i)
+            for (Index u = std::max<Index>(0, r - H + 1); u <= std::min(KH - 1, r); ++u)
+              for (Index v = std::max<Index>(0, q - W + 1); v <= std::min(KW - 1, q); ++v) {
+                const double wv = w[at(((i * O + o) * KH + u) * KW + v)];
+                const double xv = x[at(((n * I + i) * H + r - u) * W + q - v)];
+                acc = static_cast<P>(acc + static_cast<P>(wv) * static_cast<P>(xv));
+                abs_sum += std::abs(wv * xv);
+              }
+          const std::size_t k = at(((n * O + o) * OH + r) * OW + q);
+          y[k] = static_cast<double>(acc);
+          abs_terms[k] = abs_sum;
+        }
+}
+
 // unfolded = BatchNorm(eval) applied to the layer's output (dims `yd`, channel axis 1, layout L);
 // folded = the folded layer's output. Compared with the per-element bound of the header comment.
 template <class P, int R, int L>
@@ -266,6 +298,33 @@ void check_conv(bool affine, bool as_map, std::uint64_t seed) {
                                   K);
 }
 
+// The BatchNorm after a transposed conv: its channels are the weight's axis 1 (fold_into(w, b, 1)).
+template <class P, int L>
+void check_conv_transpose(bool affine, std::uint64_t seed) {
+  const std::array<Index, 4> xd{2, 3, 4, 5}, wd{3, 4, 3, 2};
+  const Index C = wd[1], K = wd[0] * wd[2] * wd[3];
+  BatchNorm<P> bn(C, options(affine));
+  const BnParams p = load(bn, C, seed);
+  const Vec x = nkref::round_to<P>(
+      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(xd, 4))), seed ^ 0x77, -1, 1));
+  const Vec w = nkref::round_to<P>(
+      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(wd, 4))), seed ^ 0x88, -0.4, 0.4));
+  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1));
+  Vec y, abs_terms;
+  conv_transpose2d<P>(x, w, b, xd, wd, y, abs_terms);
+
+  auto wt = nkref::make_tensor<P, 4, L>(wd, w);
+  Eigen::Tensor<P, 1> bt = nkref::tensor1<P>(b);
+  bn.fold_into(wt, bt, /*out_axis=*/1);
+  Vec folded_y, unused;
+  conv_transpose2d<P>(x, nkref::to_rowmajor(wt), nkref::vec1(bt), xd, wd, folded_y, unused);
+
+  INFO((L == kRow ? "RowMajor" : "ColMajor")
+       << " (I, O, kh, kw) transposed-conv weight" << (affine ? "" : ", no affine"));
+  check_against_unfolded<P, 4, L>(bn, p, y, b, abs_terms, folded_y, {xd[0], C, xd[2] + wd[2] - 1, xd[3] + wd[3] - 1},
+                                  K);
+}
+
 template <class P>
 std::vector<unsigned char> bytes_of(const P* data, Index n) {
   std::vector<unsigned char> v(static_cast<std::size_t>(n) * sizeof(P));
@@ -347,6 +406,16 @@ TEMPLATE_TEST_CASE("BatchNorm fold_into a conv (OIHW, rank 4): conv + BatchNorm(
       check_conv<P, kRow>(affine, as_map, ++seed);
       check_conv<P, kCol>(affine, as_map, ++seed);
     }
+}
+
+TEMPLATE_TEST_CASE("BatchNorm fold_into a transposed conv ((I, O, kh, kw), out_axis 1) equals the folded one",
+                   "[batch_norm][fold]", float, double) {
+  using P = TestType;
+  std::uint64_t seed = 300;
+  for (bool affine : {true, false}) {
+    check_conv_transpose<P, kRow>(affine, ++seed);
+    check_conv_transpose<P, kCol>(affine, ++seed);
+  }
 }
 
 TEMPLATE_TEST_CASE("BatchNorm fold_into scales the out_axis slices of any rank and layout", "[batch_norm][fold]", float,
