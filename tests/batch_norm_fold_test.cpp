@@ -262,17 +262,28 @@ void check_linear(Index out_axis, bool affine, std::uint64_t seed) {
   check_against_unfolded<P, 2, L>(bn, p, y, b, abs_terms, folded_y, {N, C}, K);
 }
 
+// A conv layer's input x (dims xd), weight w (dims wd) and bias b (C values), rounded to P.
+struct ConvData {
+  Vec x, w, b;
+};
+template <class P>
+ConvData conv_data(const std::array<Index, 4>& xd, const std::array<Index, 4>& wd, Index C, std::uint64_t seed) {
+  const auto n = [](const std::array<Index, 4>& d) {
+    return static_cast<std::size_t>(nkref::product(nkref::dims_vec(d, 4)));
+  };
+  return {nkref::round_to<P>(nkref::uniform_vec(n(xd), seed ^ 0x77, -1, 1)),
+          nkref::round_to<P>(nkref::uniform_vec(n(wd), seed ^ 0x88, -0.4, 0.4)),
+          nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1))};
+}
+
 template <class P, int L>
 void check_conv(bool affine, bool as_map, std::uint64_t seed) {
   const std::array<Index, 4> xd{2, 3, 6, 5}, wd{4, 3, 3, 3};
   const Index C = wd[0], K = wd[1] * wd[2] * wd[3];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec x = nkref::round_to<P>(
-      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(xd, 4))), seed ^ 0x77, -1, 1));
-  const Vec w = nkref::round_to<P>(
-      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(wd, 4))), seed ^ 0x88, -0.4, 0.4));
-  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1));
+  const ConvData d = conv_data<P>(xd, wd, C, seed);
+  const Vec &x = d.x, &w = d.w, &b = d.b;
   Vec y, abs_terms;
   conv2d<P>(x, w, b, xd, wd, y, abs_terms);
 
@@ -305,11 +316,8 @@ void check_conv_transpose(bool affine, std::uint64_t seed) {
   const Index C = wd[1], K = wd[0] * wd[2] * wd[3];
   BatchNorm<P> bn(C, options(affine));
   const BnParams p = load(bn, C, seed);
-  const Vec x = nkref::round_to<P>(
-      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(xd, 4))), seed ^ 0x77, -1, 1));
-  const Vec w = nkref::round_to<P>(
-      nkref::uniform_vec(static_cast<std::size_t>(nkref::product(nkref::dims_vec(wd, 4))), seed ^ 0x88, -0.4, 0.4));
-  const Vec b = nkref::round_to<P>(nkref::uniform_vec(static_cast<std::size_t>(C), seed ^ 0x99, -1, 1));
+  const ConvData d = conv_data<P>(xd, wd, C, seed);
+  const Vec &x = d.x, &w = d.w, &b = d.b;
   Vec y, abs_terms;
   conv_transpose2d<P>(x, w, b, xd, wd, y, abs_terms);
 
