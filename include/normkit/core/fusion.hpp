@@ -104,7 +104,7 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 // both are always inlined: g++ 12 otherwise inlines them after its alias analysis has seen the
 // closure escape, and then keeps the kernel's broadcast constants in memory, reloading them for
 // every packet (three loads per value in LayerNorm's forward sweep: +12% at 64x768), or reloads
-// the output pointer after every packet store (+15% in the backward sweep).
+// the output pointer after every packet store (intrinsic stores may alias anything).
 #if defined(__GNUC__)
 #define NORMKIT_LANE __attribute__((always_inline))
 #else
