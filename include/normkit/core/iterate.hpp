@@ -75,12 +75,12 @@ bool prefetch_batches(const GroupShape& s, Index inputs) {
   return bytes_of<T>(s, inputs) >= tuning::kBeyondL2Bytes;
 }
 
-// Multi-run groups prefetch the next group during the sweep (tuning.hpp: kPrefetchTensorBytes).
+// Groups swept one at a time prefetch the next group during the sweep (tuning.hpp:
+// kPrefetchTensorBytes), rows as well as multi-run groups.
 template <class T>
 bool prefetch_groups(const GroupShape& s, Index inputs) {
   const Index group_bytes = s.group_size() * Index(sizeof(T));
-  return s.outer > 1 && 2 * inputs * group_bytes <= tuning::kL2Bytes &&
-         bytes_of<T>(s, 1) >= tuning::kPrefetchTensorBytes;
+  return 2 * inputs * group_bytes <= tuning::kL2Bytes && bytes_of<T>(s, 1) >= tuning::kPrefetchTensorBytes;
 }
 
 template <class T>

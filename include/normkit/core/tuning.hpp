@@ -53,10 +53,12 @@ inline constexpr Index kBatchBytes = Index(1) << 15;
 // sweep over one batch then prefetches the next batch into L2 (the hardware prefetcher does not,
 // as the sweep only touches lines already in L1).
 inline constexpr Index kBeyondL2Bytes = Index(4) << 20;
-// A group of several runs (an NCHW channel) has the next group prefetched into L2 during its sweep
-// when the tensor is far out of cache (8 MiB) and this group and the next fit in a 1 MiB L2 with
-// all of their inputs. Single-run groups (rows) are left to the hardware prefetcher: the next row
-// is the next address.
+// A group swept alone (a row too long to batch, an NCHW channel) has the next group prefetched into
+// L2 during its sweep when the tensor is far out of cache (8 MiB) and this group and the next fit
+// in a 1 MiB L2 with all of their inputs. Even when the next row is the next address the hardware
+// prefetcher does not do it: the sweep reads only lines already in L1/L2, so nothing misses and
+// the L2 streamer does not run ahead; the next statistics pass would start from memory, while the
+// sweep's streaming stores leave read bandwidth idle.
 inline constexpr Index kPrefetchTensorBytes = Index(8) << 20;
 inline constexpr Index kL2Bytes = Index(1) << 20;
 
