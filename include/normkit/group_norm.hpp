@@ -50,9 +50,10 @@ namespace detail {
 struct GroupedMap {
   core::GroupShape shape;
   Index calls = 0, stride = 0;
-  // Channels-last with several channels per group: the data is reordered to (N, C, S) and runs on
-  // the NCHW shape (the per-sample [S][G][C/G] shape would walk runs of C/G values S apart, one
-  // cache line per run and group: measured 30x slower than the reorder). N, S, C of the reorder.
+  // Channels-last with several channels per group: forward runs per sample on the (S, C) column
+  // shape (forward_channels_last); backward reorders the data to (N, C, S) and runs on the NCHW
+  // shape (the per-sample [S][G][C/G] shape would walk runs of C/G values S apart, one cache line
+  // per run and group: measured 30x slower than the reorder). N, S, C of the reorder.
   bool reorder = false;
   Index N = 0, S = 0, C = 0;
   Index stats_size() const { return calls * shape.groups; }
@@ -126,6 +127,7 @@ class GroupedCore {
   template <class Exec>
   void forward(const Exec& exec, const GroupedMap& m, const T* x, T* y, const core::StatsArrays<A>& st,
                core::StatsMode mode) const {
+    if (m.reorder && mode == core::StatsMode::Compute) return forward_channels_last(exec, m, x, y, st);
     if (m.reorder) {  // through (N, C, S) copies; x is read whole before y is written (in place)
       Eigen::Tensor<T, 1> xt(m.stride), yt(m.stride);  // uninitialized
       transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);
@@ -148,6 +150,49 @@ class GroupedCore {
     };
     if (m.calls == 1) call(exec, 0);
     else exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
+  }
+
+  // Channels-last, several channels per group, sample by sample on the sample's (S, C) column shape:
+  // each channel's moments down its column (panels of whole rows: contiguous loads), merged over the
+  // group's channels in channel order (Chan et al.'s pairwise update, as any two runs merge), the
+  // group's statistics written by the same finish as every other shape; then one sweep with each
+  // channel's group statistics and its own weight and bias (the BatchNorm-eval sweep). Reads x
+  // twice and writes y once, where the reorder moved the tensor three more times.
+  template <class Exec>
+  void forward_channels_last(const Exec& exec, const GroupedMap& m, const T* x, T* y,
+                             const core::StatsArrays<A>& st) const {
+    const std::size_t C = std::size_t(m.C);
+    std::vector<core::Moments<A>> moments(std::size_t(m.N) * C);
+    std::vector<A> coef(3 * moments.size());  // per sample: mean, mean_lo, rstd of each channel
+    const auto sample = [&](const auto& ex, Index n) {
+      forward_sample_channels_last(ex, m, n, x, y, st, moments.data() + std::size_t(n) * C,
+                                   coef.data() + 3 * std::size_t(n) * C);
+    };
+    // As forward's calls: samples spread over the executor, each run serially (bits independent of it).
+    if (m.N == 1) sample(exec, 0);
+    else exec.run(m.N, [&](Index n) { sample(core::SerialExecutor{}, n); });
+  }
+  template <class Exec>
+  void forward_sample_channels_last(const Exec& exec, const GroupedMap& m, Index n, const T* x, T* y,
+                                    const core::StatsArrays<A>& st, core::Moments<A>* moments, A* coef) const {
+    const Index C = m.C, G = p_.channel_groups, cpg = p_.group_channels, at = n * C * m.S;
+    const core::GroupShape columns{m.S, C, 1};
+    core::NormParams<A> per_column = p_;  // a group per channel; its affine is the group's
+    per_column.channel_groups = C, per_column.group_channels = 1;
+    core::moments_groups(exec, x + at, columns, per_column, moments);
+    core::NormForward<A, A, core::LoadX<T>, core::StoreY<T>> group_stats;  // finish only
+    const auto off = [&](A* a) { return a ? a + n * G : nullptr; };
+    group_stats.p = p_;
+    group_stats.stats = core::StatsArrays<A>{off(st.mean), off(st.mean_lo), off(st.rstd), off(st.var)};
+    A *mean = coef, *mean_lo = coef + C, *rstd = coef + 2 * C;
+    for (Index g = 0; g < G; ++g) {
+      core::Moments<A> total;
+      for (Index j = g * cpg; j < (g + 1) * cpg; ++j) total = core::merge(total, moments[j]);
+      const auto c = group_stats.finish(g, {}, total);
+      for (Index j = g * cpg; j < (g + 1) * cpg; ++j) mean[j] = c.mean, mean_lo[j] = c.mean_lo, rstd[j] = c.scale;
+    }
+    core::forward_groups<A>(exec, x + at, y + at, columns, per_column,
+                            core::StatsArrays<A>{mean, mean_lo, rstd, nullptr}, core::StatsMode::Given);
   }
 
   // dweight/dbias: C values each, or null without affine; written (zeros for an empty batch).
