@@ -195,10 +195,61 @@ class GroupedCore {
                             core::StatsArrays<A>{mean, mean_lo, rstd, nullptr}, core::StatsMode::Given);
   }
 
+  // Backward as forward_channels_last, on each sample's (S, C) column shape: every channel's sums of
+  // dy and dy * xhat (its dbias and dweight share), the group's sums from them (g = dy * weight), then
+  // dx with the group's means and the channel's weight. Per-sample parameter gradients are summed in
+  // sample order.
+  template <class Exec>
+  void backward_channels_last(const Exec& exec, const GroupedMap& m, const T* x, const T* dy, T* dx,
+                              const core::StatsArrays<const A>& st, P* dweight, P* dbias) const {
+    const std::size_t C = std::size_t(m.C);
+    std::vector<A> scratch(7 * C * std::size_t(m.N));  // per sample: see backward_sample_channels_last
+    const auto sample = [&](const auto& ex, Index n) {
+      backward_sample_channels_last(ex, m, n, x, dy, dx, st, scratch.data() + 7 * C * std::size_t(n));
+    };
+    if (m.N == 1) sample(exec, 0);
+    else exec.run(m.N, [&](Index n) { sample(core::SerialExecutor{}, n); });
+    if (!w_) return;
+    for (std::size_t c = 0; c < C; ++c) {
+      A dw = 0, db = 0;
+      for (std::size_t n = 0; n < std::size_t(m.N); ++n)
+        db += scratch[7 * C * n + 3 * C + c], dw += scratch[7 * C * n + 4 * C + c];
+      if (dweight) dweight[c] = static_cast<P>(dw);
+      if (dbias) dbias[c] = static_cast<P>(db);
+    }
+  }
+  // scratch: mean, mean_lo, rstd of each channel's group; its sum(dy), sum(dy * xhat); the group's two.
+  template <class Exec>
+  void backward_sample_channels_last(const Exec& exec, const GroupedMap& m, Index n, const T* x, const T* dy, T* dx,
+                                     const core::StatsArrays<const A>& st, A* scratch) const {
+    const Index C = m.C, G = p_.channel_groups, cpg = p_.group_channels, at = n * C * m.S;
+    A *mean = scratch, *mean_lo = scratch + C, *rstd = scratch + 2 * C, *sum_dy = scratch + 3 * C,
+      *sum_dy_xhat = scratch + 4 * C, *group_dy = scratch + 5 * C, *group_dy_xhat = scratch + 6 * C;
+    for (Index g = 0; g < G; ++g)
+      for (Index j = g * cpg; j < (g + 1) * cpg; ++j)
+        mean[j] = st.mean ? st.mean[n * G + g] : A(0), mean_lo[j] = st.mean_lo ? st.mean_lo[n * G + g] : A(0),
+        rstd[j] = st.rstd[n * G + g];
+    const core::GroupShape columns{m.S, C, 1};
+    const core::StatsArrays<const A> stats{mean, mean_lo, rstd};
+    core::NormParams<A> per_column = p_;  // a group per channel, its weight applied to dy
+    per_column.channel_groups = C, per_column.group_channels = 1;
+    core::NormParams<A> unweighted = per_column;
+    unweighted.weight = unweighted.bias = nullptr;
+    core::backward_sums_groups<A>(exec, x + at, dy + at, columns, unweighted, stats, sum_dy, sum_dy_xhat);
+    for (Index g = 0; g < G; ++g) {
+      const core::Sums<A> total = core::weighted_channel_sums(sum_dy, sum_dy_xhat, w_, g * cpg, cpg);
+      for (Index j = g * cpg; j < (g + 1) * cpg; ++j) group_dy[j] = total.s1, group_dy_xhat[j] = total.s2;
+    }
+    core::backward_dx_groups<A>(exec, x + at, dy + at, dx + at, columns, per_column, stats, group_dy, group_dy_xhat,
+                                cpg * m.S);
+  }
+
   // dweight/dbias: C values each, or null without affine; written (zeros for an empty batch).
   template <class Exec>
   void backward(const Exec& exec, const GroupedMap& m, const T* x, const T* dy, T* dx,
                 const core::StatsArrays<const A>& st, core::StatsOrigin origin, P* dweight, P* dbias) const {
+    if (m.reorder && origin == core::StatsOrigin::Batch)
+      return backward_channels_last(exec, m, x, dy, dx, st, dweight, dbias);
     if (m.reorder) {  // as forward: x and dy are read whole before dx is written
       Eigen::Tensor<T, 1> xt(m.stride), dyt(m.stride), dxt(m.stride);
       transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);

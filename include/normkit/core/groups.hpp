@@ -98,4 +98,17 @@ void backward_dx_groups(const Exec& exec, const T* x, const T* dy, T* dx, const 
   run_groups(exec, s, pol, Passes::Sweep);
 }
 
+// A group's sums from the sums of its channels [first, first + count), with g = dy * weight[c]
+// (weight null: 1): sum(g) = sum_c weight[c] * sum(dy)_c, and so for sum(g * xhat); channels in
+// order (GroupNorm channels-last, whose per-channel sums come from backward_sums_groups).
+template <class A, class P>
+Sums<A> weighted_channel_sums(const A* sum_dy, const A* sum_dy_xhat, const P* weight, Index first, Index count) {
+  Sums<A> total;
+  for (Index c = first; c < first + count; ++c) {
+    const A w = weight ? static_cast<A>(weight[c]) : A(1);
+    total.s1 += w * sum_dy[c], total.s2 += w * sum_dy_xhat[c];
+  }
+  return total;
+}
+
 }  // namespace normkit::core

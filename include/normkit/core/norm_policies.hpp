@@ -353,7 +353,15 @@ struct NormBackward {
     const P* w = p.affine_axis == AffineAxis::Element && p.weight ? p.weight + r0 : nullptr;
     const detail::GradColumns<A> k(c, cols);
     if (batch_stats) {
-      backward_cols_dx(x + at, dy + at, dx.at(at), rows, cols, s.groups, k.view(), w, partial ? partial + r0 : nullptr,
+      // A column per channel with a Channel affine (GroupNorm channels-last, backward_dx_groups):
+      // the channel's weight multiplies dy, the group's rstd is the scale.
+      A channel_weight[detail::kPanelCols<A>];
+      ColsGrad<A> view = k.view();
+      if (p.affine_axis == AffineAxis::Channel && p.weight) {
+        for (Index j = 0; j < cols; ++j) channel_weight[j] = static_cast<A>(p.weight[p.first_channel(g0 + j)]);
+        view.weight = channel_weight;
+      }
+      backward_cols_dx(x + at, dy + at, dx.at(at), rows, cols, s.groups, view, w, partial ? partial + r0 : nullptr,
                        partial ? partial + param_size() + r0 : nullptr, stream);
     } else {
       const A* zero = detail::kZeros<A>;
