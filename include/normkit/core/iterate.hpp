@@ -69,10 +69,13 @@ bool batch_groups(const GroupShape& s, Index inputs, bool stream) {
   return tuning::kBatchGroups * inputs * s.group_size() * Index(sizeof(T)) <= tuning::kBatchBytes;
 }
 
-// Batches prefetch the next batch into L2 when the inputs do not stay there by themselves.
+// Batches prefetch the next batch into L2 when the inputs do not stay there by themselves, in the
+// sweeps that read two arrays per element (backward: x and dy); a sweep reading one (forward,
+// whose residual form reads x and r but is bound by its two output streams) gains nothing from
+// it and loses to the prefetches' outstanding misses (tuning.hpp: kBeyondL2Bytes).
 template <class T>
 bool prefetch_batches(const GroupShape& s, Index inputs) {
-  return bytes_of<T>(s, inputs) >= tuning::kBeyondL2Bytes;
+  return inputs > 1 && bytes_of<T>(s, inputs) >= tuning::kBeyondL2Bytes;
 }
 
 // Groups swept one at a time prefetch the next group during the sweep (tuning.hpp:

@@ -50,8 +50,10 @@ inline constexpr Index kBatchGroups = 4;
 // pass left them, or it trades the parameter loads for misses.
 inline constexpr Index kBatchBytes = Index(1) << 15;
 // Inputs this large (4 MiB) no longer sit in L2 between the statistics pass and the sweep: the
-// sweep over one batch then prefetches the next batch into L2 (the hardware prefetcher does not,
-// as the sweep only touches lines already in L1).
+// backward sweep over one batch then prefetches the next batch into L2 (the hardware prefetcher
+// does not, as the sweep only touches lines already in L1). Forward sweeps do not: they are bound
+// by their stores, and the prefetches (eight per packet in the residual forward: four rows of x
+// and r) compete with those stores for the core's outstanding-miss slots.
 inline constexpr Index kBeyondL2Bytes = Index(4) << 20;
 // A group swept alone (a row too long to batch, an NCHW channel) has the next group prefetched into
 // L2 during its sweep when the tensor is far out of cache (8 MiB) and this group and the next fit
