@@ -186,6 +186,31 @@ TEST_CASE("softmax and log-softmax: float64 references, every axis, rank 1-4, bo
   check_all_axes<double, true>(std::array<Index, 3>{3, 17, 70}, 6, 5.0);
 }
 
+// Ascending logits raise the running max in every block, then in every remainder packet and tail
+// value: each of the online pass's running sums must be rescaled every time (a sum left at the old
+// max was missed by random data, whose max rarely falls in a row's last packets).
+template <bool Log>
+void check_rising_rows(Index n) {
+  const std::array<Index, 2> dims{2, n};
+  Vec x(std::size_t(2 * n));
+  for (Index r = 0; r < 2; ++r)
+    for (Index i = 0; i < n; ++i) x[std::size_t(r * n + i)] = double(float(0.05 * double(i) * double(r + 1)));
+  const Vec want = ref_forward(x, std::vector<Index>(dims.begin(), dims.end()), 1, Log);
+  const Vec got = run_forward<Fn<float, Log>, Eigen::RowMajor>(Fn<float, Log>(1), dims, x);
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    if (std::fabs(want[k]) < 1e4 * double((std::numeric_limits<float>::min)())) continue;
+    INFO("n " << n << " log " << Log << " k " << k << " got " << got[k] << " want " << want[k]);
+    REQUIRE(ulps<float>(got[k], want[k]) <= 2.5);  // the limit of the float64-reference test above
+  }
+}
+
+TEST_CASE("softmax: a max rising to the end of the row", "[softmax]") {
+  for (const Index n : {Index(83), Index(1000), Index(4099)}) {
+    check_rising_rows<false>(n);
+    check_rising_rows<true>(n);
+  }
+}
+
 TEST_CASE("softmax: the exp kernel within 1 ulp of float64 over [-87, 0]", "[softmax]") {
   double worst = 0;
   for (int i = 0; i <= 1 << 20; ++i) {

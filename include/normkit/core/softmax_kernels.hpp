@@ -234,10 +234,22 @@ MaxSum<A> merge(const MaxSum<A>& a, const MaxSum<A>& b) {
 
 namespace detail {
 
-// The running max m, sum s and compensation c (the sum is s + c) of lanes of V take one block of K
-// values of V.
+// s + c += t, the rounding error of s + t kept in c (TwoSum).
+template <class V>
+EIGEN_STRONG_INLINE void two_sum_into(V& s, V& c, const V& t) {
+  using namespace simd;
+  const V total = simd::add(s, t), bb = sub(total, s);
+  c = simd::add(c, simd::add(sub(s, sub(total, bb)), sub(t, bb)));
+  s = total;
+}
+
+// The running max m of lanes of V, with `acc` running sums s[a] and compensations c[a] (the sum is
+// s + c), takes one block of K values of V; value k goes to sum k % acc, and every sum is rescaled
+// to the new max. Several sums keep their TwoSum chains independent (one sum chains three
+// dependent adds per value, and the pass waited on them); a panel's strips are independent
+// already and use one.
 template <class V, std::size_t K>
-EIGEN_STRONG_INLINE void online_add(V& m, V& s, V& c, const V (&x)[K]) {
+EIGEN_STRONG_INLINE void online_add(V& m, V* s, V* c, std::size_t acc, const V (&x)[K]) {
   using namespace simd;
   V mb = m;
   for (std::size_t k = 0; k < K; ++k) mb = max(mb, x[k]);
@@ -246,14 +258,11 @@ EIGEN_STRONG_INLINE void online_add(V& m, V& s, V& c, const V (&x)[K]) {
   // differences to the max taken exactly (exp_diff): log-softmax of the max value is -log S, and
   // S - 1 must keep the digits of its small terms
   const V e = exp_diff(m, mb, one, zero);
-  s = mul(s, e), c = mul(c, e);
+  for (std::size_t a = 0; a < acc; ++a) s[a] = mul(s[a], e), c[a] = mul(c[a], e);
   V t[K];
   for (std::size_t k = 0; k < K; ++k) t[k] = exp_diff(x[k], mb, one, zero);
-  for (std::size_t k = 0; k < K; ++k) {  // TwoSum, value by value: the max's 1 may follow tiny ones
-    const V total = simd::add(s, t[k]), bb = sub(total, s);
-    c = simd::add(c, simd::add(sub(s, sub(total, bb)), sub(t[k], bb)));
-    s = total;
-  }
+  // value by value, compensated: the max's 1 may follow tiny ones
+  for (std::size_t k = 0; k < K; ++k) two_sum_into(s[k % acc], c[k % acc], t[k]);
   m = mb;
 }
 
@@ -289,22 +298,25 @@ MaxSum<A> run_max_sum(Load x, Index n) {
   using namespace simd;
   constexpr Index W = width<A>;
   constexpr std::size_t B = tuning::kSoftmaxBlock;
-  const auto block = [&](Index i, auto count, auto& m, auto& s, auto& c) {
+  const auto block = [&](Index i, auto count, auto& m, auto* s, auto* c, std::size_t acc) {
     using V = std::decay_t<decltype(m)>;
     constexpr std::size_t K = decltype(count)::value;
     constexpr Index L = lanes<V>;
     V v[K];
     for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>(i + Index(k) * L);
-    detail::online_add(m, s, c, v);
+    detail::online_add(m, s, c, acc, v);
   };
   const A lowest = std::numeric_limits<A>::lowest();
-  packet<A> m = set1<A>(lowest), s = set1<A>(A(0)), c = s;
+  packet<A> m = set1<A>(lowest), s[B], c[B];
+  for (std::size_t a = 0; a < B; ++a) s[a] = set1<A>(A(0)), c[a] = s[a];
   Index i = 0;
-  for (; i + Index(B) * W <= n; i += Index(B) * W) block(i, std::integral_constant<std::size_t, B>{}, m, s, c);
-  for (; i + W <= n; i += W) block(i, std::integral_constant<std::size_t, 1>{}, m, s, c);
+  for (; i + Index(B) * W <= n; i += Index(B) * W) block(i, std::integral_constant<std::size_t, B>{}, m, s, c, B);
+  for (; i + W <= n; i += W) block(i, std::integral_constant<std::size_t, 1>{}, m, s, c, B);  // rescales all B
   A tm = lowest, ts = A(0), tc = A(0);
-  for (; i < n; ++i) block(i, std::integral_constant<std::size_t, 1>{}, tm, ts, tc);
-  return merge(detail::online_reduce(m, s, c), detail::online_reduce(tm, ts, tc));
+  for (; i < n; ++i) block(i, std::integral_constant<std::size_t, 1>{}, tm, &ts, &tc, 1);
+  for (std::size_t a = 1; a < B; ++a)  // the sums share the max: fold them into the first
+    detail::two_sum_into(s[0], c[0], s[a]), c[0] = simd::add(c[0], c[a]);
+  return merge(detail::online_reduce(m, s[0], c[0]), detail::online_reduce(tm, ts, tc));
 }
 
 // out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
@@ -324,7 +336,7 @@ void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) 
       for (Index j = 0; j < S; ++j) {
         V v[K];
         for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>((r + Index(k)) * stride + c + j * L);
-        detail::online_add(m[j], s[j], cc[j], v);
+        detail::online_add(m[j], &s[j], &cc[j], 1, v);
       }
     };
     Index r = 0;
