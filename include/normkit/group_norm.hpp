@@ -13,9 +13,9 @@
 // [1][N*G][C/G*spatial] (one call). Channels-last with one channel per group (InstanceNorm) is one
 // call per sample of shape [spatial][C][1], the column kernels (statistics offset per sample,
 // per-channel gradients summed in sample order, so the results do not depend on the thread count);
-// with several channels per group it is reordered to (N, C, spatial) and back around the NCHW call
-// (its runs of C/G values would be walked one cache line at a time). A ColMajor tensor runs through
-// a RowMajor copy (same results).
+// with several channels per group it runs on the same per-sample column shape, a group per channel,
+// each group's statistics (or gradient sums) merged from its channels' (forward_channels_last,
+// backward_channels_last). A ColMajor tensor runs through a RowMajor copy (same results).
 // Types: T (x, y, dy, dx) is float, double, Eigen::bfloat16 or Eigen::half; statistics and gradient
 // sums are accum_t<T>; P (weight, bias, gradients) is T or float beside bfloat16/half.
 // InstanceNorm (instance_norm.hpp) is the same map with one channel per group, plus running statistics.
@@ -50,11 +50,11 @@ namespace detail {
 struct GroupedMap {
   core::GroupShape shape;
   Index calls = 0, stride = 0;
-  // Channels-last with several channels per group: forward runs per sample on the (S, C) column
-  // shape (forward_channels_last); backward reorders the data to (N, C, S) and runs on the NCHW
-  // shape (the per-sample [S][G][C/G] shape would walk runs of C/G values S apart, one cache line
-  // per run and group: measured 30x slower than the reorder). N, S, C of the reorder.
-  bool reorder = false;
+  // Channels-last with several channels per group: forward and backward run per sample on the
+  // (S, C) column shape (forward_channels_last, backward_channels_last), not on a core shape of
+  // their own (the per-sample [S][G][C/G] shape would walk runs of C/G values S apart, one cache
+  // line per run and group: 0.01-0.04 of copy). `shape` is then the NCHW one, for stats_size().
+  bool channels_last_groups = false;
   Index N = 0, S = 0, C = 0;
   Index stats_size() const { return calls * shape.groups; }
 };
@@ -87,10 +87,10 @@ GroupedMap grouped_map(const std::string& where, const char* name, const X& x, I
   const Index cpg = channels / groups;
   GroupedMap m;
   m.N = N, m.S = S, m.C = channels;
-  m.reorder = axis != 1 && S > 1 && cpg > 1;
+  m.channels_last_groups = axis != 1 && S > 1 && cpg > 1;
   // NCHW (or one spatial position, where both layouts are (N, C)): each group is a contiguous run,
   // one call for the batch, unless a group holds one value (the core's column shape, per sample).
-  if ((axis == 1 || S == 1 || m.reorder) && cpg * S != 1) {
+  if ((axis == 1 || S == 1 || m.channels_last_groups) && cpg * S != 1) {
     m.shape = core::GroupShape{1, N * groups, cpg * S};
     m.calls = 1, m.stride = N * channels * S;
   } else {
@@ -127,15 +127,9 @@ class GroupedCore {
   template <class Exec>
   void forward(const Exec& exec, const GroupedMap& m, const T* x, T* y, const core::StatsArrays<A>& st,
                core::StatsMode mode) const {
-    if (m.reorder && mode == core::StatsMode::Compute) return forward_channels_last(exec, m, x, y, st);
-    if (m.reorder) {  // through (N, C, S) copies; x is read whole before y is written (in place)
-      Eigen::Tensor<T, 1> xt(m.stride), yt(m.stride);  // uninitialized
-      transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);
-      GroupedMap front = m;
-      front.reorder = false;
-      forward(exec, front, xt.data(), yt.data(), st, mode);
-      transpose_samples(exec, yt.data(), y, m.N, m.C, m.S);
-      return;
+    if (m.channels_last_groups) {  // GroupNorm: always batch statistics
+      eigen_assert(mode == core::StatsMode::Compute);
+      return forward_channels_last(exec, m, x, y, st);
     }
     const Index G = m.shape.groups;
     const auto off = [&](A* p, Index k) { return p ? p + k * G : nullptr; };
@@ -157,7 +151,7 @@ class GroupedCore {
   // group's channels in channel order (Chan et al.'s pairwise update, as any two runs merge), the
   // group's statistics written by the same finish as every other shape; then one sweep with each
   // channel's group statistics and its own weight and bias (the BatchNorm-eval sweep). Reads x
-  // twice and writes y once, where the reorder moved the tensor three more times.
+  // twice and writes y once (a reorder to (N, C, S) and back moved the tensor three more times).
   template <class Exec>
   void forward_channels_last(const Exec& exec, const GroupedMap& m, const T* x, T* y,
                              const core::StatsArrays<A>& st) const {
@@ -248,17 +242,9 @@ class GroupedCore {
   template <class Exec>
   void backward(const Exec& exec, const GroupedMap& m, const T* x, const T* dy, T* dx,
                 const core::StatsArrays<const A>& st, core::StatsOrigin origin, P* dweight, P* dbias) const {
-    if (m.reorder && origin == core::StatsOrigin::Batch)
+    if (m.channels_last_groups) {  // GroupNorm: always batch statistics
+      eigen_assert(origin == core::StatsOrigin::Batch);
       return backward_channels_last(exec, m, x, dy, dx, st, dweight, dbias);
-    if (m.reorder) {  // as forward: x and dy are read whole before dx is written
-      Eigen::Tensor<T, 1> xt(m.stride), dyt(m.stride), dxt(m.stride);
-      transpose_samples(exec, x, xt.data(), m.N, m.S, m.C);
-      transpose_samples(exec, dy, dyt.data(), m.N, m.S, m.C);
-      GroupedMap front = m;
-      front.reorder = false;
-      backward(exec, front, xt.data(), dyt.data(), dxt.data(), st, origin, dweight, dbias);
-      transpose_samples(exec, dxt.data(), dx, m.N, m.C, m.S);
-      return;
     }
     const Index G = m.shape.groups, C = channels_;
     const auto off = [&](const A* p, Index k) { return p ? p + k * G : nullptr; };

@@ -184,23 +184,6 @@ const scalar_t<X>* in_layout(const X& x, Eigen::Tensor<scalar_t<X>, rank_v<X>, L
   }
 }
 
-// Each of N samples' (rows, cols) matrix transposed to (cols, rows), in square tiles so that both
-// sides stream: (S, C) channels-last data as (C, S) and back (GroupNorm channels-last with several
-// channels per group runs on the NCHW shape). exec runs one sample per chunk; the copies are exact,
-// so no result depends on how they are spread.
-template <class T, class Exec>
-void transpose_samples(const Exec& exec, const T* src, T* dst, Index N, Index rows, Index cols) {
-  constexpr Index B = 16;
-  exec.run(N, [&](Index n) {
-    const T* from = src + n * rows * cols;
-    T* to = dst + n * rows * cols;
-    for (Index r0 = 0; r0 < rows; r0 += B)
-      for (Index c0 = 0; c0 < cols; c0 += B)
-        for (Index c = c0, c1 = std::min(c0 + B, cols); c < c1; ++c)
-          for (Index r = r0, r1 = std::min(r0 + B, rows); r < r1; ++r) to[c * rows + r] = from[r * cols + c];
-  });
-}
-
 // Where to write an output that must end up in `y` but is computed in layout L.
 template <int L, class Y>
 class OutputIn {
