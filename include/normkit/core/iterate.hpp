@@ -17,8 +17,10 @@
 //   finish:  Coef c = finish(g, start(g), p)     (statistics -> sweep coefficients; writes stats)
 //   sweep:   sweep_runs<R>(...) / sweep_panel(...) with those coefficients,
 // or, for a sweep alone, Coef c = given(g) from statistics computed elsewhere. Which of these a call
-// runs is its Passes. The policy's per-chunk partial (per-element parameter gradients: partial_size()
-// values) is summed over the chunks in chunk order and handed to merge_partials.
+// runs is its Passes. A column panel keeps its columns' coefficients in a Policy::Columns
+// (set(j, c), get(j)), laid out as the policy's column kernels read them.
+// The policy's per-chunk partial (per-element parameter gradients: partial_size() values) is summed
+// over the chunks in chunk order and handed to merge_partials.
 // The chunk count follows from the shape alone (parallel.hpp), so no result depends on the thread
 // count. The tuning constants behind every decision here are in tuning.hpp.
 #pragma once
@@ -203,6 +205,19 @@ void rows_sweep(const Exec& exec, const GroupShape& s, const Policy& pol, const 
   });
 }
 
+// The coefficients of a column panel, for a policy whose column kernels take them as they are (one
+// Coef per column). Norm policies keep them as arrays of each field instead, what their column
+// kernels read (norm_policies.hpp); either way a Columns holds the at most kPanelCols columns a
+// panel or a narrow column shape has, with set(j, Coef) and get(j).
+template <class A>
+inline constexpr std::size_t kPanelCols = 2 * kMaxPanel<A>;
+template <class A, class Coef>
+struct CoefColumns {
+  Coef c[kPanelCols<A>];
+  void set(Index j, const Coef& v) { c[j] = v; }
+  const Coef& get(Index j) const { return c[j]; }
+};
+
 // Column shape cut into chunks of whole panels: each panel's statistics, then its sweep, while the
 // panel is in cache.
 template <class Policy, class Exec>
@@ -214,14 +229,14 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
   for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
     for (Index p0 = g0; p0 < g1; p0 += panel) {
       const Index pc = std::min(panel, g1 - p0);
-      typename Policy::Coef c[kPanel];
+      typename Policy::Columns c;
       if (passes == Passes::Sweep) {
-        for (Index j = 0; j < pc; ++j) c[j] = pol.given(p0 + j);
+        for (Index j = 0; j < pc; ++j) c.set(j, pol.given(p0 + j));
       } else {
         typename Policy::Partial p[kPanel] = {};
-        for (Index j = 0; j < pc; ++j) c[j] = pol.start(p0 + j);
+        for (Index j = 0; j < pc; ++j) c.set(j, pol.start(p0 + j));
         pol.reduce_panel(c, p0, Index(0), s.outer, pc, p);
-        for (Index j = 0; j < pc; ++j) c[j] = pol.finish(p0 + j, c[j], p[j]);
+        for (Index j = 0; j < pc; ++j) c.set(j, pol.finish(p0 + j, c.get(j), p[j]));
       }
       if (passes != Passes::Reduce) pol.sweep_panel(c, p0, Index(0), s.outer, pc, part.chunk(k));
     }
@@ -229,33 +244,32 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
   });
 }
 
-// Column shape with few columns, cut into chunks of whole rows: each chunk's partials of every
-// column, combined in chunk order, then the sweep of each chunk.
+// Column shape with few columns (fewer than kPanelCols), cut into chunks of whole rows: each
+// chunk's partials of every column, combined in chunk order, then the sweep of each chunk.
 template <class Policy, class Exec>
 void column_row_chunks(const Exec& exec, const GroupShape& s, const Policy& pol, Index chunks,
                        ChunkPartials<typename Policy::A>& part, Passes passes) {
-  using Coef = typename Policy::Coef;
   using Partial = typename Policy::Partial;
   const Index G = s.groups;
   const auto first_row = [&](Index k) { return chunk_begin(s.outer, chunks, k); };
-  std::vector<Coef> c(static_cast<std::size_t>(G));
+  typename Policy::Columns c;
   if (passes == Passes::Sweep) {
-    for (Index g = 0; g < G; ++g) c[static_cast<std::size_t>(g)] = pol.given(g);
+    for (Index g = 0; g < G; ++g) c.set(g, pol.given(g));
   } else {
-    for (Index g = 0; g < G; ++g) c[static_cast<std::size_t>(g)] = pol.start(g);
+    for (Index g = 0; g < G; ++g) c.set(g, pol.start(g));
     std::vector<Partial> p(static_cast<std::size_t>(chunks * G));
     exec.run(chunks, [&](Index k) {
-      pol.reduce_panel(c.data(), Index(0), first_row(k), first_row(k + 1) - first_row(k), G, p.data() + k * G);
+      pol.reduce_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, p.data() + k * G);
     });
     for (Index g = 0; g < G; ++g) {
       Partial total{};
       for (Index k = 0; k < chunks; ++k) total = Policy::combine(total, p[static_cast<std::size_t>(k * G + g)]);
-      c[static_cast<std::size_t>(g)] = pol.finish(g, c[static_cast<std::size_t>(g)], total);
+      c.set(g, pol.finish(g, c.get(g), total));
     }
   }
   if (passes == Passes::Reduce) return;
   exec.run(chunks, [&](Index k) {
-    pol.sweep_panel(c.data(), Index(0), first_row(k), first_row(k + 1) - first_row(k), G, part.chunk(k));
+    pol.sweep_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, part.chunk(k));
     if (pol.stream) simd::stream_fence();
   });
 }

@@ -56,34 +56,34 @@ struct StatsArrays {
 
 namespace detail {
 
-// The per-column coefficients of a panel (at most two panels wide: a narrow column shape's whole
-// row), unpacked from per-group ones for the column kernels.
-template <class A>
-inline constexpr std::size_t kPanelCols = 2 * kMaxPanel<A>;
-
 template <class A>
 inline constexpr A kZeros[kPanelCols<A>] = {};
 
+// The per-column coefficients of a column panel (iterate.hpp: Policy::Columns), kept as the column
+// kernels read them, an array per field: the panel's sums and its sweep read them as they are,
+// where a transposition from one struct per column before each kernel call was most of the
+// driver's own time on short columns.
 template <class A>
 struct NormalizeColumns {
   A mean[kPanelCols<A>], mean_lo[kPanelCols<A>], scale[kPanelCols<A>], shift[kPanelCols<A>];
-  NormalizeColumns(const RunNormalize<A>* c, Index cols) {
-    for (Index j = 0; j < cols; ++j)
-      mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, scale[j] = c[j].scale, shift[j] = c[j].shift;
+  void set(Index j, const RunNormalize<A>& c) {
+    mean[j] = c.mean, mean_lo[j] = c.mean_lo, scale[j] = c.scale, shift[j] = c.shift;
   }
+  RunNormalize<A> get(Index j) const { return {mean[j], mean_lo[j], scale[j], shift[j]}; }
   ColsNormalize<A> view() const { return {mean, mean_lo, scale, shift}; }
 };
 
+// mean_g and mean_gx kept negated (the sweep adds them); a Coef's weight is not kept: a column
+// shape's per-column weight is the sweep's (NormBackward::sweep_panel).
 template <class A>
 struct GradColumns {
   A mean[kPanelCols<A>], mean_lo[kPanelCols<A>], rstd[kPanelCols<A>], scale[kPanelCols<A>];
   A neg_mean_g[kPanelCols<A>], neg_mean_gx[kPanelCols<A>];
-  GradColumns(const RunGrad<A>* c, Index cols) {
-    for (Index j = 0; j < cols; ++j) {
-      mean[j] = c[j].mean, mean_lo[j] = c[j].mean_lo, rstd[j] = c[j].rstd, scale[j] = c[j].scale;
-      neg_mean_g[j] = -c[j].mean_g, neg_mean_gx[j] = -c[j].mean_gx;
-    }
+  void set(Index j, const RunGrad<A>& c) {
+    mean[j] = c.mean, mean_lo[j] = c.mean_lo, rstd[j] = c.rstd, scale[j] = c.scale;
+    neg_mean_g[j] = -c.mean_g, neg_mean_gx[j] = -c.mean_gx;
   }
+  RunGrad<A> get(Index j) const { return {mean[j], mean_lo[j], rstd[j], scale[j], -neg_mean_g[j], -neg_mean_gx[j]}; }
   ColsGrad<A> view() const { return {mean, mean_lo, rstd, scale, neg_mean_g, neg_mean_gx}; }
 };
 
@@ -98,6 +98,7 @@ struct NormForward {
   using T = typename Load::value_type;
   using Partial = Moments<A>;
   using Coef = RunNormalize<A>;
+  using Columns = detail::NormalizeColumns<A>;
   static constexpr Index inputs = 1;  // arrays the sweep reads per element
 
   Load x{};
@@ -122,7 +123,7 @@ struct NormForward {
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     return detail::run_moments<A>(x.at(at), s.inner, p.centered);
   }
-  void reduce_panel(const Coef*, Index g0, Index r0, Index rows, Index cols, Partial* m) const {
+  void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* m) const {
     constexpr Index kPanel = detail::kMaxPanel<A>;
     for (Index c0 = 0; c0 < cols; c0 += kPanel)
       detail::panel_moments(x.at(r0 * s.groups + g0 + c0), rows, std::min(kPanel, cols - c0), s.groups, p.centered,
@@ -178,10 +179,9 @@ struct NormForward {
       normalize_runs<1>(x.at(at + j * len), y.at(at + j * len), len, len, &cj, none, none, stream);
     }
   }
-  void sweep_panel(const Coef* c, Index g0, Index r0, Index rows, Index cols, A*) const {
+  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A*) const {
     const Index at = r0 * s.groups + g0;
     const bool element = p.affine_axis == AffineAxis::Element;
-    const detail::NormalizeColumns<A> k(c, cols);
     normalize_cols(x.at(at), y.at(at), rows, cols, s.groups, k.view(), element && p.weight ? p.weight + r0 : nullptr,
                    element && p.bias ? p.bias + r0 : nullptr, stream);
   }
@@ -204,6 +204,7 @@ struct NormBackward {
   using T = T_;
   using Partial = Sums<A>;
   using Coef = RunGrad<A>;
+  using Columns = detail::GradColumns<A>;
   static constexpr Index inputs = 2;
 
   const T* x = nullptr;
@@ -283,9 +284,8 @@ struct NormBackward {
   }
   // Two-level summation down each column (blocks of rows, then the panel) keeps long columns' error
   // small.
-  void reduce_panel(const Coef* c, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
+  void reduce_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     constexpr std::size_t kCols = detail::kPanelCols<A>;
-    const detail::GradColumns<A> k(c, cols);
     const P* w = p.affine_axis == AffineAxis::Element ? p.weight : nullptr;
     A sum_g[kCols] = {}, sum_gx[kCols] = {}, block_g[kCols], block_gx[kCols];
     const Index block = detail::panel_block_rows<T>(cols);
@@ -348,10 +348,9 @@ struct NormBackward {
                           static_cast<A*>(nullptr), static_cast<A*>(nullptr), stream);
     }
   }
-  void sweep_panel(const Coef* c, Index g0, Index r0, Index rows, Index cols, A* partial) const {
+  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A* partial) const {
     const Index at = r0 * s.groups + g0;
     const P* w = p.affine_axis == AffineAxis::Element && p.weight ? p.weight + r0 : nullptr;
-    const detail::GradColumns<A> k(c, cols);
     if (batch_stats) {
       // A column per channel with a Channel affine (GroupNorm channels-last, backward_dx_groups):
       // the channel's weight multiplies dy, the group's rstd is the scale.

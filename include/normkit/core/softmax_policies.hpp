@@ -41,11 +41,6 @@ struct CrossEntropyGroups {
   double* loss = nullptr;    // per group, or null
 };
 
-namespace detail {
-template <class A>
-inline constexpr std::size_t kSoftmaxPanelCols = 2 * kMaxPanel<A>;
-}
-
 template <SoftmaxSweep Mode, class Acc, class Load, class Store, class P = Acc>
 struct SoftmaxForward {
   using A = Acc;
@@ -55,6 +50,7 @@ struct SoftmaxForward {
     A target_x = A(0), gamma = A(0);
     Index target = -1;  // cross-entropy: the element to rewrite (its row in a column shape)
   };
+  using Columns = detail::CoefColumns<A, Coef>;
   static constexpr Index inputs = 1;
   static constexpr bool CE = Mode == SoftmaxSweep::CrossEntropy;
 
@@ -72,7 +68,7 @@ struct SoftmaxForward {
 
   Coef start(Index) const { return Coef{}; }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const { return run_max_sum<A>(x.at(at), s.inner); }
-  void reduce_panel(const Coef*, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
+  void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
     cols_max_sum<A>(x.at(at), rows, cols, s.groups, out);
   }
@@ -148,8 +144,9 @@ struct SoftmaxForward {
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
     }
   }
-  void sweep_panel(const Coef* c, Index g0, Index r0, Index rows, Index cols, A*) const {
-    constexpr std::size_t kCols = detail::kSoftmaxPanelCols<A>;
+  void sweep_panel(const Columns& columns, Index g0, Index r0, Index rows, Index cols, A*) const {
+    constexpr std::size_t kCols = detail::kPanelCols<A>;
+    const Coef* c = columns.c;
     A max[kCols], k[kCols], k_lo[kCols], neg_beta[kCols];
     for (Index j = 0; j < cols; ++j) max[j] = c[j].max, k[j] = c[j].k, k_lo[j] = c[j].k_lo, neg_beta[j] = -c[j].beta;
     const Index at = r0 * s.groups + g0;
@@ -169,6 +166,7 @@ struct SoftmaxBackward {
   using T = T_;
   using Partial = A;
   using Coef = A;
+  using Columns = detail::CoefColumns<A, Coef>;
   static constexpr Index inputs = 2;
 
   const T* y = nullptr;
@@ -187,8 +185,8 @@ struct SoftmaxBackward {
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     return run_grad_sum<Softmax, A>(y + at, dy + at, s.inner);
   }
-  void reduce_panel(const Coef*, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
-    constexpr std::size_t kCols = detail::kSoftmaxPanelCols<A>;
+  void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
+    constexpr std::size_t kCols = detail::kPanelCols<A>;
     A sums[kCols] = {};
     const Index at = r0 * s.groups + g0;
     cols_grad_sum<Softmax, A>(y + at, dy + at, rows, cols, s.groups, sums);
@@ -204,9 +202,9 @@ struct SoftmaxBackward {
       grad_sweep_run<Softmax>(y + at, dy + at, dx.at(at), s.inner, c[r], stream);
     }
   }
-  void sweep_panel(const Coef* c, Index g0, Index r0, Index rows, Index cols, A*) const {
+  void sweep_panel(const Columns& c, Index g0, Index r0, Index rows, Index cols, A*) const {
     const Index at = r0 * s.groups + g0;
-    grad_sweep_cols<Softmax>(y + at, dy + at, dx.at(at), rows, cols, s.groups, c, stream);
+    grad_sweep_cols<Softmax>(y + at, dy + at, dx.at(at), rows, cols, s.groups, c.c, stream);
   }
 };
 
