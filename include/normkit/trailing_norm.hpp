@@ -191,9 +191,8 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
     const T* r = in_layout<layout_v<X>>(residual, r_copy);
     OutputIn<layout_v<X>, H> out_h(h);
     OutputIn<layout_v<X>, Y> out_y(y);
-    NormStats<T> stats = normalize<X>(exec, s, x,
-                                      core::LoadResidual<A, T>{x.data(), r, static_cast<A>(alpha), out_h.data()},
-                                      out_y.data());
+    const core::ResidualSum<A, T> sum{x.data(), r, static_cast<A>(alpha), out_h.data()};
+    NormStats<T> stats = normalize<X>(exec, s, x, core::LoadResidual<A, T>{&sum}, out_y.data());
     out_h.commit();
     out_y.commit();
     return stats;

@@ -60,7 +60,8 @@ void check_residual_forward(const core::GroupShape& s, core::AffineAxis axis) {
   };
   IndexVector<T> h(total), y(total), y_plain(total);
   IndexVector<A> mean, lo, rstd, mean_plain, lo_plain, rstd_plain;
-  forward(core::LoadResidual<A, T>{x.data(), r.data(), alpha, h.data()}, y.data(), mean, lo, rstd);
+  const core::ResidualSum<A, T> sum{x.data(), r.data(), alpha, h.data()};
+  forward(core::LoadResidual<A, T>{&sum}, y.data(), mean, lo, rstd);
   for (Index i = 0; i < total; ++i) {
     // One rounding of the sum formed in A (with FMA where the kernels fuse: simd::madd).
     const T want = static_cast<T>(core::simd::madd(static_cast<A>(r[i]), alpha, static_cast<A>(x[i])));
@@ -73,10 +74,12 @@ void check_residual_forward(const core::GroupShape& s, core::AffineAxis axis) {
   CHECK(same_bits(rstd, rstd_plain));
   // h over x, and h over r: every element of both is read before h is written there.
   IndexVector<T> hx = x, hr = r, y2(total);
-  forward(core::LoadResidual<A, T>{hx.data(), r.data(), alpha, hx.data()}, y2.data(), mean_plain, lo_plain, rstd_plain);
+  const core::ResidualSum<A, T> sum_over_x{hx.data(), r.data(), alpha, hx.data()};
+  forward(core::LoadResidual<A, T>{&sum_over_x}, y2.data(), mean_plain, lo_plain, rstd_plain);
   CHECK(same_bits(hx, h));
   CHECK(same_bits(y2, y));
-  forward(core::LoadResidual<A, T>{x.data(), hr.data(), alpha, hr.data()}, y2.data(), mean_plain, lo_plain, rstd_plain);
+  const core::ResidualSum<A, T> sum_over_r{x.data(), hr.data(), alpha, hr.data()};
+  forward(core::LoadResidual<A, T>{&sum_over_r}, y2.data(), mean_plain, lo_plain, rstd_plain);
   CHECK(same_bits(hr, h));
   CHECK(same_bits(y2, y));
 }

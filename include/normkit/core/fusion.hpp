@@ -11,7 +11,8 @@
 //   StoreAdd      y[i] = v + e[i], added in A and rounded once (backward of a residual branch:
 //                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
 //                 for T = A the result is the two-step y = v; y += e. y may share storage with e.
-// Offsets are in elements from the run's (or panel's) start; at(k) moves the origin by k.
+// Offsets are in elements from the run's (or panel's) start; at(k) moves the origin by k. The
+// kernels take these objects by value, so each is at most two words (see LoadResidual).
 #pragma once
 
 #include <type_traits>
@@ -43,24 +44,38 @@ struct LoadX {
   LoadX at(Index k) const { return {x + k}; }
 };
 
+// The arrays of a residual sum, held by the caller for the whole call.
 template <class A, class T>
-struct LoadResidual {
-  using value_type = T;
+struct ResidualSum {
   const T* x;
   const T* r;
   A alpha;
   T* h;  // null: the sum is not stored
+};
+// LoadResidual points to them, at an offset: two words, passed in registers. Holding the four
+// fields itself it was 32 bytes, which the ABI passes through memory at every kernel call, built
+// field by field by at() just before: the callee's wide copy of it then waited on a failed
+// store-to-load forward, per run and per kernel (most of the per-row cost of the residual forward
+// on short rows). The kernels reload the fields after their stores (which may alias them): L1 hits.
+template <class A, class T>
+struct LoadResidual {
+  using value_type = T;
+  const ResidualSum<A, T>* sum;
+  Index offset = 0;
   template <class V>
   EIGEN_STRONG_INLINE V load(Index i) const {
-    const V sum = simd::madd(simd::loadv<V>(r + i), simd::splat<V>(alpha), simd::loadv<V>(x + i));
-    return simd::round_to<T>(sum);
+    const Index at = offset + i;
+    const V v = simd::madd(simd::loadv<V>(sum->r + at), simd::splat<V>(sum->alpha), simd::loadv<V>(sum->x + at));
+    return simd::round_to<T>(v);
   }
   template <class V>
   EIGEN_STRONG_INLINE void keep(Index i, const V& v, bool stream) const {
-    if (h) simd::storev(h + i, v, stream);
+    if (sum->h) simd::storev(sum->h + offset + i, v, stream);
   }
-  EIGEN_STRONG_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i), simd::prefetch_l2(r + i); }
-  LoadResidual at(Index k) const { return {x + k, r + k, alpha, h ? h + k : nullptr}; }
+  EIGEN_STRONG_INLINE void prefetch(Index i) const {
+    simd::prefetch_l2(sum->x + offset + i), simd::prefetch_l2(sum->r + offset + i);
+  }
+  LoadResidual at(Index k) const { return {sum, offset + k}; }
 };
 
 template <class T>
