@@ -1,7 +1,8 @@
 // Tests for the core's fusion points (core/fusion.hpp) and the per-channel-in-group affine
 // (core/norm_policies.hpp), through the entry points of core/groups.hpp:
 //   LoadResidual  forward over h = x + alpha * r writes h rounded once to T, and y and the statistics
-//                 bit for bit as a plain forward over that h; h may overlay x or r.
+//                 bit for bit as a plain forward over that h; h may overlay x or r; whether h is
+//                 stored by a pass of its own (in cache) or by the streamed sweep.
 //   StoreAdd      backward writing dx = dx_norm + dh: for float/double bit for bit the plain backward
 //                 followed by dx += dh; for bfloat16 with dx_norm's own rounding to T saved; dx may
 //                 overlay dh.
@@ -133,6 +134,17 @@ TEST_CASE("load prologue: x + alpha * r, stored once, normalized as the stored h
     check_residual_forward<double, double>(s, core::AffineAxis::Element);
     check_residual_forward<Eigen::bfloat16, float>(s, core::AffineAxis::Element);
   }
+}
+
+// h is stored by a pass of its own while the output is not streamed (every shape above), and by
+// the streamed sweep beyond tuning::kStreamBytes: the same bits either way.
+TEST_CASE("load prologue: h stored by the streamed sweep of a large row shape", "[core][fusion]") {
+  const core::GroupShape s{1, 4, Index(1) << 20};
+  REQUIRE(core::detail::stream_output<float>(s));
+  REQUIRE(core::detail::stream_output<Eigen::bfloat16>(s));
+  REQUIRE_FALSE(core::detail::stream_output<float>(kShapes[0]));
+  check_residual_forward<float, float>(s, core::AffineAxis::Element);
+  check_residual_forward<Eigen::bfloat16, float>(s, core::AffineAxis::Element);
 }
 
 TEST_CASE("store epilogue: dx = dx_norm + dh, rounded once", "[core][fusion]") {

@@ -4,9 +4,11 @@
 // both chosen at compile time, so that a fused layer adds arithmetic on the way in or out without a
 // kernel or a driver of its own:
 //   LoadX         x[i]                                         (every layer)
-//   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm); the statistics
-//                 passes recompute it, the final sweep also stores it (keep), so every element of x
-//                 and r is read before h is written there: h may share storage with x or with r.
+//   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm), stored by
+//                 keep(): by the final sweep, or by a pass of its own (keep_run) after which the
+//                 statistics and the sweep read h as plain x (NormForward: while not streaming).
+//                 Either way each element of x and r is read before h is written there: h may
+//                 share storage with x or with r.
 //   StoreY        y[i] = v
 //   StoreAdd      y[i] = v + e[i], added in A and rounded once (backward of a residual branch:
 //                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
@@ -40,8 +42,12 @@ struct LoadX {
   }
   template <class V>
   EIGEN_STRONG_INLINE void keep(Index, const V&, bool) const {}
+  template <class V>
+  EIGEN_STRONG_INLINE void keep_value(Index) const {}
   EIGEN_STRONG_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
   LoadX at(Index k) const { return {x + k}; }
+  bool keeps() const { return false; }
+  const T* kept(Index) const { return nullptr; }
 };
 
 // The arrays of a residual sum, held by the caller for the whole call.
@@ -64,18 +70,29 @@ struct LoadResidual {
   Index offset = 0;
   template <class V>
   EIGEN_STRONG_INLINE V load(Index i) const {
-    const Index at = offset + i;
-    const V v = simd::madd(simd::loadv<V>(sum->r + at), simd::splat<V>(sum->alpha), simd::loadv<V>(sum->x + at));
-    return simd::round_to<T>(v);
+    return simd::round_to<T>(sum_in_A<V>(i));
   }
   template <class V>
   EIGEN_STRONG_INLINE void keep(Index i, const V& v, bool stream) const {
     if (sum->h) simd::storev(sum->h + offset + i, v, stream);
   }
+  // keep(i, load(i)) with one rounding to T instead of two: the store rounds.
+  template <class V>
+  EIGEN_STRONG_INLINE void keep_value(Index i) const {
+    simd::storev(sum->h + offset + i, sum_in_A<V>(i));
+  }
+  template <class V>
+  EIGEN_STRONG_INLINE V sum_in_A(Index i) const {
+    const Index at = offset + i;
+    return simd::madd(simd::loadv<V>(sum->r + at), simd::splat<V>(sum->alpha), simd::loadv<V>(sum->x + at));
+  }
   EIGEN_STRONG_INLINE void prefetch(Index i) const {
     simd::prefetch_l2(sum->x + offset + i), simd::prefetch_l2(sum->r + offset + i);
   }
   LoadResidual at(Index k) const { return {sum, offset + k}; }
+  // Whether keep() stores, and where (so that later passes can read the sum back as plain x).
+  bool keeps() const { return sum->h != nullptr; }
+  const T* kept(Index k) const { return sum->h + offset + k; }
 };
 
 template <class T>

@@ -82,6 +82,13 @@ A run_max_abs(Load x, Index n) {
   return std::max(m, simd::max_lane(top));
 }
 
+// Stores what the load prologue keeps of each of the run's n values (LoadResidual: h = x + alpha * r,
+// rounded to T): the residual sum formed once, for passes that then read h (NormForward).
+template <class A, class Load>
+void keep_run(Load x, Index n) {
+  for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i); });
+}
+
 // Per-run coefficients of the forward sweep.
 template <class A>
 struct RunNormalize {
