@@ -72,14 +72,23 @@ A run_sum(Load x, Index n, A scale = A(1)) {
 // win; the caller only needs a power of two for finite data.
 template <class A, class Load>
 A run_max_abs(Load x, Index n) {
-  simd::packet<A> top = simd::set1<A>(A(0));
-  A m = 0;
-  for_lanes<A>(n, 0, [&](Index i, auto v) NORMKIT_LANE {
-    using V = decltype(v);
-    if constexpr (simd::is_scalar<V>) m = std::max(m, std::abs(x.template load<V>(i)));
-    else top = simd::max(top, simd::abs(x.template load<V>(i)));
-  });
-  return std::max(m, simd::max_lane(top));
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const auto step = [&](Index i, auto& top) {
+    using V = std::decay_t<decltype(top)>;
+    top = max(top, abs(x.template load<V>(i)));
+  };
+  // Four running maxima, as run_sums_impl keeps four sums: with one, each packet waits on the
+  // latency of the max before it.
+  packet<A> t[4];
+  for (int j = 0; j < 4; ++j) t[j] = set1<A>(A(0));
+  Index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int j = 0; j < 4; ++j) step(i + j * W, t[j]);
+  for (; i + W <= n; i += W) step(i, t[0]);
+  A m = max_lane(max(max(t[0], t[1]), max(t[2], t[3])));
+  for (; i < n; ++i) step(i, m);
+  return m;
 }
 
 // Stores what the load prologue keeps of each of the run's n values (LoadResidual: h = x + alpha * r,
