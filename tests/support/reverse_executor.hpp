@@ -10,7 +10,7 @@ struct ReverseExecutor {
   normkit::core::Index n;
   normkit::core::Index threads() const { return n; }
   template <class F>
-  void run(normkit::core::Index chunks, F&& f) const {
+  void run(normkit::core::Index chunks, F&& f, normkit::core::Index = 0) const {
     for (normkit::core::Index k = chunks; k-- > 0;) f(k);
   }
 };

@@ -40,12 +40,13 @@ void fill(Tensor& x, int thread) {
 template <class Norm>
 void share_trailing(const Norm& norm, const Eigen::ThreadPoolDevice* device) {
   on_threads(3, [&](int t) {
-    Rows x(256, 256), y(256, 256), dx(256, 256);  // 65536 values: the device really splits them
+    // 2^19 values, two threads' worth (core/tuning.hpp: kMinElementsPerThread): the device splits them
+    Rows x(1024, 512), y(1024, 512), dx(1024, 512);
     fill(x, t);
     for (int i = 0; i < kIterations; ++i) {
       const auto stats = device ? norm.forward(*device, x, y) : norm.forward(x, y);
       const auto grads = device ? norm.backward(*device, x, y, stats, dx) : norm.backward(x, y, stats, dx);
-      if (grads.weight.size() != 256) std::abort();
+      if (grads.weight.size() != 512) std::abort();
     }
   });
 }
@@ -68,9 +69,9 @@ void share_batch_norm(bool training) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
-  normkit::LayerNorm<float> ln(256);
-  normkit::RMSNorm<float> rms(256);
-  for (Eigen::Index i = 0; i < 256; ++i) ln.weight()(i) = rms.weight()(i) = 1.0f + 0.01f * float(i % 7);
+  normkit::LayerNorm<float> ln(512);
+  normkit::RMSNorm<float> rms(512);
+  for (Eigen::Index i = 0; i < 512; ++i) ln.weight()(i) = rms.weight()(i) = 1.0f + 0.01f * float(i % 7);
   Eigen::ThreadPool pool(2);
   Eigen::ThreadPoolDevice device(&pool, 2);
 

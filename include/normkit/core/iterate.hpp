@@ -117,14 +117,16 @@ Index row_chunks(const GroupShape& s) {
   return chunk_count(s.outer, s.size());
 }
 
-// Calls f(chunk, first_group, end_group) for every chunk, on the executor.
+// Calls f(chunk, first_group, end_group) for every chunk, on the executor, for a pass reading
+// `inputs` arrays (the executor's measure of the call's work).
 template <class Exec, class F>
-void for_chunks(const Exec& exec, const GroupShape& s, const Chunking& ch, F&& f) {
-  exec.run(ch.chunks, [&](Index k) {
+void for_chunks(const Exec& exec, const GroupShape& s, const Chunking& ch, Index inputs, F&& f) {
+  const auto chunk = [&](Index k) {
     const Index g0 = chunk_begin(ch.units, ch.chunks, k) * ch.unit_width;
     const Index g1 = std::min(s.groups, chunk_begin(ch.units, ch.chunks, k + 1) * ch.unit_width);
     f(k, g0, g1);
-  });
+  };
+  exec.run(ch.chunks, chunk, inputs * s.size());
 }
 
 // One partial result per chunk, summed in chunk order: the fixed reduction tree of the parameter
@@ -166,7 +168,7 @@ void rows_fused(const Exec& exec, const GroupShape& s, const Policy& pol, const 
   const bool batch = sweep && pol.batchable() && batch_groups<A, T>(s, Policy::inputs, pol.stream);
   const bool prefetch_batch = batch && prefetch_batches<T>(s, Policy::inputs);
   const bool prefetch_group = prefetch_groups<T>(s, Policy::inputs);
-  for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
+  for_chunks(exec, s, ch, Policy::inputs, [&](Index k, Index g0, Index g1) {
     A* partial = part.chunk(k);
     for (Index g = g0, rb = 1; g < g1; g += rb) {
       rb = batch && g1 - g >= R ? R : 1;
@@ -195,14 +197,15 @@ template <class Policy, class Exec>
 void rows_sweep(const Exec& exec, const GroupShape& s, const Policy& pol, const Chunking& ch,
                 ChunkPartials<typename Policy::A>& part) {
   const Index runs = s.outer * s.groups;
-  exec.run(ch.chunks, [&](Index k) {
+  const auto chunk = [&](Index k) {
     for (Index r = chunk_begin(runs, ch.chunks, k), end = chunk_begin(runs, ch.chunks, k + 1); r < end; ++r) {
       const Index o = r / s.groups, g = r % s.groups;
       const typename Policy::Coef c = pol.given(g);
       pol.template sweep_runs<1>(g, o, &c, Index(0), part.chunk(k));
     }
     if (pol.stream) simd::stream_fence();
-  });
+  };
+  exec.run(ch.chunks, chunk, Policy::inputs * s.size());
 }
 
 // The coefficients of a column panel, for a policy whose column kernels take them as they are (one
@@ -226,7 +229,7 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
   using A = typename Policy::A;
   constexpr std::size_t kPanel = kMaxPanel<A>;  // array bounds are size_t (see kMaxPanel)
   const Index panel = panel_width<A, typename Policy::T>(s.outer);
-  for_chunks(exec, s, ch, [&](Index k, Index g0, Index g1) {
+  for_chunks(exec, s, ch, Policy::inputs, [&](Index k, Index g0, Index g1) {
     for (Index p0 = g0; p0 < g1; p0 += panel) {
       const Index pc = std::min(panel, g1 - p0);
       typename Policy::Columns c;
@@ -258,9 +261,10 @@ void column_row_chunks(const Exec& exec, const GroupShape& s, const Policy& pol,
   } else {
     for (Index g = 0; g < G; ++g) c.set(g, pol.start(g));
     std::vector<Partial> p(static_cast<std::size_t>(chunks * G));
-    exec.run(chunks, [&](Index k) {
+    const auto reduce = [&](Index k) {
       pol.reduce_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, p.data() + k * G);
-    });
+    };
+    exec.run(chunks, reduce, Policy::inputs * s.size());
     for (Index g = 0; g < G; ++g) {
       Partial total{};
       for (Index k = 0; k < chunks; ++k) total = Policy::combine(total, p[static_cast<std::size_t>(k * G + g)]);
@@ -268,10 +272,11 @@ void column_row_chunks(const Exec& exec, const GroupShape& s, const Policy& pol,
     }
   }
   if (passes == Passes::Reduce) return;
-  exec.run(chunks, [&](Index k) {
+  const auto sweep = [&](Index k) {
     pol.sweep_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, part.chunk(k));
     if (pol.stream) simd::stream_fence();
-  });
+  };
+  exec.run(chunks, sweep, Policy::inputs * s.size());
 }
 
 }  // namespace detail

@@ -16,11 +16,15 @@ namespace normkit::core::tuning {
 using Eigen::Index;
 
 // --- Chunks (iterate.hpp) ---------------------------------------------------------------------
-// Elements per chunk, at least. A pool thread takes a few microseconds to wake, so a chunk should
-// hold tens of microseconds of work; and since the chunk count follows the shape, not the threads,
-// each chunk also costs the serial call its setup and its partials' merge: 2^16 values (256 KiB of
-// floats) is a few wake-ups' worth and leaves the per-chunk setup negligible.
+// Elements per chunk, at least. Since the chunk count follows the shape, not the threads, each chunk
+// costs every call (the serial one too) its setup and its partials' merge: 2^16 values (256 KiB of
+// floats) leaves that negligible, and still cuts a mid-sized tensor into enough chunks to balance.
 inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
+// Threads a call is spread over: at most one per this many values. Handing chunks to another thread
+// costs its wake-up, and the misses on data the calling core last touched: tens of microseconds,
+// what about 2^18 values (1 MiB of floats) take in cache. Fewer threads change no result (the
+// chunks, and the order their partials merge in, stay the same).
+inline constexpr Index kMinElementsPerThread = Index(1) << 18;
 // At most this many chunks: enough to keep 64 threads busy; more would only add partials to merge.
 inline constexpr Index kMaxChunks = 64;
 // Per-chunk partial results (backward's per-element parameter gradients) stay within a part of L2,
