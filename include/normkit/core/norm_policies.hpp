@@ -168,8 +168,9 @@ struct NormForward {
     const bool element = p.affine_axis == AffineAxis::Element;
     const P* w = element && p.weight ? p.weight + o * s.inner : nullptr;
     const P* b = element && p.bias ? p.bias + o * s.inner : nullptr;
-    if (keep_first()) normalize_runs<R>(LoadX<T>{x.kept(at)}, y.at(at), s.inner, s.inner, c, w, b, stream, next);
-    else normalize_runs<R>(x.at(at), y.at(at), s.inner, s.inner, c, w, b, stream, next);
+    if (!keep_first()) return normalize_runs<R>(x.at(at), y.at(at), s.inner, s.inner, c, w, b, stream, next);
+    // Nothing to prefetch: the next runs' h is formed by their own keep pass.
+    normalize_runs<R>(LoadX<T>{x.kept(at)}, y.at(at), s.inner, s.inner, c, w, b, stream, Index(0));
   }
   // Each channel's segment of the run with its weight and bias folded into the coefficients; with one
   // value per channel (channels-last), the group's channels as per-element parameters.

@@ -1,13 +1,14 @@
 // normkit/core/parallel.hpp — executors, and how many chunks a call is cut into.
 //
 // An executor has threads() and run(chunks, f, elements), which calls f(k) for every chunk k and
-// returns when all are done; elements (the values of all the chunks, optional) lets it keep a small
-// call on fewer threads than it has (tuning.hpp: kMinElementsPerThread). The serial one is here; the
-// Eigen::ThreadPoolDevice one lives in the functor layer (normkit/thread_pool.hpp), so the core does not depend on the
-// Tensor module. How many chunks a call is cut into depends on the shape alone, never on the thread count: results that
-// cross chunks (parameter gradients, the statistics of a column cut into row chunks) are partials over those fixed
-// chunks merged in chunk order, so every thread count, and the plain call, gives the same bits. Threads take contiguous
-// runs of chunks.
+// returns when all are done; elements (the values the call reads, optional) lets it keep a small
+// call on fewer threads than it has (tuning.hpp: kMinElementsPerThread). The serial one is here;
+// the Eigen::ThreadPoolDevice one lives in the functor layer (normkit/thread_pool.hpp), so the core
+// does not depend on the Tensor module.
+// How many chunks a call is cut into depends on the shape alone, never on the thread count: results
+// that cross chunks (parameter gradients, the statistics of a column cut into row chunks) are
+// partials over those fixed chunks merged in chunk order, so every thread count, and the plain
+// call, gives the same bits. Threads take contiguous runs of chunks.
 #pragma once
 
 #include <algorithm>

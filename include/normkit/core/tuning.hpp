@@ -20,10 +20,10 @@ using Eigen::Index;
 // costs every call (the serial one too) its setup and its partials' merge: 2^16 values (256 KiB of
 // floats) leaves that negligible, and still cuts a mid-sized tensor into enough chunks to balance.
 inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
-// Threads a call is spread over: at most one per this many values. Handing chunks to another thread
-// costs its wake-up, and the misses on data the calling core last touched: tens of microseconds,
-// what about 2^18 values (1 MiB of floats) take in cache. Fewer threads change no result (the
-// chunks, and the order their partials merge in, stay the same).
+// Threads a call is spread over: at most one per this many values read. Handing chunks to another
+// thread costs its wake-up and the misses on data the calling core last touched, tens of
+// microseconds: about the time 2^18 values (1 MiB of floats) take in cache. Fewer threads change no
+// result (the chunks, and the order their partials merge in, stay the same).
 inline constexpr Index kMinElementsPerThread = Index(1) << 18;
 // At most this many chunks: enough to keep 64 threads busy; more would only add partials to merge.
 inline constexpr Index kMaxChunks = 64;
