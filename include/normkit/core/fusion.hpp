@@ -6,7 +6,7 @@
 //   LoadX         x[i]                                         (every layer)
 //   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm), stored by
 //                 keep(): by the final sweep, or by a pass of its own (keep_run) after which the
-//                 statistics and the sweep read h as plain x (NormForward: while not streaming).
+//                 statistics and the sweep read h as plain x (NormForward's runs, not streaming).
 //                 Either way each element of x and r is read before h is written there: h may
 //                 share storage with x or with r.
 //   StoreY        y[i] = v
