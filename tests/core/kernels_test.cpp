@@ -144,6 +144,54 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
   }
 }
 
+TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across row blocks", "[core][kernels]", float,
+                   double) {
+  // for_strips walks a panel in blocks of rows (tuning.hpp: kStripBlockBytes), every strip of a
+  // block before the next: each column must still meet its rows in order, and each row its strips
+  // in order (dweight, dbias), so the bits equal one call per row.
+  using T = TestType;
+  constexpr Index W = core::simd::width<T>, cols = 2 * core::kStrip<T> * W + W + 3;
+  const Index rows = 37, stride = cols + 2;
+  REQUIRE(core::strip_block_rows<T>(cols, 1) < rows);  // the panel spans several blocks
+  const auto x = random_vector<T>(rows * stride, 11, 2.0), dy = random_vector<T>(rows * stride, 12),
+             wr = random_vector<T>(rows, 13), br = random_vector<T>(rows, 14), a = random_vector<T>(cols, 15),
+             b = random_vector<T>(cols, 16), c = random_vector<T>(cols, 17);
+  const auto same = [](const IndexVector<T>& u, const IndexVector<T>& v) {
+    return std::memcmp(u.data(), v.data(), sizeof(T) * static_cast<std::size_t>(u.size())) == 0;
+  };
+  IndexVector<T> s1(cols, T(0)), s2 = s1, r1 = s1, r2 = s1;
+  core::cols_sums(x.data(), rows, cols, stride, a.data(), s1.data(), s2.data());
+  for (Index r = 0; r < rows; ++r)
+    core::cols_sums(x.data() + r * stride, 1, cols, stride, a.data(), r1.data(), r2.data());
+  CHECK(same(s1, r1));
+  CHECK(same(s2, r2));
+
+  const core::ColsNormalize<T> kn{a.data(), b.data(), c.data(), b.data()};
+  IndexVector<T> y(x.size(), T(0)), yr = y;
+  core::normalize_cols(x.data(), y.data(), rows, cols, stride, kn, wr.data(), br.data());
+  for (Index r = 0; r < rows; ++r)
+    core::normalize_cols(x.data() + r * stride, yr.data() + r * stride, 1, cols, stride, kn, wr.data() + r,
+                         br.data() + r);
+  CHECK(same(y, yr));
+
+  const core::ColsGrad<T> kg{a.data(), b.data(), c.data(), a.data(), b.data(), c.data()};
+  IndexVector<T> sg(cols, T(0)), sgx = sg, rg = sg, rgx = sg;
+  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kg, wr.data(), sg.data(), sgx.data());
+  for (Index r = 0; r < rows; ++r)
+    core::backward_cols_sums(x.data() + r * stride, dy.data() + r * stride, 1, cols, stride, kg, wr.data() + r,
+                             rg.data(), rgx.data());
+  CHECK(same(sg, rg));
+  CHECK(same(sgx, rgx));
+  IndexVector<T> dx(x.size(), T(0)), dxr = dx, dw(rows, T(0)), db = dw, dwr = dw, dbr = dw;
+  core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, kg, wr.data(), dw.data(), db.data());
+  for (Index r = 0; r < rows; ++r)
+    core::backward_cols_dx(x.data() + r * stride, dy.data() + r * stride, dxr.data() + r * stride, 1, cols, stride, kg,
+                           wr.data() + r, dwr.data() + r, dbr.data() + r);
+  CHECK(same(dx, dxr));
+  CHECK(same(dw, dwr));
+  CHECK(same(db, dbr));
+}
+
 TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps", "[core][kernels]", float, double) {
   // normalize_runs<4> and backward_runs_dx<4> share w, b and the dweight/dbias accumulators among
   // four runs; each element must still see the runs in order, so the bits equal run-by-run calls.

@@ -8,6 +8,7 @@
 // coefficients now per column (arrays) and the per-element weight/bias now per row.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <type_traits>
 
@@ -18,25 +19,44 @@
 
 namespace normkit::core {
 
-// Each kernel walks a strip of S packets of columns down all the rows, holding the strip's
-// coefficients and sums in registers: row by row across the whole panel instead, every packet of x
-// cost 4 loads and 2 stores of per-column state, and the in-cache shapes were bound by them. A
-// column's values are still taken in row order, so the results are those of the row-by-row form.
+// Each kernel walks a strip of S packets of columns down a block of rows, holding the strip's
+// coefficients and sums in registers, then the next strip down the same block: row by row across
+// the whole panel instead, every packet of x cost 4 loads and 2 stores of per-column state, and the
+// in-cache shapes were bound by them. A column's values are still taken in row order, so the
+// results are those of the row-by-row form.
 template <class A>
 inline constexpr Index kStrip = tuning::kStripPackets;
 
-// Calls strip(c, S, V{}) for strips of S lanes of V starting at column c: S = kStrip packets, then
-// single packets, then (V = A) single columns. A kernel writes its body once, over S and V.
+// Rows per block of a strip walk (tuning.hpp: kStripBlockBytes), for a kernel that reads or writes
+// `arrays` arrays of the panel's shape.
+template <class T>
+Index strip_block_rows(Index cols, Index arrays) {
+  return std::max<Index>(tuning::kStripBlockMinRows,
+                         tuning::kStripBlockBytes / (std::max<Index>(cols, 1) * arrays * Index(sizeof(T))));
+}
+
+// Calls strip(c, r0, r1, S, V{}) for rows [r0, r1) of blocks of `block` rows and, in each block,
+// strips of S lanes of V starting at column c: S = kStrip packets, then single packets, then (V =
+// A) single columns. A kernel writes its body once, over S and V. Every column still meets its
+// rows in order, so a kernel that keeps its per-column state in memory between blocks gives the
+// bits of one walk down all the rows. A panel of one strip is one block: its walk is in memory order.
 template <class A, class Strip>
-EIGEN_ALWAYS_INLINE void for_strips(Index cols, Strip&& strip) {
+EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, Strip&& strip) {
   constexpr Index W = simd::width<A>, S = kStrip<A>;
   // Each loop's end computed once (as in for_lanes: g++ 12 misjudges `c + W <= cols` with a constant
   // cols once this is inlined).
   const Index strips_end = cols / (S * W) * (S * W), packets_end = cols / W * W;
-  for (Index c = 0; c < strips_end; c += S * W) strip(c, std::integral_constant<Index, S>{}, simd::packet<A>{});
-  for (Index c = strips_end; c < packets_end; c += W) strip(c, std::integral_constant<Index, 1>{}, simd::packet<A>{});
-  for (Index c = packets_end; c < cols; ++c) strip(c, std::integral_constant<Index, 1>{}, A{});
+  if (cols <= S * W) block = std::max<Index>(rows, 1);
+  for (Index r0 = 0; r0 < rows; r0 += block) {
+    const Index r1 = std::min(rows, r0 + block);
+    for (Index c = 0; c < strips_end; c += S * W)
+      strip(c, r0, r1, std::integral_constant<Index, S>{}, simd::packet<A>{});
+    for (Index c = strips_end; c < packets_end; c += W)
+      strip(c, r0, r1, std::integral_constant<Index, 1>{}, simd::packet<A>{});
+    for (Index c = packets_end; c < cols; ++c) strip(c, r0, r1, std::integral_constant<Index, 1>{}, A{});
+  }
 }
+
 template <class V>
 inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 
@@ -44,14 +64,15 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 template <class A, class Load, if_fusion<Load> = 0>
 void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 1),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
     V sh[N], a1[N], a2[N];
     for (Index k = 0; k < S; ++k)
       sh[k] = loadv<V>(shift + c + k * L), a1[k] = loadv<V>(s1 + c + k * L), a2[k] = loadv<V>(s2 + c + k * L);
-    for (Index r = 0; r < rows; ++r)
+    for (Index r = r0; r < r1; ++r)
       for (Index k = 0; k < S; ++k) {
         const V d = sub(x.template load<V>(r * stride + c + k * L), sh[k]);
         a1[k] = add(a1[k], d);
@@ -85,7 +106,8 @@ template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
 void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
                     const P* b, bool stream = false) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 2),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -95,7 +117,7 @@ void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
       scale[j] = loadv<V>(k.scale + at), shift[j] = loadv<V>(k.shift + at);
     }
-    for (Index r = 0; r < rows; ++r) {
+    for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1)), br = splat<V>(b ? load_scalar<A>(b + r) : A(0));
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -118,7 +140,8 @@ template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
                         A* sum_g, A* sum_gx) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 2),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -128,7 +151,7 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at), rstd[j] = loadv<V>(k.rstd + at);
       sg[j] = loadv<V>(sum_g + at), sgx[j] = loadv<V>(sum_gx + at);
     }
-    for (Index r = 0; r < rows; ++r) {
+    for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1));
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -150,7 +173,8 @@ template <bool Weighted, class A, class T, class P, class Store>
 void backward_cols_dx_impl(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 3),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -162,7 +186,7 @@ void backward_cols_dx_impl(const T* x, const T* dy, Store dx, Index rows, Index 
       neg_mean_gx[j] = loadv<V>(k.neg_mean_gx + at);
       if constexpr (Weighted) weight[j] = loadv<V>(k.weight + at);
     }
-    for (Index r = 0; r < rows; ++r) {
+    for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1));
       V dw = splat<V>(A(0)), db = dw;
       for (Index j = 0; j < S; ++j) {

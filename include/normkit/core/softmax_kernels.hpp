@@ -324,7 +324,9 @@ template <class A, class Load>
 void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
   using namespace simd;
   constexpr Index B = tuning::kSoftmaxBlock;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  // One block of all the rows: the running max and sum stay in registers and are finished once.
+  for_strips<A>(rows, cols, std::max<Index>(rows, 1),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
@@ -339,9 +341,9 @@ void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) 
         detail::online_add(m[j], &s[j], &cc[j], 1, v);
       }
     };
-    Index r = 0;
-    for (; r + B <= rows; r += B) block(r, std::integral_constant<std::size_t, std::size_t(B)>{});
-    for (; r < rows; ++r) block(r, std::integral_constant<std::size_t, 1>{});
+    Index r = r0;
+    for (; r + B <= r1; r += B) block(r, std::integral_constant<std::size_t, std::size_t(B)>{});
+    for (; r < r1; ++r) block(r, std::integral_constant<std::size_t, 1>{});
     constexpr std::size_t NL = std::size_t(L);
     for (Index j = 0; j < S; ++j) {
       A lm[NL], ls[NL], lc[NL];
@@ -389,7 +391,8 @@ template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
 void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, const A* max, const A* k, const A* k_lo,
                         const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 2),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
@@ -398,7 +401,7 @@ void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, c
       const Index at = c + j * L;
       m[j] = loadv<V>(max + at), kk[j] = loadv<V>(k + at), kl[j] = loadv<V>(k_lo + at), nb[j] = loadv<V>(neg_beta + at);
     }
-    for (Index r = 0; r < rows; ++r) {
+    for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1));
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -439,13 +442,14 @@ A run_grad_sum(const T* y, const T* dy, Index n) {
 template <bool Softmax, class A, class T>
 void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride, A* out) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 2),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V a[N];
     for (Index j = 0; j < S; ++j) a[j] = loadv<V>(out + c + j * L);
-    for (Index r = 0; r < rows; ++r)
+    for (Index r = r0; r < r1; ++r)
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         if constexpr (Softmax) a[j] = madd(loadv<V>(dy + at), loadv<V>(y + at), a[j]);
@@ -475,13 +479,14 @@ void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream
 template <bool Softmax, class A, class T, class Store>
 void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
-  for_strips<A>(cols, [&](Index c, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 3),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V sum[N];
     for (Index j = 0; j < S; ++j) sum[j] = loadv<V>(s + c + j * L);
-    for (Index r = 0; r < rows; ++r)
+    for (Index r = r0; r < r1; ++r)
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         dx.store(at, grad_value<Softmax>(loadv<V>(y + at), loadv<V>(dy + at), sum[j]), stream);

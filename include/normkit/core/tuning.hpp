@@ -45,6 +45,16 @@ inline constexpr Index kPanelBlockBytes = Index(1) << 16;
 // coefficients in registers (six per packet of columns at most): 4 with 32 registers (AVX-512),
 // 2 with 16.
 inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
+// ... one small block of rows at a time, every strip of a block before the next block
+// (col_kernels.hpp): 2 KiB of each array the kernel reads or writes, and at least 4 rows. A strip
+// reads one line or less of each row; walking a strip down many rows made every strip its own
+// stream of single-line misses at the row stride (tall panels from memory, or 4 KiB-strided rows
+// that alias in L1), re-fetched by the next strip. A 2 KiB block's lines are all requested within
+// a few hundred cycles, as a nearly ascending stream, and stay in L1 for the block's other strips.
+// At fewer than 4 rows the reload of a strip's per-column state (up to seven packets per packet
+// of columns) at every block outweighs what the shorter walk saves.
+inline constexpr Index kStripBlockBytes = Index(1) << 11;
+inline constexpr Index kStripBlockMinRows = 4;
 
 // --- Rows (iterate.hpp) --------------------------------------------------------------------------
 // Consecutive groups of a row shape go through the sweep this many at a time, so that each packet
