@@ -151,8 +151,10 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
   // in order (dweight, dbias), so the bits equal one call per row.
   using T = TestType;
   constexpr Index W = core::simd::width<T>, cols = 2 * core::kStrip<T> * W + W + 3;
-  const Index rows = 37, stride = cols + 2;
-  REQUIRE(core::strip_block_rows<T>(cols, 1) < rows);  // the panel spans several blocks
+  // Rows 4 KiB apart (and a few values more, so that rows start at every alignment) are walked in
+  // blocks whatever the ISA's strip width.
+  const Index rows = 37, stride = 4096 / Index(sizeof(T)) + 3;
+  REQUIRE(core::strip_block_rows<T, T>(rows, cols, stride, 3) < rows);  // the panel spans several blocks
   const auto x = random_vector<T>(rows * stride, 11, 2.0), dy = random_vector<T>(rows * stride, 12),
              wr = random_vector<T>(rows, 13), br = random_vector<T>(rows, 14), a = random_vector<T>(cols, 15),
              b = random_vector<T>(cols, 16), c = random_vector<T>(cols, 17);

@@ -28,9 +28,15 @@ template <class A>
 inline constexpr Index kStrip = tuning::kStripPackets;
 
 // Rows per block of a strip walk (tuning.hpp: kStripBlockBytes), for a kernel that reads or writes
-// `arrays` arrays of the panel's shape.
-template <class T>
-Index strip_block_rows(Index cols, Index arrays) {
+// `arrays` arrays of the panel's shape. Blocks serve two panels: contiguous rows whose strips read
+// a line or less of each row, and rows kL1AliasBytes or more apart. Other panels take all their
+// rows in one block (one walk per strip), where short blocks measured slower.
+template <class A, class T>
+Index strip_block_rows(Index rows, Index cols, Index stride, Index arrays) {
+  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
+  const bool thin_strips = stride == cols && strip_bytes <= tuning::kCacheLineBytes;
+  const bool aliased = stride * Index(sizeof(T)) >= tuning::kL1AliasBytes;
+  if (!thin_strips && !aliased) return std::max<Index>(rows, 1);
   return std::max<Index>(tuning::kStripBlockMinRows,
                          tuning::kStripBlockBytes / (std::max<Index>(cols, 1) * arrays * Index(sizeof(T))));
 }
@@ -64,7 +70,7 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 template <class A, class Load, if_fusion<Load> = 0>
 void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 1),
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 1),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -106,7 +112,7 @@ template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
 void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
                     const P* b, bool stream = false) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 2),
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -140,7 +146,7 @@ template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
                         A* sum_g, A* sum_gx) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 2),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -173,7 +179,7 @@ template <bool Weighted, class A, class T, class P, class Store>
 void backward_cols_dx_impl(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 3),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 3),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;

@@ -391,7 +391,7 @@ template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
 void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, const A* max, const A* k, const A* k_lo,
                         const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<typename Load::value_type>(cols, 2),
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -442,7 +442,7 @@ A run_grad_sum(const T* y, const T* dy, Index n) {
 template <bool Softmax, class A, class T>
 void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride, A* out) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 2),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -479,7 +479,7 @@ void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream
 template <bool Softmax, class A, class T, class Store>
 void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<T>(cols, 3),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 3),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;

@@ -46,15 +46,22 @@ inline constexpr Index kPanelBlockBytes = Index(1) << 16;
 // 2 with 16.
 inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
 // ... one small block of rows at a time, every strip of a block before the next block
-// (col_kernels.hpp): 2 KiB of each array the kernel reads or writes, and at least 4 rows. A strip
-// reads one line or less of each row; walking a strip down many rows made every strip its own
-// stream of single-line misses at the row stride (tall panels from memory, or 4 KiB-strided rows
-// that alias in L1), re-fetched by the next strip. A 2 KiB block's lines are all requested within
-// a few hundred cycles, as a nearly ascending stream, and stay in L1 for the block's other strips.
-// At fewer than 4 rows the reload of a strip's per-column state (up to seven packets per packet
-// of columns) at every block outweighs what the shorter walk saves.
+// (col_kernels.hpp), where a strip's walk down all the rows defeats the caches: 2 KiB of each array
+// the kernel reads or writes, and at least 4 rows.
+//  - Contiguous rows whose strips read a line or less of each (AVX2 floats: 64 bytes): a strip's
+//    walk is a stream hitting one line in every few, at a stride the hardware prefetchers do not
+//    follow across pages, and the next strip fetches the lines in between again from memory. A
+//    2 KiB block's lines are all requested within a few hundred cycles, as a nearly ascending
+//    stream, and stay in L1 for the block's other strips.
+//  - Rows kL1AliasBytes (4 KiB) or more apart: a strip's lines all fall in the same few sets of a
+//    32-48 KiB L1d (8-12 ways, 4 KiB per way), so a walk of more than a few rows evicts the lines
+//    the next strip was to read.
+// Otherwise (wider strips, or a slice of rows a few lines apart) each strip walks all the rows:
+// short blocks measured slower there, by the reload of the strip's per-column state (up to seven
+// packets per packet of columns) at every block. The same reload sets the minimum of 4 rows.
 inline constexpr Index kStripBlockBytes = Index(1) << 11;
 inline constexpr Index kStripBlockMinRows = 4;
+inline constexpr Index kL1AliasBytes = Index(4) << 10;
 
 // --- Rows (iterate.hpp) --------------------------------------------------------------------------
 // Consecutive groups of a row shape go through the sweep this many at a time, so that each packet
