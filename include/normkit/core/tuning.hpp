@@ -53,9 +53,10 @@ inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
 //    follow across pages, and the next strip fetches the lines in between again from memory. A
 //    2 KiB block's lines are all requested within a few hundred cycles, as a nearly ascending
 //    stream, and stay in L1 for the block's other strips.
-//  - Rows kL1AliasBytes (4 KiB) or more apart: a strip's lines all fall in the same few sets of a
-//    32-48 KiB L1d (8-12 ways, 4 KiB per way), so a walk of more than a few rows evicts the lines
-//    the next strip was to read.
+//  - Rows kL1AliasBytes (4 KiB) or more apart: every row of a strip's walk is in a new page, where
+//    the prefetchers (which stay within a page) cannot run ahead, and at multiples of 4 KiB a
+//    strip's lines all fall in the same few sets of a 32-48 KiB L1d (8-12 ways of 4 KiB), so a
+//    walk of more than a few rows evicts the lines the next strip was to read.
 // Otherwise (wider strips, or a slice of rows a few lines apart) each strip walks all the rows:
 // short blocks measured slower there, by the reload of the strip's per-column state (up to seven
 // packets per packet of columns) at every block. The same reload sets the minimum of 4 rows.
