@@ -5,8 +5,8 @@
 // are unaligned: callers' tensors start anywhere. Arithmetic runs in packets of the accumulation
 // type A; the storage type T may be narrower (Eigen::bfloat16, Eigen::half with A = float): load
 // widens a packet of T to A lanes and store rounds once (to nearest even) back to T, with vector
-// conversions where the target has them (AVX2/AVX-512; F16C for half) and through a small lane
-// buffer elsewhere.
+// conversions where the target has them (AVX2/AVX-512; F16C for half; SSE2 for bfloat16) and
+// through a small lane buffer elsewhere.
 #pragma once
 
 #include <atomic>
@@ -30,18 +30,19 @@ inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size
 // Vector registers of the target (32 with AVX-512, 16 with AVX, 8 or 16 with SSE).
 inline constexpr int registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
 
-// 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes)
-// or AVX2 (8 lanes; half also needs F16C). Written on intrinsics rather than Eigen's Bf16ToF32 /
-// half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized
-// when inlined (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512
-// code uses the zero-masked (maskz) forms of the intrinsics, whose plain forms carry that operand.
-// bfloat16 rounds to nearest even by integer arithmetic on the float's bits (NaN stays a quiet
-// NaN); half by the hardware conversion.
+// 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes),
+// AVX2 (8 lanes; half also needs F16C) or SSE2 (4 lanes, bfloat16 only). Written on intrinsics rather than Eigen's
+// Bf16ToF32 / half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized when inlined
+// (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512 code uses the zero-masked (maskz)
+// forms of the intrinsics, whose plain forms carry that operand. bfloat16 rounds to nearest even by integer arithmetic
+// on the float's bits (NaN stays a quiet NaN); half by the hardware conversion.
 namespace bits16 {
 #if defined(EIGEN_VECTORIZE_AVX512)
 using type = __m256i;  // 16 values
 #elif defined(EIGEN_VECTORIZE_AVX2)
 using type = __m128i;  // 8 values
+#elif defined(EIGEN_VECTORIZE_SSE2) && !defined(EIGEN_VECTORIZE_AVX)  // 4-float packets
+using type = __m128i;  // 4 values, in the low 64 bits
 #else
 struct type {};
 #endif
@@ -106,6 +107,30 @@ EIGEN_STRONG_INLINE type to_bf16(__m256 v) {
 EIGEN_STRONG_INLINE __m256 from_half(type v) { return _mm256_cvtph_ps(v); }
 EIGEN_STRONG_INLINE type to_half(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
 #endif
+#elif defined(EIGEN_VECTORIZE_SSE2) && !defined(EIGEN_VECTORIZE_AVX)  // 4-float packets
+// SSE2 alone, the x86-64 baseline a distribution builds for: bfloat16 only (half needs F16C).
+inline constexpr bool bf16 = true, half = false;
+EIGEN_STRONG_INLINE type load(const void* p) { return _mm_loadl_epi64(static_cast<const __m128i*>(p)); }
+EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
+#if defined(__x86_64__)
+  if (stream) return _mm_stream_si64(static_cast<long long*>(p), _mm_cvtsi128_si64(v));
+#endif
+  static_cast<void>(stream);
+  _mm_storel_epi64(static_cast<__m128i*>(p), v);
+}
+// The 16 bits of each value become the high half of a 32-bit lane whose low half is zero.
+EIGEN_STRONG_INLINE __m128 from_bf16(type v) { return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), v)); }
+EIGEN_STRONG_INLINE type to_bf16(__m128 v) {
+  const __m128i b = _mm_castps_si128(v);
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(b, 16), _mm_set1_epi32(1));
+  __m128i r = _mm_srli_epi32(_mm_add_epi32(b, _mm_add_epi32(_mm_set1_epi32(0x7fff), lsb)), 16);
+  const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+  r = _mm_or_si128(_mm_andnot_si128(nan, r), _mm_and_si128(nan, _mm_set1_epi32(0x7fc0)));
+  // SSE2 packs 32 to 16 bits with signed saturation only: the values (0 to 0xffff) are moved into
+  // its range by -0x8000 and back by flipping the top bit of each 16-bit result.
+  const __m128i biased = _mm_sub_epi32(r, _mm_set1_epi32(0x8000));
+  return _mm_xor_si128(_mm_packs_epi32(biased, biased), _mm_set1_epi16(static_cast<short>(0x8000)));
+}
 #else
 inline constexpr bool bf16 = false, half = false;
 #endif
