@@ -31,11 +31,12 @@ inline constexpr Index width = Eigen::internal::unpacket_traits<packet<A>>::size
 inline constexpr int registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
 
 // 16-bit float formats <-> packets of float, on targets with the instructions: AVX-512 (16 lanes),
-// AVX2 (8 lanes; half also needs F16C) or SSE2 (4 lanes, bfloat16 only). Written on intrinsics rather than Eigen's
-// Bf16ToF32 / half2float: those pass an _mm*_undefined operand that GCC 12 reports as maybe-uninitialized when inlined
-// (bug 105593), which breaks users' -Werror builds; for the same reason the AVX-512 code uses the zero-masked (maskz)
-// forms of the intrinsics, whose plain forms carry that operand. bfloat16 rounds to nearest even by integer arithmetic
-// on the float's bits (NaN stays a quiet NaN); half by the hardware conversion.
+// AVX2 (8 lanes; half also needs F16C) or SSE2 (4 lanes, bfloat16 only). Written on intrinsics
+// rather than Eigen's Bf16ToF32 / half2float: those pass an _mm*_undefined operand that GCC 12
+// reports as maybe-uninitialized when inlined (bug 105593), which breaks users' -Werror builds; for
+// the same reason the AVX-512 code uses the zero-masked (maskz) forms of the intrinsics, whose
+// plain forms carry that operand. bfloat16 rounds to nearest even by integer arithmetic on the
+// float's bits (NaN stays a quiet NaN); half by the hardware conversion.
 namespace bits16 {
 #if defined(EIGEN_VECTORIZE_AVX512)
 using type = __m256i;  // 16 values
