@@ -8,12 +8,15 @@
 #      its library links normkit::normkit PUBLIC and is installed with install(EXPORT), which
 #      needs normkit in an export set, and the install must carry normkit along;
 #   3. build and run a downstream project against that install alone, find_package(normkit_consumer).
+# In modes 1 and 2 it also runs normkit_consumer_dispatch (run-time ISA dispatch, normkit/dispatch.hpp):
+# every x86-64 level this CPU has, then, under qemu-x86_64, as a Haswell (AVX2), a Nehalem (SSE4.2)
+# and a qemu64 (SSE2) CPU, where an instruction from a higher level would kill it (SIGILL).
 # NORMKIT_CONSUMER_WORKDIR keeps the work in a given directory instead of a temporary one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --qemu
 
 if [[ -n ${NORMKIT_CONSUMER_WORKDIR:-} ]]; then
   work=$NORMKIT_CONSUMER_WORKDIR
@@ -24,6 +27,27 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 prefix=$work/prefix
+
+# The per-level objects may export their entry points (*_nk_<level>*) and nothing else: a weak
+# symbol left global would let the linker share one level's copy with every level.
+check_dispatch() {
+  local build=$1 objects=("$1"/normkit_consumer_dispatch_nk_*.o)
+  [[ -e ${objects[0]} ]] || return 0   # not x86-64: one level, nothing to localize
+  local leaked
+  leaked=$(nm --defined-only --extern-only "${objects[@]}" | grep -E '^[0-9a-f]+ ' | grep -v '_nk_' || true)
+  if [[ -n $leaked ]]; then
+    echo "consumer-test: per-level objects export more than their entry points:" >&2
+    echo "$leaked" >&2
+    return 1
+  fi
+  "$build/normkit_consumer_dispatch"
+  local cpu expected
+  for cpu in Haswell:x86-64-v3 Nehalem:x86-64-v2 qemu64:x86-64; do
+    expected=${cpu#*:}
+    # TCG lacks a few of the model's system features (pcid, x2apic...): its warnings are noise here.
+    qemu-x86_64 -cpu "${cpu%%:*}" "$build/normkit_consumer_dispatch" "$expected" 2> >(grep -v "TCG doesn't support" >&2)
+  done
+}
 
 echo "== install normkit into $prefix (plain configure, as if only Eigen were installed)"
 # The tests, examples and benchmarks keep their top-level defaults (ON): without their
@@ -43,12 +67,14 @@ cmake -S tests/consumer -B "$work/package" -DNORMKIT_CONSUMER_MODE=package \
   -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON
 cmake --build "$work/package" -j2
 "$work/package/normkit_consumer"
+check_dispatch "$work/package"
 
 echo "== consumer, add_subdirectory mode, installed with its own install(EXPORT) into $work/consumer-prefix"
 cmake -S tests/consumer -B "$work/subdirectory" -DNORMKIT_CONSUMER_MODE=subdirectory \
   -DNORMKIT_SOURCE_DIR="$root"
 cmake --build "$work/subdirectory" -j2
 "$work/subdirectory/normkit_consumer"
+check_dispatch "$work/subdirectory"
 cmake --install "$work/subdirectory" --prefix "$work/consumer-prefix"
 test -f "$work/consumer-prefix/lib/cmake/normkit_consumer/normkit_consumerTargets.cmake"
 test -f "$work/consumer-prefix/lib/cmake/normkit/normkitConfig.cmake"

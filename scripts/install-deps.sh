@@ -5,6 +5,8 @@
 #                                     (+ clang-N when CXX is clang++-N)
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
 #   scripts/install-deps.sh --cross   also g++-aarch64-linux-gnu and qemu-user (scripts/test-aarch64.sh)
+#   scripts/install-deps.sh --qemu    also qemu-user (scripts/consumer-test.sh runs the run-time ISA
+#                                     dispatch on emulated older x86-64 CPUs)
 #   scripts/install-deps.sh --fuzz    also clang-14 and libclang-rt-14-dev (libFuzzer and the sanitizer
 #                                     runtimes; scripts/fuzz.sh)
 #   scripts/install-deps.sh --format  clang-format (Debian 12: 14, which .clang-format is written
@@ -15,15 +17,17 @@ set -euo pipefail
 
 bench=0
 cross=0
+qemu=0
 fuzz=0
 format=0
 for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
     --cross) cross=1 ;;
+    --qemu) qemu=1 ;;
     --fuzz) fuzz=1 ;;
     --format) format=1 ;;
-    *) echo "usage: $0 [--bench] [--cross] [--fuzz] [--format]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--bench] [--cross] [--qemu] [--fuzz] [--format]" >&2; exit 2 ;;
   esac
 done
 
@@ -50,6 +54,8 @@ fi
 if [[ $cross == 1 ]]; then
   # Eigen and Catch2 are header-only: the host's packages above serve the cross build too.
   required+=(g++-aarch64-linux-gnu qemu-user)
+elif [[ $qemu == 1 ]]; then
+  required+=(qemu-user)
 fi
 
 installed() { dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'; }
