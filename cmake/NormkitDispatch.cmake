@@ -8,7 +8,8 @@
 # points: `ld -r --force-group-allocation` takes the inline functions and template instances out of
 # their COMDAT groups (where the final link would keep one level's copy for all) and
 # `objcopy --keep-global-symbol` makes them local. -fno-gnu-unique turns the standard library's
-# "unique" function-local statics into plain weak symbols, which objcopy can localize too.
+# "unique" function-local statics into plain weak symbols, which objcopy can localize too (GCC only:
+# clang never emits unique symbols).
 # LIBRARIES: targets whose include directories and definitions the sources need (normkit::normkit
 # is always there); OPTIONS: more compile options (warnings, -O3). Off x86-64 the sources are compiled once, as name_nk_base.
 function(normkit_isa_variants target)
@@ -24,8 +25,10 @@ function(normkit_isa_variants target)
     target_link_libraries(${target} PRIVATE ${target}_nk_base)
     return()
   endif()
-  if(NOT CMAKE_OBJCOPY OR NOT CMAKE_LINKER)
-    message(FATAL_ERROR "normkit_isa_variants(${target}): needs GNU ld and objcopy (CMAKE_LINKER, CMAKE_OBJCOPY)")
+  # GNU ld by name: --force-group-allocation is GNU's (CMake picks ld.lld for clang where present).
+  find_program(NORMKIT_LD_BFD NAMES ld.bfd ld)
+  if(NOT CMAKE_OBJCOPY OR NOT NORMKIT_LD_BFD)
+    message(FATAL_ERROR "normkit_isa_variants(${target}): needs GNU ld (ld.bfd) and objcopy (Debian: binutils)")
   endif()
   # Explicit feature flags outlive a later -march (-march alone is replaced by the last one).
   if(CMAKE_CXX_FLAGS MATCHES "(^| )-m(sse4|avx|fma|f16c|bmi)")
@@ -40,10 +43,11 @@ function(normkit_isa_variants target)
     target_link_libraries(${objects} PRIVATE normkit::normkit ${ARG_LIBRARIES})
     target_compile_definitions(${objects} PRIVATE NORMKIT_ISA=_nk_${token})
     # Last on the command line, so it wins over a -march in CMAKE_CXX_FLAGS.
-    target_compile_options(${objects} PRIVATE ${ARG_OPTIONS} -march=${level} -fno-gnu-unique)
+    target_compile_options(${objects} PRIVATE ${ARG_OPTIONS} -march=${level}
+                                                $<$<CXX_COMPILER_ID:GNU>:-fno-gnu-unique>)
     set(linked ${CMAKE_CURRENT_BINARY_DIR}/${target}_nk_${token}.o)
     add_custom_command(OUTPUT ${linked}
-      COMMAND ${CMAKE_LINKER} -r --force-group-allocation -o ${linked} $<TARGET_OBJECTS:${objects}>
+      COMMAND ${NORMKIT_LD_BFD} -r --force-group-allocation -o ${linked} $<TARGET_OBJECTS:${objects}>
       COMMAND ${CMAKE_OBJCOPY} --wildcard --keep-global-symbol=*_nk_${token}* ${linked}
       DEPENDS $<TARGET_OBJECTS:${objects}>
       COMMAND_EXPAND_LISTS VERBATIM

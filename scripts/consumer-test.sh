@@ -79,6 +79,16 @@ cmake --install "$work/subdirectory" --prefix "$work/consumer-prefix"
 test -f "$work/consumer-prefix/lib/cmake/normkit_consumer/normkit_consumerTargets.cmake"
 test -f "$work/consumer-prefix/lib/cmake/normkit/normkitConfig.cmake"
 
+# clang brings its own linker (ld.lld, no --force-group-allocation) and no -fno-gnu-unique: the
+# dispatch helper must cope. CI's clang stage runs before this one and installs clang++-14.
+if command -v clang++-14 >/dev/null; then
+  echo "== consumer, add_subdirectory mode, clang++-14 (run-time dispatch with clang's tools)"
+  CXX=clang++-14 cmake -S tests/consumer -B "$work/subdirectory-clang" -DNORMKIT_CONSUMER_MODE=subdirectory \
+    -DNORMKIT_SOURCE_DIR="$root"
+  cmake --build "$work/subdirectory-clang" -j2
+  check_dispatch "$work/subdirectory-clang"
+fi
+
 echo "== downstream of the consumer's install (normkit found there too, not in $prefix)"
 cmake -S tests/consumer -B "$work/downstream" -DNORMKIT_CONSUMER_MODE=downstream \
   -DCMAKE_PREFIX_PATH="$work/consumer-prefix" -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON

@@ -22,7 +22,7 @@
 // therefore links each level's objects into one relocatable object with `ld -r
 // --force-group-allocation` and makes every symbol in it local except the NORMKIT_ISA_FN entry
 // points (`objcopy --keep-global-symbol`): each level keeps private copies of everything it inlines.
-// That needs GNU binutils (ld, objcopy), as on Linux.
+// That needs GNU ld (ld.bfd, also beside clang) and objcopy, as on Linux.
 //
 // The boundary: pass pointers, Eigen::TensorMap and normkit functors by const reference (their
 // layout is the same at every level). Do not pass or return objects that own Eigen storage
