@@ -223,6 +223,7 @@ void run(benchmark::State& state, const Case c) {
 void register_eigen(const Case& c) {
   // fp32 and fp64 only: no bf16 expression baseline, and scaled inputs (x1e30) are normkit-only.
   if (c.dtype == Dtype::BF16 || c.input_scale != 1) return;
+  if (c.col_major) return;  // ColMajor LayerNorm/RMSNorm: normkit against copy only
   if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) return;  // copy and PyTorch are their baselines
   configure(benchmark::RegisterBenchmark(c.name("eigen").c_str(), [c](benchmark::State& st) {
     if (c.dtype == Dtype::FP64) run<double>(st, c);

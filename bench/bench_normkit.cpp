@@ -1,6 +1,7 @@
 // bench/bench_normkit.cpp — the normkit functors under test. t1 calls the plain overloads
 // (ln.forward(x, y)), t>1 the Eigen::ThreadPoolDevice overloads (ln.forward(dev, x, y)).
-// Tensors are TensorMaps over the shared buffers: (rows, features) RowMajor for LayerNorm/RMSNorm;
+// Tensors are TensorMaps over the shared buffers: (rows, features) RowMajor for LayerNorm/RMSNorm
+// (ColMajor for the "cm" cases);
 // BatchNorm NCHW as RowMajor (N, C, H, W) with channel_axis = 1, channels-last as RowMajor
 // (N, H, W, C) with channel_axis = -1, (N, C) with channel_axis = 1.
 // Types: fp32 and fp64 run LayerNorm<T> etc. (parameters in T); bf16 runs the mixed-precision
@@ -35,13 +36,14 @@ void time_loop(benchmark::State& state, const Case& c, Fn&& call) {
   set_bytes(state, c.bytes());
 }
 
-template <class T, class Layer>
+template <class T, int Layout, class Layer>
 void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
+  using Rows = Eigen::Tensor<T, 2, Layout>;
   const Index R = c.rows(), F = c.features();
   Buffers<T> buf = buffers<T>(static_cast<std::size_t>(c.elements()));
   const T* xp = c.input_scale == 1 ? buf.x : scaled_input<T>(static_cast<std::size_t>(c.elements()), c.input_scale);
-  Eigen::TensorMap<const Eigen::Tensor<T, 2, Eigen::RowMajor>> x(xp, R, F);
-  Map<T, 2> y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
+  Eigen::TensorMap<const Rows> x(xp, R, F);
+  Eigen::TensorMap<Rows> y(buf.y, R, F), dy(buf.dy, R, F), dx(buf.dx, R, F);
   fill_random(layer.weight().data(), static_cast<std::size_t>(F), 11, 0.5, 1.5);
   if (layer.bias().size() > 0) fill_random(layer.bias().data(), static_cast<std::size_t>(F), 12, -0.5, 0.5);
   const normkit::NormStats<T> stats = layer.forward(x, y);  // statistics for backward
@@ -57,12 +59,16 @@ void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
 
 template <class T, class P>
 void run_rows(benchmark::State& state, const Case c) {
+  const auto run_layout = [&](auto& layer) {
+    if (c.col_major) run_rows_with<T, Eigen::ColMajor>(state, c, layer);
+    else run_rows_with<T, Eigen::RowMajor>(state, c, layer);
+  };
   if (c.op == Op::LayerNorm) {
     normkit::LayerNorm<T, P> layer(c.features());
-    run_rows_with<T>(state, c, layer);
+    run_layout(layer);
   } else {
     normkit::RMSNorm<T, P> layer(c.features());
-    run_rows_with<T>(state, c, layer);
+    run_layout(layer);
   }
 }
 

@@ -244,7 +244,8 @@ void run(benchmark::State& state, const Case c) {
 }  // namespace
 
 void register_scalar(const Case& c) {
-  if (c.input_scale != 1) return;                                 // scaled inputs are normkit-only
+  if (c.input_scale != 1) return;  // scaled inputs are normkit-only
+  if (c.col_major) return;         // ColMajor LayerNorm/RMSNorm: normkit against copy only
   if (c.op == Op::GroupNorm || c.op == Op::InstanceNorm) return;  // copy and PyTorch are their baselines
   if (c.dtype == Dtype::BF16 && c.op == Op::BatchNorm) return;    // bf16: LayerNorm/RMSNorm loops only
   configure(benchmark::RegisterBenchmark(c.name("scalar").c_str(), [c](benchmark::State& st) {

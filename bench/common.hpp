@@ -46,6 +46,10 @@ struct Case {
   // GroupNorm's num_groups (0 otherwise); the shape token gets a "g<groups>" suffix, e.g.
   // "nchw8x320x64x64g32".
   Index groups = 0;
+  // LayerNorm/RMSNorm only: x is an Eigen::ColMajor (rows, features) tensor, so each row's features
+  // are `rows` elements apart (the core's column kernels); the shape token gets a "cm" prefix,
+  // e.g. "cm4096x768". normkit and copy only.
+  bool col_major = false;
 
   // LayerNorm/RMSNorm view: rows x features (features = last dim).
   Index rows() const;
