@@ -87,6 +87,7 @@ Index Case::elements() const {
 
 std::string Case::shape_token() const {
   std::ostringstream s;
+  if (col_major) s << "cm";
   switch (layout) {
     case BnLayout::NCHW: s << "nchw"; break;
     case BnLayout::NHWC: s << "nhwc"; break;
@@ -315,6 +316,12 @@ std::vector<Case> make_cases(const std::vector<int>& threads) {
   // Rows of magnitude 1e30, whose squares overflow float: every row takes the rescaled path of the
   // statistics (normkit only; same bytes as the ordinary 4096x768 case, whose copy it shares).
   cases.push_back(Case{Op::LayerNorm, Dir::Fwd, Dtype::FP32, 1, BnLayout::None, {4096, 768}, 1e30});
+  // LayerNorm/RMSNorm on ColMajor tensors (features strided by rows: the column kernels), fp32.
+  for (Op op : {Op::LayerNorm, Op::RMSNorm})
+    for (Dir dir : {Dir::Fwd, Dir::Bwd})
+      for (const std::vector<Index>& shape :
+           {std::vector<Index>{64, 768}, std::vector<Index>{4096, 768}, std::vector<Index>{2048, 4096}})
+        for (int t : threads) cases.push_back(Case{op, dir, Dtype::FP32, t, BnLayout::None, shape, 1, 0, true});
   // GroupNorm (a diffusion U-Net block (8, 320, 64, 64) and (16, 64, 56, 56), G = 32) and
   // InstanceNorm (32, 64, 28, 28; also eval with running statistics), NCHW and channels-last
   // (dims in memory order); fp32 on every thread count, bf16 (parameters float) on one thread.
