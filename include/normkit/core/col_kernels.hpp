@@ -70,7 +70,7 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 template <class A, class Load, if_fusion<Load> = 0>
 void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 1),
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -112,7 +112,8 @@ template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
 void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
                     const P* b, bool stream = false) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 2),
+  const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -179,7 +180,7 @@ template <bool Weighted, class A, class T, class P, class Store>
 void backward_cols_dx_impl(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 3),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;

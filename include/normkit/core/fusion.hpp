@@ -14,7 +14,9 @@
 //                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
 //                 for T = A the result is the two-step y = v; y += e. y may share storage with e.
 // Offsets are in elements from the run's (or panel's) start; at(k) moves the origin by k. The
-// kernels take these objects by value, so each is at most two words (see LoadResidual).
+// kernels take these objects by value, so each is at most two words (see LoadResidual). `arrays`:
+// how many arrays of the tensor's shape each one reads or writes (a kept h not counted), for the
+// column kernels' row blocks (col_kernels.hpp: strip_block_rows).
 #pragma once
 
 #include <type_traits>
@@ -35,6 +37,7 @@ using if_fusion = std::enable_if_t<std::is_class_v<F>, int>;
 template <class T>
 struct LoadX {
   using value_type = T;
+  static constexpr Index arrays = 1;
   const T* x;
   template <class V>
   EIGEN_STRONG_INLINE V load(Index i) const {
@@ -66,6 +69,7 @@ struct ResidualSum {
 template <class A, class T>
 struct LoadResidual {
   using value_type = T;
+  static constexpr Index arrays = 2;  // x and r
   const ResidualSum<A, T>* sum;
   Index offset = 0;
   template <class V>
@@ -97,6 +101,7 @@ struct LoadResidual {
 
 template <class T>
 struct StoreY {
+  static constexpr Index arrays = 1;
   T* y;
   template <class V>
   EIGEN_STRONG_INLINE void store(Index i, const V& v, bool stream) const {
@@ -108,6 +113,7 @@ struct StoreY {
 
 template <class T>
 struct StoreAdd {
+  static constexpr Index arrays = 2;  // y written, e read
   T* y;
   const T* e;
   template <class V>

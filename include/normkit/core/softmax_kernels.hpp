@@ -391,7 +391,8 @@ template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
 void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, const A* max, const A* k, const A* k_lo,
                         const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, 2),
+  for_strips<A>(rows, cols,
+                strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -479,7 +480,7 @@ void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream
 template <bool Softmax, class A, class T, class Store>
 void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 3),
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
