@@ -11,7 +11,8 @@
 # "unique" function-local statics into plain weak symbols, which objcopy can localize too (GCC only:
 # clang never emits unique symbols).
 # LIBRARIES: targets whose include directories and definitions the sources need (normkit::normkit
-# is always there); OPTIONS: more compile options (warnings, -O3). Off x86-64 the sources are compiled once, as name_nk_base.
+# is always there); OPTIONS: more compile options (warnings, -O3). Not with -flto on these sources:
+# `ld -r` needs machine code, not LTO bytecode. Off x86-64 the sources are compiled once, as name_nk_base.
 function(normkit_isa_variants target)
   cmake_parse_arguments(ARG "" "" "SOURCES;LIBRARIES;OPTIONS" ${ARGN})
   if(NOT ARG_SOURCES)
