@@ -18,10 +18,11 @@
 // (normkit's kernels, Eigen's packet functions, the standard library's) is a weak symbol, and the
 // linker keeps one copy of each for the whole program, so AVX-512 code could be called from the
 // SSE2 path (an illegal instruction on an older CPU) or the other way round (a different calling
-// convention for vector arguments: wrong results or a crash; tests/consumer shows it). The helper
-// therefore links each level's objects into one relocatable object with `ld -r
-// --force-group-allocation` and makes every symbol in it local except the NORMKIT_ISA_FN entry
-// points (`objcopy --keep-global-symbol`): each level keeps private copies of everything it inlines.
+// convention for vector arguments: wrong results or a crash, as a first prototype without the
+// step below did). The helper therefore links each level's objects into one relocatable object
+// with `ld -r --force-group-allocation` and makes every symbol in it local except the
+// NORMKIT_ISA_FN entry points (`objcopy --keep-global-symbol`): each level keeps private copies of
+// everything it inlines.
 // That needs GNU ld (ld.bfd, also beside clang) and objcopy, as on Linux.
 //
 // The boundary: pass pointers, Eigen::TensorMap and normkit functors by const reference (their
