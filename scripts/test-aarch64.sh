@@ -5,7 +5,8 @@
 # 2 doubles) and normkit's lane-buffer conversions for bfloat16/half: the kernels' tails and panel
 # widths take the paths they take on Graviton or Apple CPUs. Release at -O2 (the cross build is
 # compile-bound; -O3 buys nothing the tests can see). Installs g++-aarch64-linux-gnu and qemu-user
-# when missing (scripts/install-deps.sh --cross).
+# when missing (scripts/install-deps.sh --cross). Then the consumer project's run-time dispatch
+# executable, which off x86-64 has one level.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,3 +38,12 @@ cmake -S . -B "$dir" --toolchain cmake/aarch64-linux-gnu.cmake \
 cmake --build "$dir" -j2 --target normkit_all_tests
 # ctest runs each test through CMAKE_CROSSCOMPILING_EMULATOR (qemu-aarch64, set by the toolchain).
 ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2
+
+# normkit_isa_variants() off x86-64 compiles the per-level sources once (name_nk_base) and
+# normkit::dispatch::pick returns that one: the consumer project's dispatch executable, cross-built
+# and run under qemu, checks it against its float64 LayerNorm.
+cmake -S tests/consumer -B "$dir/consumer" --toolchain "$PWD/cmake/aarch64-linux-gnu.cmake" \
+  -DNORMKIT_CONSUMER_MODE=subdirectory -DNORMKIT_SOURCE_DIR="$PWD" -DCMAKE_BUILD_TYPE=Release \
+  "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG"
+cmake --build "$dir/consumer" -j2 --target normkit_consumer_dispatch
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$dir/consumer/normkit_consumer_dispatch" base
