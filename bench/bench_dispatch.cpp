@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "dispatch_rows.hpp"
+#include "normkit_consumer/forward_rows.hpp"  // tests/consumer: the entry point timed here
 
 namespace {
 
 using normkit::dispatch::Level;
-using Fn = void (*)(const normkit::LayerNorm<float>&, const float*, float*, Eigen::Index);
+using Fn = Level (*)(const normkit::LayerNorm<float>&, const float*, float*, Eigen::Index);
 constexpr Eigen::Index kFeatures = 768;
 
 struct Buffers {
@@ -60,7 +60,7 @@ void run_direct(benchmark::State& state, Eigen::Index rows, Fn fn) {
 void run_picked(benchmark::State& state, Eigen::Index rows) {
   Buffers b(rows);
   for (auto _ : state) {
-    normkit::dispatch::pick(NORMKIT_ISA_VARIANTS(nkbench_layer_norm_rows))(b.ln, b.x.data(), b.y.data(), rows);
+    normkit::dispatch::pick(NORMKIT_ISA_VARIANTS(layer_norm_rows))(b.ln, b.x.data(), b.y.data(), rows);
     benchmark::DoNotOptimize(b.y.data());
   }
   set_bytes(state, rows);
@@ -74,7 +74,7 @@ void register_cases() {
 #if defined(__x86_64__)
     for (Level level : {Level::x86_64, Level::v2, Level::v3, Level::v4}) {
       if (level > best) continue;
-      const Fn fn = normkit::dispatch::pick(NORMKIT_ISA_VARIANTS(nkbench_layer_norm_rows), level);
+      const Fn fn = normkit::dispatch::pick(NORMKIT_ISA_VARIANTS(layer_norm_rows), level);
       benchmark::RegisterBenchmark((shape + normkit::dispatch::level_name(level)).c_str(), run_direct, rows, fn)
           ->UseRealTime();
     }

@@ -57,18 +57,20 @@ void run_rows_with(benchmark::State& state, const Case& c, Layer& layer) {
   }
 }
 
+template <class T, class Layer>
+void run_rows_layout(benchmark::State& state, const Case& c, Layer& layer) {
+  if (c.col_major) run_rows_with<T, Eigen::ColMajor>(state, c, layer);
+  else run_rows_with<T, Eigen::RowMajor>(state, c, layer);
+}
+
 template <class T, class P>
 void run_rows(benchmark::State& state, const Case c) {
-  const auto run_layout = [&](auto& layer) {
-    if (c.col_major) run_rows_with<T, Eigen::ColMajor>(state, c, layer);
-    else run_rows_with<T, Eigen::RowMajor>(state, c, layer);
-  };
   if (c.op == Op::LayerNorm) {
     normkit::LayerNorm<T, P> layer(c.features());
-    run_layout(layer);
+    run_rows_layout<T>(state, c, layer);
   } else {
     normkit::RMSNorm<T, P> layer(c.features());
-    run_layout(layer);
+    run_rows_layout<T>(state, c, layer);
   }
 }
 

@@ -13,16 +13,21 @@
 # LIBRARIES: targets whose include directories and definitions the sources need (normkit::normkit
 # is always there); OPTIONS: more compile options (warnings, -O3). Not with -flto on these sources:
 # `ld -r` needs machine code, not LTO bytecode. Off x86-64 the sources are compiled once, as name_nk_base.
+# The object library of one level: the sources with NORMKIT_ISA=_nk_<token> and `flags` last.
+function(_normkit_isa_objects objects token sources libraries flags)
+  add_library(${objects} OBJECT ${sources})
+  target_link_libraries(${objects} PRIVATE normkit::normkit ${libraries})
+  target_compile_definitions(${objects} PRIVATE NORMKIT_ISA=_nk_${token})
+  target_compile_options(${objects} PRIVATE ${flags})
+endfunction()
+
 function(normkit_isa_variants target)
   cmake_parse_arguments(ARG "" "" "SOURCES;LIBRARIES;OPTIONS" ${ARGN})
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "normkit_isa_variants(${target}): no SOURCES")
   endif()
   if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
-    add_library(${target}_nk_base OBJECT ${ARG_SOURCES})
-    target_link_libraries(${target}_nk_base PRIVATE normkit::normkit ${ARG_LIBRARIES})
-    target_compile_definitions(${target}_nk_base PRIVATE NORMKIT_ISA=_nk_base)
-    target_compile_options(${target}_nk_base PRIVATE ${ARG_OPTIONS})
+    _normkit_isa_objects(${target}_nk_base base "${ARG_SOURCES}" "${ARG_LIBRARIES}" "${ARG_OPTIONS}")
     target_link_libraries(${target} PRIVATE ${target}_nk_base)
     return()
   endif()
@@ -40,12 +45,9 @@ function(normkit_isa_variants target)
     string(REPLACE "x86-64-" "" token ${level})
     string(REPLACE "-" "_" token ${token})
     set(objects ${target}_nk_${token})
-    add_library(${objects} OBJECT ${ARG_SOURCES})
-    target_link_libraries(${objects} PRIVATE normkit::normkit ${ARG_LIBRARIES})
-    target_compile_definitions(${objects} PRIVATE NORMKIT_ISA=_nk_${token})
-    # Last on the command line, so it wins over a -march in CMAKE_CXX_FLAGS.
-    target_compile_options(${objects} PRIVATE ${ARG_OPTIONS} -march=${level}
-                                                $<$<CXX_COMPILER_ID:GNU>:-fno-gnu-unique>)
+    # -march last on the command line, so it wins over a -march in CMAKE_CXX_FLAGS.
+    _normkit_isa_objects(${objects} ${token} "${ARG_SOURCES}" "${ARG_LIBRARIES}"
+                         "${ARG_OPTIONS};-march=${level};$<$<CXX_COMPILER_ID:GNU>:-fno-gnu-unique>")
     set(linked ${CMAKE_CURRENT_BINARY_DIR}/${target}_nk_${token}.o)
     add_custom_command(OUTPUT ${linked}
       COMMAND ${NORMKIT_LD_BFD} -r --force-group-allocation -o ${linked} $<TARGET_OBJECTS:${objects}>
