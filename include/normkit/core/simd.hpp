@@ -41,7 +41,7 @@ namespace bits16 {
 #if defined(EIGEN_VECTORIZE_AVX512)
 using type = __m256i;  // 16 values
 #elif defined(EIGEN_VECTORIZE_AVX2)
-using type = __m128i;  // 8 values
+using type = __m256i;  // 8 values (see load)
 #elif defined(EIGEN_VECTORIZE_SSE2) && !defined(EIGEN_VECTORIZE_AVX)  // 4-float packets
 using type = __m128i;  // 4 values, in the low 64 bits
 #else
@@ -64,7 +64,17 @@ EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
   else _mm256_storeu_si256(static_cast<__m256i*>(p), v);
 }
 EIGEN_STRONG_INLINE __m512 from_bf16(type v) {
+#if defined(__AVX512BW__)
+  // One word permute puts value k into the high word of lane k and the mask zeroes the low words
+  // (zero-extend and shift are two shuffle-port operations). It reads words 0-15 only: the cast's
+  // upper half, undefined, is never used.
+  const __m512i high_words = _mm512_set_epi32(15 << 16, 14 << 16, 13 << 16, 12 << 16, 11 << 16, 10 << 16, 9 << 16,
+                                              8 << 16, 7 << 16, 6 << 16, 5 << 16, 4 << 16, 3 << 16, 2 << 16, 1 << 16,
+                                              0);
+  return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAA, high_words, _mm512_castsi256_si512(v)));
+#else
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, v), 16));
+#endif
 }
 EIGEN_STRONG_INLINE type to_bf16(__m512 v) {
 #if defined(__AVX512BF16__) && defined(__AVX512DQ__)
@@ -73,9 +83,11 @@ EIGEN_STRONG_INLINE type to_bf16(__m512 v) {
   if (_mm512_fpclass_ps_mask(v, 0x20) == 0) return (__m256i)_mm512_cvtneps_pbh(v);
 #endif
   const __m512i b = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, b, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)),
-                                      16);
+  // To nearest even: + 0x7fff, one more where the kept part is odd (bit 16 set: a mask, not a shift).
+  const __m512i up = _mm512_add_epi32(b, _mm512_set1_epi32(0x7fff));
+  __m512i r = _mm512_mask_add_epi32(up, _mm512_test_epi32_mask(b, _mm512_set1_epi32(0x10000)), up,
+                                    _mm512_set1_epi32(1));
+  r = _mm512_maskz_srli_epi32(0xFFFF, r, 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
   return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
 }
@@ -88,25 +100,41 @@ inline constexpr bool half = true;
 #else
 inline constexpr bool half = false;
 #endif
-EIGEN_STRONG_INLINE type load(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
-EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
-  if (stream) _mm_stream_si128(static_cast<__m128i*>(p), v);
-  else _mm_storeu_si128(static_cast<__m128i*>(p), v);
+// AVX2 has no bfloat16 instructions, and the conversions compete with the kernels' arithmetic for
+// the few vector ports that shift and shuffle (Zen 4: FP1/FP2; Intel: port 5 shuffles, ports 0/1
+// shift): the 16-bit values are loaded into both 128-bit halves (a broadcast load, no shuffle), so
+// that one in-lane byte shuffle both widens and shifts them, and the narrowing rounds with a
+// compare instead of a shift and gathers the high halves with one byte shuffle and one quadword
+// permute. Three such uops per packet converted both ways, instead of six. (half loads the same
+// way; its conversions read the low half.)
+EIGEN_STRONG_INLINE type load(const void* p) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(p)));
 }
-EIGEN_STRONG_INLINE __m256 from_bf16(type v) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {  // the 8 values in the low half
+  if (stream) _mm_stream_si128(static_cast<__m128i*>(p), _mm256_castsi256_si128(v));
+  else _mm_storeu_si128(static_cast<__m128i*>(p), _mm256_castsi256_si128(v));
+}
+EIGEN_STRONG_INLINE __m256 from_bf16(type v) {  // value k into the high bytes of 32-bit lane k
+  const __m256i widen = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,  //
+                                         -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(v, widen));
 }
 EIGEN_STRONG_INLINE type to_bf16(__m256 v) {
+  // To nearest even: + 0x8000, less one when the kept part is even (bit 16 clear: the compare's -1).
   const __m256i b = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x10000)), _mm256_setzero_si256());
+  __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x8000), even));
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));  // values fit in 16 bits
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc00000), nan);
+  const __m256i high = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+  return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(r, high), 0x08);  // quadwords 0 and 2 below
 }
 #if defined(__F16C__)
-EIGEN_STRONG_INLINE __m256 from_half(type v) { return _mm256_cvtph_ps(v); }
-EIGEN_STRONG_INLINE type to_half(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
+EIGEN_STRONG_INLINE __m256 from_half(type v) { return _mm256_cvtph_ps(_mm256_castsi256_si128(v)); }
+EIGEN_STRONG_INLINE type to_half(__m256 v) {
+  return _mm256_zextsi128_si256(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
 #endif
 #elif defined(EIGEN_VECTORIZE_SSE2) && !defined(EIGEN_VECTORIZE_AVX)  // 4-float packets
 // SSE2 alone, the x86-64 baseline a distribution builds for: bfloat16 only (half needs F16C).
