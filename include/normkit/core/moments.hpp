@@ -116,8 +116,10 @@ A variance_term_factor(A rstd, double eps, bool eps_inside_sqrt) {
 template <class A>
 A rstd_from_moments(const Moments<A>& m, double eps, bool eps_inside_sqrt) {
   if (m.exp2 == 0 && std::is_same_v<A, float>) {  // the ordinary case: double is plenty, and faster
-    const double v = static_cast<double>(m.m2) / static_cast<double>(m.count);
-    return static_cast<A>(eps_inside_sqrt ? 1.0 / std::sqrt(v + eps) : 1.0 / (std::sqrt(v) + eps));
+    const double m2 = m.m2, n = static_cast<double>(m.count);
+    // sqrt(n / (m2 + eps n)) = 1/sqrt(m2/n + eps) with one division instead of two: the divisions
+    // and the square root are one latency chain between a row's statistics and its sweep.
+    return static_cast<A>(eps_inside_sqrt ? std::sqrt(n / (m2 + eps * n)) : 1.0 / (std::sqrt(m2 / n) + eps));
   }
   const long double v = static_cast<long double>(m.m2) / static_cast<long double>(m.count);
   return rstd_from_var<A>(m.exp2 ? std::ldexp(v, 2 * m.exp2) : v, eps, eps_inside_sqrt);
