@@ -80,12 +80,12 @@ bool prefetch_batches(const GroupShape& s, Index inputs) {
   return inputs > 1 && bytes_of<T>(s, inputs) >= tuning::kBeyondL2Bytes;
 }
 
-// Groups swept one at a time prefetch the next group during the sweep (tuning.hpp:
-// kPrefetchTensorBytes), rows as well as multi-run groups.
+// Groups swept one at a time prefetch the next group during the sweep when the inputs are beyond
+// L3 (tuning.hpp: kL2Bytes), rows as well as multi-run groups.
 template <class T>
 bool prefetch_groups(const GroupShape& s, Index inputs) {
   const Index group_bytes = s.group_size() * Index(sizeof(T));
-  return 2 * inputs * group_bytes <= tuning::kL2Bytes && bytes_of<T>(s, 1) >= tuning::kPrefetchTensorBytes;
+  return 2 * inputs * group_bytes <= tuning::kL2Bytes && bytes_of<T>(s, inputs) > tuning::l3_bytes();
 }
 
 template <class T>

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <fstream>
+#include <string>
 
 #include "simd.hpp"
 
@@ -78,13 +80,58 @@ inline constexpr Index kBatchBytes = Index(1) << 15;
 // and r) compete with those stores for the core's outstanding-miss slots.
 inline constexpr Index kBeyondL2Bytes = Index(4) << 20;
 // A group swept alone (a row too long to batch, an NCHW channel) has the next group prefetched into
-// L2 during its sweep when the tensor is far out of cache (8 MiB) and this group and the next fit
-// in a 1 MiB L2 with all of their inputs. Even when the next row is the next address the hardware
-// prefetcher does not do it: the sweep reads only lines already in L1/L2, so nothing misses and
-// the L2 streamer does not run ahead; the next statistics pass would start from memory, while the
-// sweep's streaming stores leave read bandwidth idle.
-inline constexpr Index kPrefetchTensorBytes = Index(8) << 20;
+// L2 during its sweep when the call's inputs do not fit in the L3 the core shares (l3_bytes(),
+// below), and this group and the next fit in a 1 MiB L2 with all of their inputs. Even when the
+// next row is the next address the hardware prefetcher does not do it: the sweep reads only lines
+// already in L1/L2, so nothing misses and the L2 streamer does not run ahead; the next statistics
+// pass would start from memory, while the sweep's streaming stores leave read bandwidth idle. When
+// the inputs do fit in L3 (a model's activations between layers, a benchmark's loop), the next
+// statistics pass finds them there at a fraction of DRAM's latency, which the L2 streamer hides
+// once that pass misses, and the prefetches only add requests that compete with the sweep's stores
+// for the core's outstanding-miss slots (slower on a 32 MiB L3 for 32 MiB inputs, faster for 128
+// MiB ones: docs/benchmarks.md). So the threshold is the machine's L3, not a constant.
 inline constexpr Index kL2Bytes = Index(1) << 20;
+
+// The L3 a core shares, read once: how much of a tensor a call finds in cache when the caller (or
+// the call before) has just touched it. It differs by machine for the same ISA (8 MiB per Zen 1
+// core complex, 32 MiB per Zen 4 one, 12-60 MiB on Intel parts), hence read at run time from Linux's
+// sysfs (the size of one instance, what a core can use; glibc's sysconf reports the whole package on
+// some AMD VMs). Where there is none (not Linux, no L3 listed), kDefaultL3Bytes, the fixed threshold
+// this replaced.
+inline constexpr Index kDefaultL3Bytes = Index(8) << 20;
+namespace detail {
+// Linux's cache size text: "8192K", "32M", or bytes; 0 if it is none of these.
+inline Index parse_cache_size(const std::string& text) {
+  Index value = 0;
+  std::size_t k = 0;
+  for (; k < text.size() && text[k] >= '0' && text[k] <= '9'; ++k) value = value * 10 + (text[k] - '0');
+  if (k == 0) return 0;
+  const std::string unit = text.substr(k);
+  if (unit.empty()) return value;
+  if (unit[0] == 'K' || unit[0] == 'k') return value << 10;
+  if (unit[0] == 'M') return value << 20;
+  if (unit[0] == 'G') return value << 30;
+  return 0;
+}
+inline Index read_l3_bytes() {
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level)) break;
+    if (level == 3 && size_file >> size) return parse_cache_size(size);
+  }
+  return 0;
+}
+}  // namespace detail
+inline Index l3_bytes() {
+  static const Index bytes = [] {
+    const Index read = detail::read_l3_bytes();
+    return read > 0 ? read : kDefaultL3Bytes;
+  }();
+  return bytes;
+}
 
 // --- Stores (row_kernels.hpp, col_kernels.hpp) ---------------------------------------------------
 // Outputs of at least 8 MiB are written with non-temporal stores: they would not stay in cache, and
