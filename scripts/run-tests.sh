@@ -24,8 +24,11 @@ base=${NORMKIT_BUILD_DIR:-build}
 if [[ $sanitize == 1 ]]; then
   dir=${NORMKIT_BUILD_DIR:+$NORMKIT_BUILD_DIR-asan}
   dir=${dir:-build-asan}
-  config=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMKIT_SANITIZE=ON
-          -DNORMKIT_BUILD_EXAMPLES=OFF -DNORMKIT_BUILD_BENCHMARKS=OFF)
+  # -O1 -g1 (line tables): what ASan's documentation advises, and half the compile time of -O2 -g
+  # (in_place_test: 95 s against 195 s on a Zen 1 core) for the same test run time; the reports
+  # keep their function names and lines.
+  config=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
+          -DNORMKIT_SANITIZE=ON -DNORMKIT_BUILD_EXAMPLES=OFF -DNORMKIT_BUILD_BENCHMARKS=OFF)
 else
   dir=$base
   # Benchmarks are left to scripts/run-examples.sh: they need libbenchmark and cost build time.
