@@ -81,7 +81,7 @@ bool prefetch_batches(const GroupShape& s, Index inputs) {
 }
 
 // Groups swept one at a time prefetch the next group during the sweep when the inputs are beyond
-// L3 (tuning.hpp: kL2Bytes), rows as well as multi-run groups.
+// L3 (tuning.hpp: kL2Bytes, l3_bytes()), rows as well as multi-run groups.
 template <class T>
 bool prefetch_groups(const GroupShape& s, Index inputs) {
   const Index group_bytes = s.group_size() * Index(sizeof(T));

@@ -94,10 +94,10 @@ inline constexpr Index kL2Bytes = Index(1) << 20;
 
 // The L3 a core shares, read once: how much of a tensor a call finds in cache when the caller (or
 // the call before) has just touched it. It differs by machine for the same ISA (8 MiB per Zen 1
-// core complex, 32 MiB per Zen 4 one, 12-60 MiB on Intel parts), hence read at run time from Linux's
-// sysfs (the size of one instance, what a core can use; glibc's sysconf reports the whole package on
-// some AMD VMs). Where there is none (not Linux, no L3 listed), kDefaultL3Bytes, the fixed threshold
-// this replaced.
+// core complex, 32 MiB per Zen 4 one), hence read at run time from Linux's sysfs (the size of one
+// instance, what a core can use; glibc's sysconf reported the whole package, 64 MiB, on an EPYC VM
+// whose sysfs says 8). Where there is none (not Linux, no L3 listed), kDefaultL3Bytes, the fixed
+// threshold this replaced.
 inline constexpr Index kDefaultL3Bytes = Index(8) << 20;
 namespace detail {
 // Linux's cache size text: "8192K", "32M", or bytes; 0 if it is none of these.
