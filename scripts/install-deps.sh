@@ -2,7 +2,7 @@
 # Install the Debian packages normkit needs, only those missing.
 #   scripts/install-deps.sh           build + test: cmake g++ make libeigen3-dev catch2, and Open MPI
 #                                     (libopenmpi-dev openmpi-bin) for SyncBatchNorm's tests under mpirun
-#                                     (+ clang-N when CXX is clang++-N)
+#                                     (+ clang-N and libclang-rt-N-dev when CXX is clang++-N)
 #   scripts/install-deps.sh --bench   also libbenchmark-dev (+ libdnnl-dev, gnuplot-nox if available)
 #   scripts/install-deps.sh --cross   also g++-aarch64-linux-gnu and qemu-user (scripts/test-aarch64.sh)
 #   scripts/install-deps.sh --qemu    also qemu-user (scripts/consumer-test.sh runs the run-time ISA
@@ -35,9 +35,10 @@ required=(cmake g++ make libeigen3-dev catch2 libopenmpi-dev openmpi-bin)
 if [[ $format == 1 && $# == 1 ]]; then
   required=()
 fi
-# A clang build (CXX=clang++-14, as a CI stage runs scripts/run-tests.sh) needs that compiler too.
+# A clang build (CXX=clang++-14, as CI stages run scripts/run-tests.sh) needs that compiler too, and
+# its sanitizer runtimes (Debian 12 ships them apart from clang, in libclang-rt-N-dev).
 if [[ ${CXX:-} =~ (^|/)clang\+\+-([0-9]+)$ ]]; then
-  required+=("clang-${BASH_REMATCH[2]}")
+  required+=("clang-${BASH_REMATCH[2]}" "libclang-rt-${BASH_REMATCH[2]}-dev")
 fi
 if [[ $fuzz == 1 ]]; then
   # fuzz.sh builds with clang++-14 whatever CXX says; libFuzzer is in libclang-rt-14-dev.
