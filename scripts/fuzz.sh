@@ -57,14 +57,15 @@ builds=(baseline native)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_init_order=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
-status=0
 regressions=(tests/fuzz/regressions/*)
 [[ -e ${regressions[0]} ]] || regressions=()
-for b in "${builds[@]}"; do
-  bin=$dir/fuzz_norms_$b
-  common=(-timeout=10 -rss_limit_mb=4096 -artifact_prefix="$dir/artifacts/$b-")
-  # Known findings first, one process each (the first failure would end a shared one): they must
-  # not fail (any more). The full output of a failing one stays in $dir/artifacts/.
+
+# fuzz_build <build>: replay the regressions, then fuzz (or replay the corpus); nonzero on a finding.
+fuzz_build() {
+  local b=$1 status=0 r log work
+  local bin=$dir/fuzz_norms_$b
+  local common=(-timeout=10 -rss_limit_mb=4096 -artifact_prefix="$dir/artifacts/$b-")
+  local limit
   ((${#regressions[@]})) && echo "fuzz.sh: [$b] replaying ${#regressions[@]} regression input(s)"
   for r in "${regressions[@]}"; do
     log=$dir/artifacts/replay-$b-$(basename "$r").log
@@ -79,26 +80,36 @@ for b in "${builds[@]}"; do
   if [[ $mode == replay ]]; then
     echo "fuzz.sh: [$b] replaying the seed corpus"
     "$bin" "${common[@]}" -runs=0 tests/fuzz/corpus || status=1
-    continue
+    return $status
   fi
-  # New inputs land in the first directory; the repository's corpus is read only.
   if [[ $mode == ci ]]; then
-    # A gate must not fail at random: an empty work corpus, seed 1, a run count instead of a time
-    # (about 30 s at this target's 250-450 runs/s; the time cap is only a guard on a slow machine),
-    # and no scheduling by execution time.
-    # Exploration with fresh seeds is the timed mode's job; what it finds goes to regressions/.
-    rm -rf "$dir/corpus-ci-$b"
-    mkdir -p "$dir/corpus-ci-$b"
-    limit=(-seed=1 -runs=10000 -max_total_time=600)
     work=$dir/corpus-ci-$b
+    rm -rf "$work"
+    limit=(-seed=1 -runs=10000 -max_total_time=600)
     echo "fuzz.sh: [$b] fuzzing, seed 1, 10000 runs"
   else
-    mkdir -p "$dir/corpus-$b"
-    limit=(-max_total_time="$seconds" -entropic_scale_per_exec_time=1)
     work=$dir/corpus-$b
+    limit=(-max_total_time="$seconds" -entropic_scale_per_exec_time=1)
     echo "fuzz.sh: [$b] fuzzing for ${seconds}s"
   fi
+  mkdir -p "$work"
   "$bin" "${common[@]}" "${limit[@]}" -max_len=512 -print_final_stats=1 \
       "$work" tests/fuzz/corpus || { echo "fuzz.sh: [$b] FINDING, see above and $dir/artifacts/" >&2; status=1; }
+  return $status
+}
+
+# libFuzzer runs on one core: the builds fuzz side by side, each into its own log, printed whole in
+# build order once both are done (the fixed seed and run count make each run's verdict independent
+# of the other's timing).
+pids=()
+for b in "${builds[@]}"; do
+  fuzz_build "$b" >"$dir/artifacts/fuzz-$b.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!builds[@]}"; do
+  wait "${pids[$i]}" || status=1
+  echo "==== fuzz.sh: [${builds[$i]}] log"
+  cat "$dir/artifacts/fuzz-${builds[$i]}.log"
 done
 exit $status
