@@ -66,6 +66,8 @@ fuzz_build() {
   local bin=$dir/fuzz_norms_$b
   local common=(-timeout=10 -rss_limit_mb=4096 -artifact_prefix="$dir/artifacts/$b-")
   local limit
+  # Known findings first, one process each (the first failure would end a shared one): they must
+  # not fail (any more). The full output of a failing one stays in $dir/artifacts/.
   ((${#regressions[@]})) && echo "fuzz.sh: [$b] replaying ${#regressions[@]} regression input(s)"
   for r in "${regressions[@]}"; do
     log=$dir/artifacts/replay-$b-$(basename "$r").log
@@ -82,7 +84,12 @@ fuzz_build() {
     "$bin" "${common[@]}" -runs=0 tests/fuzz/corpus || status=1
     return $status
   fi
+  # New inputs land in the first directory; the repository's corpus is read only.
   if [[ $mode == ci ]]; then
+    # A gate must not fail at random: an empty work corpus, seed 1, a run count instead of a time
+    # (the time cap is only a guard on a slow machine; docs/ci.md has what the runs take), and no
+    # scheduling by execution time.
+    # Exploration with fresh seeds is the timed mode's job; what it finds goes to regressions/.
     work=$dir/corpus-ci-$b
     rm -rf "$work"
     limit=(-seed=1 -runs=10000 -max_total_time=600)
