@@ -72,12 +72,11 @@ struct GroupResult {
 // A (rows, F) batch of random x and dy: the other rows a row is placed among.
 template <class T>
 struct Batch {
-  Index rows;
   std::vector<T> x, dy;
 };
 template <class T>
 Batch<T> random_batch(Index rows, Index F, std::uint32_t seed) {
-  return {rows, random_values<T>(std::size_t(rows * F), 3.0, 2.0, seed),
+  return {random_values<T>(std::size_t(rows * F), 3.0, 2.0, seed),
           random_values<T>(std::size_t(rows * F), 0.0, 1.0, seed + 1)};
 }
 
@@ -85,7 +84,7 @@ Batch<T> random_batch(Index rows, Index F, std::uint32_t seed) {
 template <class T, class Norm>
 GroupResult<T> row_in_batch(const Norm& norm, const std::vector<T>& row, const std::vector<T>& drow,
                             const Batch<T>& batch, Index at, const Eigen::ThreadPoolDevice* device) {
-  const Index F = static_cast<Index>(row.size()), rows = batch.rows;
+  const Index F = static_cast<Index>(row.size()), rows = static_cast<Index>(batch.x.size()) / F;
   std::vector<T> x = batch.x, dy = batch.dy;
   std::copy(row.begin(), row.end(), x.begin() + at * F);
   std::copy(drow.begin(), drow.end(), dy.begin() + at * F);
