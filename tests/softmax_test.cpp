@@ -186,9 +186,25 @@ TEST_CASE("softmax and log-softmax: float64 references, every axis, rank 1-4, bo
   check_all_axes<double, true>(std::array<Index, 3>{3, 17, 70}, 6, 5.0);
 }
 
+// Rows longer than the scratch row (tuning::kSoftmaxScratchBytes) take two exponentials per value:
+// the online max-and-sum pass, then the sweep's own exponential. Shorter rows (every other case
+// here) take one, stored in the scratch row and scaled.
+TEST_CASE("softmax: a row beyond the scratch row, two exponentials per value", "[softmax]") {
+  const Index n = normkit::core::tuning::kSoftmaxScratchBytes / Index(sizeof(float)) + 37;
+  const std::array<Index, 2> dims{1, n};
+  const Vec x = round_to<float>(normal_vec(static_cast<std::size_t>(n), 11, 0.0, 3.0));
+  const Vec want = ref_forward(x, {1, n}, 1, false);
+  const Vec got = run_forward<Fn<float, false>, Eigen::RowMajor>(Fn<float, false>(1), dims, x);
+  double worst = 0;
+  for (std::size_t k = 0; k < got.size(); ++k) worst = std::max(worst, ulps<float>(got[k], want[k]));
+  std::printf("softmax float, a row of %ld: max %.3f ulp\n", static_cast<long>(n), worst);
+  REQUIRE(worst <= 2.5);  // the limit of the float64-reference test above
+}
+
 // Ascending logits raise the running max in every block, then in every remainder packet and tail
 // value: each of the online pass's running sums must be rescaled every time (a sum left at the old
-// max was missed by random data, whose max rarely falls in a row's last packets).
+// max was missed by random data, whose max rarely falls in a row's last packets). Log-softmax takes
+// the online pass at every length; softmax, the one-exponential path at these.
 template <bool Log>
 void check_rising_rows(Index n) {
   const std::array<Index, 2> dims{2, n};

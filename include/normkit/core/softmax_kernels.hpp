@@ -7,6 +7,9 @@
 // once per block and adds the block's exponentials, with Kahan compensation. The max starts at the
 // lowest finite value, not -Inf, so that -Inf logits add exp(-Inf) = 0 and a row of only -Inf ends
 // with S = 0 (then 1/S = Inf and log S = -Inf give NaN, as PyTorch).
+// A run that fits the scratch row (tuning::kSoftmaxScratchBytes) takes one exponential per value
+// instead: its max first (run_max), then e = exp(x - M) stored and summed (run_exp_sum), and the
+// softmax and cross-entropy sweeps scale e.
 // Sweeps:  softmax     y = exp(x - M) / S                 (as exp(x - M) * (1/S))
 //          log-softmax y = x - M - log S
 //          CE dlogits  dx = exp(x - M) * k - beta * w[c]   (k, beta per group; the caller fixes the
@@ -25,6 +28,7 @@
 #include <cstddef>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "col_kernels.hpp"
 #include "fusion.hpp"
@@ -319,6 +323,67 @@ MaxSum<A> run_max_sum(Load x, Index n) {
   return merge(detail::online_reduce(m, s[0], c[0]), detail::online_reduce(tm, ts, tc));
 }
 
+// The max of a run: the first pass of the one-exponential softmax (below). Four running maxima
+// keep the loads independent. A NaN may be dropped here; its exponential is NaN and so is the sum.
+template <class A, class Load>
+A run_max(Load x, Index n) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const A lowest = std::numeric_limits<A>::lowest();
+  packet<A> m[4];
+  for (int j = 0; j < 4; ++j) m[j] = set1<A>(lowest);
+  Index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int j = 0; j < 4; ++j) m[j] = max(m[j], x.template load<packet<A>>(i + j * W));
+  for (; i + W <= n; i += W) m[0] = max(m[0], x.template load<packet<A>>(i));
+  A r = max_lane(max(max(m[0], m[1]), max(m[2], m[3])));
+  for (; i < n; ++i) r = max(r, x.template load<A>(i));
+  return r;
+}
+
+// The one-exponential softmax of a run, for runs whose values fit in cache: with the run's max m
+// known first (run_max), e = exp(x - m) is taken once, written to e (a scratch row) and summed, and
+// the sweep scales e by 1/S instead of taking the exponential again (softmax_sweep_run). The cost
+// is one more rounding per value (e stored as A before the scaling): measured in
+// tests/softmax_test.cpp against float64, and in docs/benchmarks.md.
+template <class A, class Load>
+MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
+  using namespace simd;
+  constexpr Index W = width<A>;
+  const Splat<A> top(m), one(A(1)), zero(A(0));
+  const auto step = [&](Index i, auto& sum, auto& lo) {
+    using V = std::decay_t<decltype(sum)>;
+    const V t = exp_diff(x.template load<V>(i), as<V>(top), as<V>(one), as<V>(zero));
+    storev(e + i, t);
+    detail::two_sum_into(sum, lo, t);
+  };
+  packet<A> s[4], c[4];  // four compensated sums: one chains three dependent adds per value
+  for (int j = 0; j < 4; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
+  Index i = 0;
+  for (; i + 4 * W <= n; i += 4 * W)
+    for (int j = 0; j < 4; ++j) step(i + j * W, s[j], c[j]);
+  for (; i + W <= n; i += W) step(i, s[0], c[0]);
+  A ts = A(0), tc = A(0);
+  for (; i < n; ++i) step(i, ts, tc);
+  for (int j = 1; j < 4; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
+  MaxSum<A> r{m, 0, 0};
+  constexpr std::size_t NL = std::size_t(W);
+  A ls[NL], lc[NL];
+  storev(ls, s[0]), storev(lc, c[0]);
+  for (std::size_t l = 0; l < NL; ++l) add_to(r.sum, r.lo, double(ls[l])), add_to(r.sum, r.lo, double(lc[l]));
+  add_to(r.sum, r.lo, double(ts)), add_to(r.sum, r.lo, double(tc));
+  return r;
+}
+
+// A row of n values of scratch for the calling thread, kept for its next calls: run_exp_sum writes
+// a run's exponentials there and the sweep of that run, on the same thread, reads them back.
+template <class A>
+A* scratch_row(Index n) {
+  thread_local std::vector<A, Eigen::aligned_allocator<A>> row;
+  if (Index(row.size()) < n) row.resize(static_cast<std::size_t>(n));
+  return row.data();
+}
+
 // out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
 template <class A, class Load>
 void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) {
@@ -368,18 +433,20 @@ struct SoftmaxCoef {
   A max = A(0), k = A(0), k_lo = A(0), beta = A(0);
 };
 
-// The sweep of one run: y[i] from x[i] (w: cross-entropy's class weights, per element; may be null).
+// The sweep of one run: y[i] from x[i] (w: cross-entropy's class weights, per element; may be null;
+// e: exp(x - max) per element from run_exp_sum, or null: taken here).
 template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
-void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, bool stream) {
+void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, const A* e, bool stream) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
   for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
-    const V xv = x.template load<V>(i);
     if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
-      y.store(i, log_diff(xv, as<V>(m), as<V>(k), as<V>(k_lo)), stream);
+      y.store(i, log_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo)), stream);
     } else {
-      const V p = exp_diff(xv, as<V>(m), as<V>(k), as<V>(k_lo));
+      // e * k * (1 + k_lo), rounded once
+      const auto scaled = [&](const V& ev) { return madd(ev, as<V>(k), mul(mul(ev, as<V>(k)), as<V>(k_lo))); };
+      const V p = e ? scaled(loadv<V>(e + i)) : exp_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo));
       if constexpr (Mode == SoftmaxSweep::Softmax) y.store(i, p, stream);
       else y.store(i, w ? madd(loadv<V>(w + i), as<V>(neg_beta), p) : add(p, as<V>(neg_beta)), stream);
     }

@@ -3,8 +3,9 @@
 //
 // A group is the set of values one softmax runs over (a row of logits, or a column when the class
 // axis is not the fastest in memory). Forward, per group:
-//   reduce:  MaxSum{max, sum exp(x - max)} per run (run_max_sum) or per panel column
-//            (cols_max_sum); combine = merge (rescale both sums to the larger max)
+//   reduce:  MaxSum{max, sum exp(x - max)} per run (run_max_sum; a group that is one run short
+//            enough: run_max, then run_exp_sum, which keeps each exp(x - max) for the sweep) or per
+//            panel column (cols_max_sum); combine = merge (rescale both sums to the larger max)
 //   finish:  the sweep's coefficients: {max, 1/sum} (softmax), {max, log sum} (log-softmax), or
 //            cross-entropy's loss and gradient factors (below)
 //   sweep:   y = exp(x - max) / sum,  y = x - max - log sum,  or dlogits.
@@ -67,7 +68,17 @@ struct SoftmaxForward {
   void empty(Passes) const {}
 
   Coef start(Index) const { return Coef{}; }
-  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const { return run_max_sum<A>(x.at(at), s.inner); }
+  // Softmax and cross-entropy take one exponential per value where a group is one run that fits
+  // the scratch row (run_exp_sum); log-softmax's sweep takes none, and loss-only cross-entropy has no
+  // sweep.
+  bool one_exp() const {
+    return Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && s.outer == 1 &&
+           s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes;
+  }
+  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
+    if (!one_exp()) return run_max_sum<A>(x.at(at), s.inner);
+    return run_exp_sum<A>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner), scratch_row<A>(s.inner));
+  }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
     cols_max_sum<A>(x.at(at), rows, cols, s.groups, out);
@@ -139,7 +150,8 @@ struct SoftmaxForward {
     for (int r = 0; r < R; ++r) {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
-                              CE ? ce.weight : static_cast<const P*>(nullptr), stream);
+                              CE ? ce.weight : static_cast<const P*>(nullptr),
+                              one_exp() ? scratch_row<A>(s.inner) : nullptr, stream);
       if constexpr (CE)
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
     }

@@ -147,5 +147,9 @@ inline constexpr Index kCacheLineBytes = 64;
 // instead of one per packet, so 1 + 1/4 exps per value, while the block's four exps stay
 // independent (they fill the FMA pipes) and the block's values stay in registers.
 inline constexpr Index kSoftmaxBlock = 4;
+// Softmax and cross-entropy rows of up to this many bytes (of the accumulation type) take one
+// exponential per value instead of two: each row's exponentials go to a per-thread scratch row
+// (run_exp_sum) and the sweep reads them back from cache.
+inline constexpr Index kSoftmaxScratchBytes = Index(4) << 20;
 
 }  // namespace normkit::core::tuning
