@@ -188,7 +188,7 @@ TEST_CASE("softmax and log-softmax: float64 references, every axis, rank 1-4, bo
 
 // Rows longer than the scratch row (tuning::kSoftmaxScratchBytes) take two exponentials per value:
 // the online max-and-sum pass, then the sweep's own exponential. Shorter rows (every other case
-// here) take one, stored in the scratch row and scaled.
+// here) take one, stored in the scratch row and scaled, where the target has FMA (kFusedMadd).
 TEST_CASE("softmax: a row beyond the scratch row, two exponentials per value", "[softmax]") {
   const Index n = normkit::core::tuning::kSoftmaxScratchBytes / Index(sizeof(float)) + 37;
   const std::array<Index, 2> dims{1, n};

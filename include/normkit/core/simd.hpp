@@ -294,6 +294,12 @@ EIGEN_STRONG_INLINE V max(const V& a, const V& b) {
 #endif
   return Eigen::internal::pmax(a, b);
 }
+// Whether madd on packets is one rounding (the target has FMA; NEON on AArch64 has it always).
+#if defined(EIGEN_VECTORIZE_FMA) || (defined(EIGEN_VECTORIZE_NEON) && defined(__ARM_FEATURE_FMA))
+inline constexpr bool kFusedMadd = true;
+#else
+inline constexpr bool kFusedMadd = false;
+#endif
 // a * b + c, fused where the target has FMA. For packets and, in heads and tails, for scalars: the
 // scalar form is fused exactly when the packet one is, so an element gets the same bits in the
 // vector body and in a scalar edge (where the edges fall depends on the pointer's alignment for

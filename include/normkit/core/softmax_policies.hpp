@@ -69,10 +69,10 @@ struct SoftmaxForward {
 
   Coef start(Index) const { return Coef{}; }
   // Softmax and cross-entropy take one exponential per value where a group is one run that fits
-  // the scratch row (run_exp_sum); log-softmax's sweep takes none, and loss-only cross-entropy has no
-  // sweep.
+  // the scratch row (run_exp_sum), on targets with a fused madd; log-softmax's sweep takes none, and
+  // loss-only cross-entropy has no sweep.
   bool one_exp() const {
-    return Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && s.outer == 1 &&
+    return simd::kFusedMadd && Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && s.outer == 1 &&
            s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes;
   }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
