@@ -70,7 +70,8 @@ struct SoftmaxForward {
   Coef start(Index) const { return Coef{}; }
   // Softmax and cross-entropy take one exponential per value where a group is one run that fits
   // the scratch row (run_exp_sum), on targets with a fused madd; log-softmax's sweep takes none, and
-  // loss-only cross-entropy has no sweep.
+  // loss-only cross-entropy has no sweep. It relies on batchable() being false: each group's reduce
+  // is followed by its own sweep, on the same thread, before the next group's reduce.
   bool one_exp() const {
     return simd::kFusedMadd && Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && s.outer == 1 &&
            s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes;
