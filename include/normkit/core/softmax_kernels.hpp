@@ -371,15 +371,16 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     storev(e + i, t);
     detail::two_sum_into(sum, lo, t);
   };
-  packet<A> s[4], c[4];  // four compensated sums: one chains three dependent adds per value
-  for (int j = 0; j < 4; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
+  constexpr int K = tuning::kSoftmaxExpSums;
+  packet<A> s[K], c[K];
+  for (int j = 0; j < K; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
   Index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W)
-    for (int j = 0; j < 4; ++j) step(i + j * W, s[j], c[j]);
+  for (; i + K * W <= n; i += K * W)
+    for (int j = 0; j < K; ++j) step(i + j * W, s[j], c[j]);
   for (; i + W <= n; i += W) step(i, s[0], c[0]);
   A ts = A(0), tc = A(0);
   for (; i < n; ++i) step(i, ts, tc);
-  for (int j = 1; j < 4; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
+  for (int j = 1; j < K; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
   MaxSum<A> r{m, 0, 0};
   constexpr std::size_t NL = std::size_t(W);
   A ls[NL], lc[NL];
