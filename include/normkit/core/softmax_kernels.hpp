@@ -449,13 +449,17 @@ struct SoftmaxCoef {
 };
 
 // The sweep of one run: y[i] from x[i] (w: cross-entropy's class weights, per element; may be null;
-// e: exp(x - max) per element from run_exp_sum, or null: taken here).
+// e: exp(x - max) per element from run_exp_sum, or null: taken here). next (0: none): the run at
+// x + next is read next and is prefetched into L2 meanwhile (as normalize_runs does).
 template <SoftmaxSweep Mode, class A, class Load, class Store, class P>
-void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, const A* e, bool stream) {
+void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const P* w, const A* e, bool stream,
+                       Index next) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
   for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
+    if constexpr (!is_scalar<V>)
+      if (next) x.prefetch(next + i);
     if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
       y.store(i, log_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo)), stream);
     } else {

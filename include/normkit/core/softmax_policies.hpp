@@ -147,12 +147,12 @@ struct SoftmaxForward {
   }
 
   template <int R>
-  void sweep_runs(Index g, Index o, const Coef* c, Index, A*) const {
+  void sweep_runs(Index g, Index o, const Coef* c, Index next, A*) const {
     for (int r = 0; r < R; ++r) {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
                               CE ? ce.weight : static_cast<const P*>(nullptr),
-                              one_exp() ? scratch_row<A>(s.inner) : nullptr, stream);
+                              one_exp() ? scratch_row<A>(s.inner) : nullptr, stream, next);
       if constexpr (CE)
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
     }
