@@ -346,6 +346,63 @@ EIGEN_STRONG_INLINE auto sum(const V& a) {
   }
 }
 
+// Float lanes summed in double: a sum of floats kept in double needs no compensation (each addition
+// rounds at 2^-53 of the sum; a float result sees 2^-24), and widening costs less than a TwoSum.
+// A packet of float is widened to two packets of double, its first and second halves; where there
+// is no such pair (no SIMD, 32-bit NEON) lane by lane through memory.
+struct WideSum {
+#if defined(EIGEN_VECTORIZE_SSE2) || (defined(EIGEN_VECTORIZE_NEON) && defined(__aarch64__))
+  packet<double> lo = set1<double>(0.0), hi = set1<double>(0.0);
+#else
+  double lanes[width<float>] = {};
+#endif
+  double tail = 0;    // scalar edges
+  template <class V>  // a packet of float, or one float
+  EIGEN_STRONG_INLINE void add(const V& v) {
+    if constexpr (std::is_floating_point_v<V>) tail += double(v);
+    else add_packet(v);
+  }
+  EIGEN_STRONG_INLINE void add_packet(const packet<float>& v) {
+#if defined(EIGEN_VECTORIZE_AVX512)  // zero-masked forms: GCC bug 105593 (see max above)
+    // the halves extracted (GCC 12's _mm512_castps512_ps256 also goes through an undefined operand)
+    const __m512d d = _mm512_castps_pd(v);
+    const __m256 first = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, d, 0));
+    const __m256 second = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, d, 1));
+    lo = _mm512_add_pd(lo, _mm512_maskz_cvtps_pd(0xFF, first));
+    hi = _mm512_add_pd(hi, _mm512_maskz_cvtps_pd(0xFF, second));
+#elif defined(EIGEN_VECTORIZE_AVX)
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+#elif defined(EIGEN_VECTORIZE_SSE2)
+    lo = _mm_add_pd(lo, _mm_cvtps_pd(v));
+    hi = _mm_add_pd(hi, _mm_cvtps_pd(_mm_movehl_ps(v, v)));
+#elif defined(EIGEN_VECTORIZE_NEON) && defined(__aarch64__)
+    lo = vaddq_f64(lo, vcvt_f64_f32(vget_low_f32(v)));
+    hi = vaddq_f64(hi, vcvt_high_f64_f32(v));
+#else
+    constexpr int n = int(width<float>);
+    float f[n];
+    Eigen::internal::pstoreu(f, v);
+    for (int l = 0; l < n; ++l) lanes[l] += double(f[l]);
+#endif
+  }
+#if defined(EIGEN_VECTORIZE_SSE2) || (defined(EIGEN_VECTORIZE_NEON) && defined(__aarch64__))
+  static constexpr int kParts = 2 * int(width<double>) + 1;
+#else
+  static constexpr int kParts = int(width<float>) + 1;
+#endif
+  // The partial sums (lanes, then the edges'), for the caller to add up.
+  void store(double (&out)[kParts]) const {
+#if defined(EIGEN_VECTORIZE_SSE2) || (defined(EIGEN_VECTORIZE_NEON) && defined(__aarch64__))
+    constexpr int n = int(width<double>);
+    Eigen::internal::pstoreu(out, lo), Eigen::internal::pstoreu(out + n, hi);
+#else
+    for (int l = 0; l + 1 < kParts; ++l) out[l] = lanes[l];
+#endif
+    out[kParts - 1] = tail;
+  }
+};
+
 // Largest lane; for rare paths (through memory).
 template <class V>
 auto max_lane(const V& a) {

@@ -184,7 +184,8 @@ EIGEN_STRONG_INLINE P log_diff_packet(const P& x, const P& m, const P& l, const 
 template <class P>
 EIGEN_STRONG_INLINE lane_t<P> first_lane(const P& v) {
 #if defined(__GNUC__)
-  return v[0];
+  if constexpr (std::is_floating_point_v<P>) return v;  // no SIMD: the "packet" is one value
+  else return v[0];
 #else
   lane_t<P> lanes[Eigen::internal::unpacket_traits<P>::size];
   Eigen::internal::pstoreu(lanes, v);
@@ -365,28 +366,35 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   using namespace simd;
   constexpr Index W = width<A>;
   const Splat<A> top(m), one(A(1)), zero(A(0));
-  const auto step = [&](Index i, auto& sum, auto& lo) {
-    using V = std::decay_t<decltype(sum)>;
+  const auto exp_at = [&](Index i, auto lane) NORMKIT_LANE {
+    using V = decltype(lane);
     const V t = exp_diff(x.template load<V>(i), as<V>(top), as<V>(one), as<V>(zero));
     storev(e + i, t);
-    detail::two_sum_into(sum, lo, t);
+    return t;
   };
-  constexpr int K = tuning::kSoftmaxExpSums;
-  packet<A> s[K], c[K];
-  for (int j = 0; j < K; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
-  Index i = 0;
-  for (; i + K * W <= n; i += K * W)
-    for (int j = 0; j < K; ++j) step(i + j * W, s[j], c[j]);
-  for (; i + W <= n; i += W) step(i, s[0], c[0]);
-  A ts = A(0), tc = A(0);
-  for (; i < n; ++i) step(i, ts, tc);
-  for (int j = 1; j < K; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
   MaxSum<A> r{m, 0, 0};
-  constexpr std::size_t NL = std::size_t(W);
-  A ls[NL], lc[NL];
-  storev(ls, s[0]), storev(lc, c[0]);
-  for (std::size_t l = 0; l < NL; ++l) add_to(r.sum, r.lo, double(ls[l])), add_to(r.sum, r.lo, double(lc[l]));
-  add_to(r.sum, r.lo, double(ts)), add_to(r.sum, r.lo, double(tc));
+  if constexpr (std::is_same_v<A, float>) {  // summed in double (WideSum)
+    WideSum sum;
+    for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
+    double parts[WideSum::kParts];
+    sum.store(parts);
+    for (double v : parts) add_to(r.sum, r.lo, v);
+  } else {  // double: tuning::kSoftmaxExpSums compensated sums, packets taking turns
+    constexpr int K = tuning::kSoftmaxExpSums;
+    packet<A> s[K], c[K];
+    for (int j = 0; j < K; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
+    Index i = 0;
+    for (; i + K * W <= n; i += K * W)
+      for (int j = 0; j < K; ++j) detail::two_sum_into(s[j], c[j], exp_at(i + j * W, packet<A>{}));
+    A ts = A(0), tc = A(0);
+    for (; i < n; ++i) detail::two_sum_into(ts, tc, exp_at(i, A{}));
+    for (int j = 1; j < K; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
+    constexpr std::size_t NL = std::size_t(W);
+    A ls[NL], lc[NL];
+    storev(ls, s[0]), storev(lc, c[0]);
+    for (std::size_t l = 0; l < NL; ++l) add_to(r.sum, r.lo, double(ls[l])), add_to(r.sum, r.lo, double(lc[l]));
+    add_to(r.sum, r.lo, double(ts)), add_to(r.sum, r.lo, double(tc));
+  }
   return r;
 }
 

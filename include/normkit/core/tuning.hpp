@@ -151,10 +151,11 @@ inline constexpr Index kSoftmaxBlock = 4;
 // exponential per value instead of two: each row's exponentials go to a per-thread scratch row
 // (run_exp_sum) and the sweep reads them back from cache.
 inline constexpr Index kSoftmaxScratchBytes = Index(4) << 20;
-// run_exp_sum keeps this many compensated sums, packets taking turns: a sum's TwoSum chains three
-// dependent adds, which two packets' exponentials outlast; with four, the sums and their
-// compensations no longer fit AVX2's 16 registers beside the exponential's constants and were
-// spilled to the stack and reloaded every packet.
+// run_exp_sum of double keeps this many compensated sums, packets taking turns (float sums in
+// double instead, simd::WideSum): a sum's TwoSum chains three dependent adds, which two packets'
+// exponentials outlast; with four, the sums and their compensations no longer fit AVX2's 16
+// registers beside the exponential's constants and were spilled to the stack and reloaded every
+// packet (measured with float, before its sums went to double).
 inline constexpr int kSoftmaxExpSums = 2;
 
 }  // namespace normkit::core::tuning
