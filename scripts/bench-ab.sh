@@ -5,6 +5,8 @@
 # rounds a neighbour disturbed. Pass the same revision twice for an A/A run: its spread is the
 # noise floor against which an A/B difference means something.
 #   scripts/bench-ab.sh BEFORE AFTER [rounds=5] [filter='normkit/|^Moments']
+# NORMKIT_AB_TARGET picks another benchmark binary of bench/ (default normkit_bench), e.g.
+# NORMKIT_AB_TARGET=normkit_bench_softmax scripts/bench-ab.sh ccb474b HEAD 5 .
 # Writes $NORMKIT_AB_DIR (default /tmp/normkit-ab)/{A,B}<k>.json and prints the table (bench/ab_report.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +14,7 @@ before=${1:?usage: $0 BEFORE AFTER [rounds] [filter]}
 after=${2:?usage: $0 BEFORE AFTER [rounds] [filter]}
 rounds=${3:-5}
 filter=${4:-'normkit/|^Moments'}
+target=${NORMKIT_AB_TARGET:-normkit_bench}
 out=${NORMKIT_AB_DIR:-/tmp/normkit-ab}
 mkdir -p "$out"
 bash scripts/install-deps.sh --bench
@@ -21,14 +24,14 @@ build() {  # $1 = A or B, $2 = revision; a detached worktree per side, reused wh
   if [[ ! -d $tree ]]; then git worktree add -q --detach "$tree" "$2"; else git -C "$tree" checkout -q --detach "$2"; fi
   cmake -S "$tree" -B "$tree/build-bench" -DCMAKE_BUILD_TYPE=Release -DNORMKIT_NATIVE=ON \
     -DNORMKIT_BUILD_BENCHMARKS=ON -DNORMKIT_BUILD_TESTS=OFF -DNORMKIT_BUILD_EXAMPLES=OFF > /dev/null
-  cmake --build "$tree/build-bench" -j2 --target normkit_bench > /dev/null
+  cmake --build "$tree/build-bench" -j2 --target "$target" > /dev/null
 }
 build A "$before"
 build B "$after"
 
 for ((k = 1; k <= rounds; ++k)); do
   for v in A B; do
-    "$out/tree-$v/build-bench/bench/normkit_bench" --benchmark_filter="$filter" --benchmark_min_time=0.1 \
+    "$out/tree-$v/build-bench/bench/$target" --benchmark_filter="$filter" --benchmark_min_time=0.1 \
       --benchmark_out="$out/$v$k.json" --benchmark_out_format=json > /dev/null
   done
 done
