@@ -149,7 +149,10 @@ inline constexpr Index kCacheLineBytes = 64;
 inline constexpr Index kSoftmaxBlock = 4;
 // Softmax and cross-entropy rows of up to this many bytes (of the accumulation type) take one
 // exponential per value instead of two: each row's exponentials go to a per-thread scratch row
-// (run_exp_sum) and the sweep reads them back from cache.
+// (run_exp_sum, kept for the thread's next calls) and the sweep reads them back. Up to this size
+// the row and its scratch fit together in the smallest shared L3 we run on (8 MiB), so the sweep
+// reads the scratch from cache; a longer row would send it to memory and back, and would keep
+// that much memory per thread.
 inline constexpr Index kSoftmaxScratchBytes = Index(4) << 20;
 // run_exp_sum of double keeps this many compensated sums, packets taking turns (float sums in
 // double instead, simd::WideSum): a sum's TwoSum chains three dependent adds, which two packets'
