@@ -372,13 +372,14 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     storev(e + i, t);
     return t;
   };
-  MaxSum<A> r{m, 0, 0};
   if constexpr (std::is_same_v<A, float>) {  // summed in double (WideSum)
     WideSum sum;
     for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
     double parts[WideSum::kParts];
     sum.store(parts);
+    MaxSum<A> r{m, 0, 0};
     for (double v : parts) add_to(r.sum, r.lo, v);
+    return r;
   } else {  // double: tuning::kSoftmaxExpSums compensated sums, packets taking turns
     constexpr int K = tuning::kSoftmaxExpSums;
     packet<A> s[K], c[K];
@@ -389,13 +390,11 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     A ts = A(0), tc = A(0);
     for (; i < n; ++i) detail::two_sum_into(ts, tc, exp_at(i, A{}));
     for (int j = 1; j < K; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
-    constexpr std::size_t NL = std::size_t(W);
-    A ls[NL], lc[NL];
-    storev(ls, s[0]), storev(lc, c[0]);
-    for (std::size_t l = 0; l < NL; ++l) add_to(r.sum, r.lo, double(ls[l])), add_to(r.sum, r.lo, double(lc[l]));
+    // every lane's max is m: online_reduce scales each lane by exp(m - m) = 1
+    MaxSum<A> r = detail::online_reduce(set1<A>(m), s[0], c[0]);
     add_to(r.sum, r.lo, double(ts)), add_to(r.sum, r.lo, double(tc));
+    return r;
   }
-  return r;
 }
 
 // A row of n values of scratch for the calling thread, kept for its next calls: run_exp_sum writes
