@@ -1,5 +1,6 @@
 // Run-time ISA dispatch from a binary built for the x86-64 baseline: every level this CPU can run
-// must give LayerNorm's output (against a float64 reference) and say it is the level asked for;
+// must give LayerNorm's and Softmax's outputs (against float64 references) and say it is the level
+// asked for;
 // best_level() must be the one given on the command line, if any (scripts/consumer-test.sh runs
 // this under qemu-x86_64 as older CPUs). Exits non-zero on any mismatch.
 #include <cmath>
@@ -30,6 +31,37 @@ std::vector<double> reference(const std::vector<float>& x, const normkit::LayerN
       y[r * kFeatures + c] = (row[c] - mean) * rstd * ln.weight()(c) + ln.bias()(c);
   }
   return y;
+}
+
+// Softmax of each row in float64.
+std::vector<double> softmax_reference(const std::vector<float>& x) {
+  std::vector<double> y(x.size());
+  for (Eigen::Index r = 0; r < kRows; ++r) {
+    const float* row = x.data() + r * kFeatures;
+    double max = row[0], sum = 0;
+    for (Eigen::Index c = 0; c < kFeatures; ++c) max = std::fmax(max, row[c]);
+    for (Eigen::Index c = 0; c < kFeatures; ++c) sum += std::exp(row[c] - max);
+    for (Eigen::Index c = 0; c < kFeatures; ++c) y[r * kFeatures + c] = std::exp(row[c] - max) / sum;
+  }
+  return y;
+}
+
+// Softmax at `level`, in units of the float64 answer's float ulp: the contract's bound is 2 ulp.
+bool run_softmax(Level level, const std::vector<float>& x, const std::vector<double>& expected) {
+  std::vector<float> y(x.size());
+  const Level ran = normkit::dispatch::pick(NORMKIT_ISA_VARIANTS(softmax_rows), level)(x.data(), y.data(), kRows,
+                                                                                       kFeatures);
+  double worst = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    const float e = static_cast<float>(expected[i]);
+    const double ulp = static_cast<double>(std::nextafter(e, 1.0f) - e);
+    const double err = std::fabs(y[i] - expected[i]) / ulp;
+    if (!(err <= worst)) worst = err;
+  }
+  const bool ok = ran == level && worst <= 2.0;
+  std::printf("normkit_consumer_dispatch: %-9s ran as %-9s softmax within %.2f ulp of float64 %s\n",
+              normkit::dispatch::level_name(level), normkit::dispatch::level_name(ran), worst, ok ? "OK" : "MISMATCH");
+  return ok;
 }
 
 bool run_level(Level level, const normkit::LayerNorm<float>& ln, const std::vector<float>& x,
@@ -65,14 +97,14 @@ int main(int argc, char** argv) {
     ln.bias()(i) = static_cast<float>(i % 5) * 0.1f - 0.2f;
   }
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 1009) * 0.01f - 5.0f;
-  const std::vector<double> expected = reference(x, ln);
+  const std::vector<double> expected = reference(x, ln), expected_softmax = softmax_reference(x);
 
   bool ok = true;
 #if defined(__x86_64__)
   for (Level level : {Level::x86_64, Level::v2, Level::v3, Level::v4})
-    if (level <= best) ok = run_level(level, ln, x, expected) && ok;
+    if (level <= best) ok = run_level(level, ln, x, expected) && run_softmax(level, x, expected_softmax) && ok;
 #else
-  ok = run_level(Level::base, ln, x, expected);
+  ok = run_level(Level::base, ln, x, expected) && run_softmax(Level::base, x, expected_softmax);
 #endif
   return ok ? 0 : 1;
 }

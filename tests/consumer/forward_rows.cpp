@@ -26,3 +26,9 @@ normkit::dispatch::Level NORMKIT_ISA_FN(layer_norm_rows)(const normkit::LayerNor
   ln.forward(Eigen::TensorMap<const Rows>(x, rows, features), Eigen::TensorMap<Rows>(y, rows, features));
   return compiled_level();
 }
+
+normkit::dispatch::Level NORMKIT_ISA_FN(softmax_rows)(const float* x, float* y, Eigen::Index rows, Eigen::Index cols) {
+  using Rows = Eigen::Tensor<float, 2, Eigen::RowMajor>;
+  normkit::Softmax<float>().forward(Eigen::TensorMap<const Rows>(x, rows, cols), Eigen::TensorMap<Rows>(y, rows, cols));
+  return compiled_level();
+}
