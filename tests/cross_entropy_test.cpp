@@ -268,6 +268,36 @@ TEST_CASE("cross-entropy: logits of any magnitude, -Inf, NaN in one row", "[cros
   REQUIRE(std::isnan(CrossEntropyLoss<float>().forward(xn, t)(0)));
 }
 
+// A confident, correct prediction has loss log S = log1p(rest), rest = sum of exp(x[c] - x[t]) far
+// below 1: its digits are those of rest, which a sum in float (or in double, for rest < 2^-53) loses.
+TEST_CASE("cross-entropy: the loss of a dominant target keeps its digits", "[cross_entropy][numerics]") {
+  for (Index C : {100, 1000}) {
+    const std::vector<float> margins{10, 20, 30, 40, 60};
+    const Index N = Index(margins.size());
+    Eigen::Tensor<float, 2, Eigen::RowMajor> x(N, C), dx(N, C);
+    Eigen::Tensor<I64, 1> t(N);
+    std::vector<double> want(std::size_t(N), 0.0);
+    for (Index r = 0; r < N; ++r) {
+      t(r) = (r * 37) % C;
+      for (Index c = 0; c < C; ++c) x(r, c) = c == t(r) ? margins[std::size_t(r)] : float(c % 7) * 0.25f - 1;
+      for (Index c = 0; c < C; ++c)
+        if (c != t(r)) want[std::size_t(r)] += std::exp(double(x(r, c)) - double(x(r, t(r))));
+      want[std::size_t(r)] = std::log1p(want[std::size_t(r)]);
+    }
+    CrossEntropyLoss<float> ce({-100, 0.0, Reduction::None});
+    const auto loss = ce.forward(x, t);
+    const auto fused = ce.forward_backward(x, t, dx);
+    for (Index r = 0; r < N; ++r) {
+      const float w = static_cast<float>(want[std::size_t(r)]);
+      const double ulp = double(std::nextafter(w, 1.0f) - w);
+      INFO("C " << C << " margin " << margins[std::size_t(r)] << " want " << want[std::size_t(r)] << " forward "
+                << loss(r) << " forward_backward " << fused(r));
+      REQUIRE(std::fabs(double(loss(r)) - want[std::size_t(r)]) <= 2 * ulp);
+      REQUIRE(std::fabs(double(fused(r)) - want[std::size_t(r)]) <= 2 * ulp);
+    }
+  }
+}
+
 TEST_CASE("cross-entropy: invariance to the thread count; bfloat16 with float weights", "[cross_entropy][invariance]") {
   Eigen::ThreadPool pool(4);
   {

@@ -148,6 +148,31 @@ EIGEN_STRONG_INLINE P keep_where_less(const P& a, const P& b, const P& v) {
   return ei::pand(ei::pcmp_lt(a, b), v);
 }
 
+// t where t != 1 (a NaN included), else 0, adding 1 to `ones` there: exp(x - max) is exactly 1 for
+// the values equal to the max, counted apart from the rest (run_exp_sum). Not x == max: a +Inf max
+// gives exp(Inf - Inf) = NaN, which must reach the sum.
+template <class V>
+EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
+  namespace ei = Eigen::internal;
+  using A = lane_t<V>;
+  if constexpr (is_scalar<V>) {
+    if (!(t == A(1))) return t;
+    ones += A(1);
+    return A(0);
+  } else {
+    const V one = set1<A>(A(1));
+#if defined(EIGEN_VECTORIZE_AVX512)
+    if constexpr (sizeof(V) == 64 && std::is_same_v<A, float>) {
+      ones = _mm512_mask_add_ps(ones, _mm512_cmp_ps_mask(t, one, _CMP_EQ_OQ), ones, one);
+      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, one, _CMP_NEQ_UQ), t);
+    }
+#endif
+    const V is_one = ei::pcmp_eq(t, one);
+    ones = ei::padd(ones, ei::pand(is_one, one));
+    return ei::pandnot(t, is_one);
+  }
+}
+
 // exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is above the
 // flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
 // (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
@@ -364,13 +389,38 @@ A run_max(Load x, Index n) {
   return r;
 }
 
+// sum e in double, the values equal to 1 counted apart and added first: S = count + rest with rest's
+// rounding error kept (MaxSum::lo), for rest far below 1 (run_exp_sum).
+inline MaxSum<float> sum_ones_apart(const float* e, Index n, float m) {
+  using namespace simd;
+  WideSum rest;
+  packet<float> ones = set1<float>(0.f);
+  float tail_ones = 0.f;
+  for_lanes<float>(n, 0, [&](Index i, auto lane) NORMKIT_LANE {
+    using V = decltype(lane);
+    if constexpr (is_scalar<V>) rest.add(count_ones(e[i], tail_ones));
+    else rest.add(count_ones(loadv<V>(e + i), ones));
+  });
+  double parts[WideSum::kParts];
+  rest.store(parts);
+  MaxSum<float> r{m, double(simd::sum(ones)) + double(tail_ones), 0};  // a count: exact
+  for (double v : parts) add_to(r.sum, r.lo, v);
+  return r;
+}
+
 // The one-exponential softmax of a run, for runs whose values fit in cache: with the run's max m
 // known first (run_max), e = exp(x - m) is taken once, written to e (a scratch row) and summed, and
-// the sweep scales e by 1/S instead of taking the exponential again (softmax_sweep_run). The cost
-// is one more rounding per value (e stored as A before the scaling): float's measured maximum
+// the sweep may scale e by 1/S instead of taking the exponential again (softmax_sweep_run). The
+// cost is one more rounding per value (e stored as A before the scaling): float's measured maximum
 // against float64 went from 1.71 to 1.73 ulp (AVX2, NEON); without FMA the scaling rounds twice
-// and reached 2.61 (x86-64-v2), so only targets with a fused madd take this path.
-template <class A, class Load>
+// and reached 2.61 (x86-64-v2), so only targets with a fused madd scale e.
+// Float sums in double (WideSum). S = 1 + rest, the max's own term being exactly 1: a lane adding
+// tiny terms to that 1 loses up to 2^-53 each, up to n * 2^-53 of rest in all. Log-softmax's
+// -log S and cross-entropy's loss log S of a dominant value are made of rest's digits, so with
+// ExactRest a row whose rest is below n * 2^-23 (where that loss could exceed 2^-30 of rest: a
+// confident prediction) is summed again from e with the ones counted apart (sum_ones_apart): a
+// pass over the cached e without exponentials. Softmax's 1/S needs no more than the first sum.
+template <class A, bool ExactRest = false, class Load>
 MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   using namespace simd;
   constexpr Index W = width<A>;
@@ -381,15 +431,17 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     storev(e + i, t);
     return t;
   };
-  if constexpr (std::is_same_v<A, float>) {  // summed in double (WideSum)
+  if constexpr (std::is_same_v<A, float>) {
     WideSum sum;
     for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
     double parts[WideSum::kParts];
     sum.store(parts);
     MaxSum<A> r{m, 0, 0};
     for (double v : parts) add_to(r.sum, r.lo, v);
+    // a NaN sum fails the test too, and stays NaN
+    if (ExactRest && !(r.sum - 1 >= double(n) * 0x1p-23)) return sum_ones_apart(e, n, m);
     return r;
-  } else {  // double: tuning::kSoftmaxExpSums compensated sums, packets taking turns
+  } else {  // double: tuning::kSoftmaxExpSums compensated sums (they keep 1 + rest's digits)
     constexpr int K = tuning::kSoftmaxExpSums;
     packet<A> s[K], c[K];
     for (int j = 0; j < K; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];

@@ -78,7 +78,8 @@ struct SoftmaxForward {
   }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     if (!one_exp()) return run_max_sum<A>(x.at(at), s.inner);
-    return run_exp_sum<A>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner), scratch_row<A>(s.inner));
+    // cross-entropy's loss log S near 0 needs its digits (ExactRest)
+    return run_exp_sum<A, CE>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner), scratch_row<A>(s.inner));
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
