@@ -68,18 +68,22 @@ struct SoftmaxForward {
   void empty(Passes) const {}
 
   Coef start(Index) const { return Coef{}; }
-  // Softmax and cross-entropy take one exponential per value where a group is one run that fits
-  // the scratch row (run_exp_sum), on targets with a fused madd; log-softmax's sweep takes none, and
-  // loss-only cross-entropy has no sweep. It relies on batchable() being false: each group's reduce
-  // is followed by its own sweep, on the same thread, before the next group's reduce.
-  bool one_exp() const {
-    return simd::kFusedMadd && Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && s.outer == 1 &&
-           s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes;
+  // A group that is one run of at most the scratch row's size takes its max first, then one
+  // exponential per value, kept in the scratch row, for the sum (run_max, run_exp_sum), not the
+  // online pass's 1 + 1/4: the run is in cache for the second read. Softmax and cross-entropy
+  // sweeps scale the kept exponentials (scale_exp) on targets with a fused madd; log-softmax's
+  // sweep takes none, loss-only cross-entropy has no sweep. scale_exp relies on batchable() being
+  // false: each group's reduce is followed by its own sweep, on the same thread, before the next
+  // group's reduce. Log-softmax and cross-entropy need log S's digits near 0 (run_exp_sum's
+  // ExactRest).
+  bool max_first() const { return s.outer == 1 && s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes; }
+  bool scale_exp() const {
+    return simd::kFusedMadd && Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && max_first();
   }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
-    if (!one_exp()) return run_max_sum<A>(x.at(at), s.inner);
-    // cross-entropy's loss log S near 0 needs its digits (ExactRest)
-    return run_exp_sum<A, CE>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner), scratch_row<A>(s.inner));
+    if (!max_first()) return run_max_sum<A>(x.at(at), s.inner);
+    return run_exp_sum<A, Mode != SoftmaxSweep::Softmax>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner),
+                                                         scratch_row<A>(s.inner));
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
@@ -153,7 +157,7 @@ struct SoftmaxForward {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
                               CE ? ce.weight : static_cast<const P*>(nullptr),
-                              one_exp() ? scratch_row<A>(s.inner) : nullptr, stream, next);
+                              scale_exp() ? scratch_row<A>(s.inner) : nullptr, stream, next);
       if constexpr (CE)
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
     }
