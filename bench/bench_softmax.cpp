@@ -3,6 +3,9 @@
 //   Softmax/fwd/<dtype>/<N>x<C>/t1          read x, write y            bytes = 2 * N * C * sizeof(T)
 //   LogSoftmax/fwd/<dtype>/<N>x<C>/t1       same
 //   CrossEntropy/fwd_bwd/fp32/<N>x<V>/t1    read logits, write dlogits  bytes = 2 * N * V * 4
+//   CrossEntropy/fwd_bwd_confident/...      same, each target's logit 40 above the row's others:
+//                                           losses near 0, whose digits take a second sum (of the
+//                                           kept exponentials) in run_exp_sum
 //   Copy/<dtype>/<N>x<C>/t1                 read one array, write another of the same size
 // Names match bench/torch_bench.py's (which ends them in /torch). ratio to copy = copy time / time.
 // A separate binary from normkit_bench (its own small main): a softmax change rebuilds one TU.
@@ -10,6 +13,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -63,13 +67,20 @@ void copy_case(benchmark::State& state, Index N, Index C) {
   state.SetBytesProcessed(state.iterations() * 2 * N * C * Index(sizeof(T)));
 }
 
-void cross_entropy_case(benchmark::State& state, Index N, Index V) {
-  const std::vector<float> xs = random_logits<float>(N * V, 2);
+void cross_entropy_case(benchmark::State& state, Index N, Index V, float margin) {
+  std::vector<float> xs = random_logits<float>(N * V, 2);
   std::vector<float> ds(xs.size());
   Eigen::TensorMap<const Eigen::Tensor<float, 2, Eigen::RowMajor>> x(xs.data(), N, V);
   Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> dx(ds.data(), N, V);
   Eigen::Tensor<std::int64_t, 1> t(N);
-  for (Index i = 0; i < N; ++i) t(i) = (i * 7919) % V;
+  for (Index i = 0; i < N; ++i) {
+    t(i) = (i * 7919) % V;
+    if (margin > 0) {
+      float top = xs[std::size_t(i * V)];
+      for (Index c = 1; c < V; ++c) top = std::max(top, xs[std::size_t(i * V + c)]);
+      xs[std::size_t(i * V + t(i))] = top + margin;
+    }
+  }
   const normkit::CrossEntropyLoss<float> ce;
   ce.forward_backward(x, t, dx);
   for (auto _ : state) {
@@ -102,9 +113,11 @@ const int registered = [] {
   for (const auto& s : ce_shapes) {
     const Index N = s[0], V = s[1];
     reg("CrossEntropy/fwd_bwd/fp32/" + shape(N, V) + "/t1",
-        [N, V](benchmark::State& st) { cross_entropy_case(st, N, V); });
+        [N, V](benchmark::State& st) { cross_entropy_case(st, N, V, 0.f); });
     reg("Copy/fp32/" + shape(N, V) + "/t1", [N, V](benchmark::State& st) { copy_case<float>(st, N, V); });
   }
+  reg("CrossEntropy/fwd_bwd_confident/fp32/" + shape(2048, 32000) + "/t1",
+      [](benchmark::State& st) { cross_entropy_case(st, 2048, 32000, 40.f); });
   return 0;
 }();
 
