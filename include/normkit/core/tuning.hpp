@@ -147,11 +147,12 @@ inline constexpr Index kCacheLineBytes = 64;
 // instead of one per packet, so 1 + 1/4 exps per value, while the block's four exps stay
 // independent (they fill the FMA pipes) and the block's values stay in registers.
 inline constexpr Index kSoftmaxBlock = 4;
-// Softmax and cross-entropy rows of up to this many bytes (of the accumulation type) take one
-// exponential per value instead of two: each row's exponentials go to a per-thread scratch row
-// (run_exp_sum, kept for the thread's next calls) and the sweep reads them back. Up to this size
-// the row and its scratch fit together in the smallest shared L3 we run on (8 MiB), so the sweep
-// reads the scratch from cache; a longer row would send it to memory and back, and would keep
+// Softmax, log-softmax and cross-entropy rows of up to this many bytes (of the accumulation type)
+// take their max first, then one exponential per value: each row's exponentials go to a per-thread
+// scratch row (run_exp_sum, kept for the thread's next calls), which the softmax and cross-entropy
+// sweeps read back instead of taking a second exponential. Up to this size the row and its
+// scratch fit together in the smallest shared L3 we run on (8 MiB), so the second pass and the
+// sweep read them from cache; a longer row would send them to memory and back, and would keep
 // that much memory per thread.
 inline constexpr Index kSoftmaxScratchBytes = Index(4) << 20;
 // run_exp_sum of double keeps this many compensated sums, packets taking turns (float sums in
