@@ -39,7 +39,9 @@ std::vector<double> softmax_reference(const std::vector<float>& x) {
   for (Eigen::Index r = 0; r < kRows; ++r) {
     const float* row = x.data() + r * kFeatures;
     double max = row[0], sum = 0;
-    for (Eigen::Index c = 0; c < kFeatures; ++c) max = std::fmax(max, row[c]);
+    // not std::fmax: aarch64-linux-gnu-g++ 12 -O2 stops with an internal compiler error
+    // (vect_transform_reduction) on that reduction of floats into a double
+    for (Eigen::Index c = 0; c < kFeatures; ++c) max = row[c] > max ? row[c] : max;
     for (Eigen::Index c = 0; c < kFeatures; ++c) sum += std::exp(row[c] - max);
     for (Eigen::Index c = 0; c < kFeatures; ++c) y[r * kFeatures + c] = std::exp(row[c] - max) / sum;
   }
