@@ -390,6 +390,16 @@ A run_max(Load x, Index n) {
   return r;
 }
 
+// A float run's MaxSum from its sums in double: S = start + the parts, each addition's rounding
+// error kept (MaxSum::lo).
+inline MaxSum<float> wide_max_sum(const simd::WideSum& sum, float m, double start) {
+  double parts[simd::WideSum::kParts];
+  sum.store(parts);
+  MaxSum<float> r{m, start, 0};
+  for (double v : parts) add_to(r.sum, r.lo, v);
+  return r;
+}
+
 // sum e in double, the values equal to 1 counted apart and added first: S = count + rest with rest's
 // rounding error kept (MaxSum::lo), for rest far below 1 (run_exp_sum).
 inline MaxSum<float> sum_ones_apart(const float* e, Index n, float m) {
@@ -402,11 +412,7 @@ inline MaxSum<float> sum_ones_apart(const float* e, Index n, float m) {
     if constexpr (is_scalar<V>) rest.add(count_ones(e[i], tail_ones));
     else rest.add(count_ones(loadv<V>(e + i), ones));
   });
-  double parts[WideSum::kParts];
-  rest.store(parts);
-  MaxSum<float> r{m, double(simd::sum(ones)) + double(tail_ones), 0};  // a count: exact
-  for (double v : parts) add_to(r.sum, r.lo, v);
-  return r;
+  return wide_max_sum(rest, m, double(simd::sum(ones)) + double(tail_ones));  // a count: exact
 }
 
 // The one-exponential softmax of a run, for runs whose values fit in cache: with the run's max m
@@ -435,10 +441,7 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   if constexpr (std::is_same_v<A, float>) {
     WideSum sum;
     for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
-    double parts[WideSum::kParts];
-    sum.store(parts);
-    MaxSum<A> r{m, 0, 0};
-    for (double v : parts) add_to(r.sum, r.lo, v);
+    const MaxSum<A> r = wide_max_sum(sum, m, 0);
     // a NaN sum fails the test too, and stays NaN
     if (ExactRest && !(r.sum - 1 >= double(n) * 0x1p-23)) return sum_ones_apart(e, n, m);
     return r;
