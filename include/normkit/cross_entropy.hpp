@@ -218,7 +218,7 @@ class CrossEntropyLoss {
              const A* scale, double* loss, double W, core::Passes passes) const {
     core::SoftmaxForward<core::SoftmaxSweep::CrossEntropy, A, core::LoadX<T>, core::StoreY<T>, P> pol;
     pol.s = ag.shape;
-    pol.stream = detail::stream_output<T>(ag.shape.size() * ag.blocks);
+    pol.stream = core::stream_output<T>(ag.shape.size() * ag.blocks);
     pol.ce.ignore_index = options_.ignore_index;
     pol.ce.weight = weight_.size() ? weight_.data() : nullptr;
     pol.ce.smoothing = options_.label_smoothing;

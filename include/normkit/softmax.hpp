@@ -48,12 +48,6 @@ inline AxisGroups axis_groups(const Index* dims, Index rank, Index axis, bool ro
   return {core::GroupShape{C, faster, 1}, slower, C * faster};
 }
 
-// Output bytes from which the sweeps stream their stores (as the norms' core decides per shape).
-template <class T>
-bool stream_output(Index elements) {
-  return elements * Index(sizeof(T)) >= core::tuning::kStreamBytes;
-}
-
 inline Index resolve_axis(const std::string& where, Index axis, Index rank) {
   const Index a = axis < 0 ? axis + rank : axis;
   if (a < 0 || a >= rank)
@@ -111,7 +105,7 @@ class SoftmaxFunctor {
     constexpr core::SoftmaxSweep mode = Log ? core::SoftmaxSweep::LogSoftmax : core::SoftmaxSweep::Softmax;
     core::SoftmaxForward<mode, A, core::LoadX<T>, core::StoreY<T>> pol;
     pol.s = ag.shape;
-    pol.stream = stream_output<T>(ag.shape.size() * ag.blocks);
+    pol.stream = core::stream_output<T>(ag.shape.size() * ag.blocks);
     for (Index b = 0; b < ag.blocks; ++b) {
       pol.x = core::LoadX<T>{x.data() + b * ag.block_size};
       pol.y = core::StoreY<T>{out.data() + b * ag.block_size};
@@ -138,7 +132,7 @@ class SoftmaxFunctor {
     OutputIn<layout_v<Y>, DX> out(dx);
     core::SoftmaxBackward<!Log, A, T, core::StoreY<T>> pol;
     pol.s = ag.shape;
-    pol.stream = stream_output<T>(ag.shape.size() * ag.blocks);
+    pol.stream = core::stream_output<T>(ag.shape.size() * ag.blocks);
     for (Index b = 0; b < ag.blocks; ++b) {
       pol.y = y.data() + b * ag.block_size;
       pol.dy = dyp + b * ag.block_size;

@@ -7,6 +7,8 @@
 // input sum (x + alpha * r) or an output sum (dx + dh) into the same passes.
 #pragma once
 
+#include <algorithm>
+
 #include "fusion.hpp"
 #include "iterate.hpp"
 #include "norm_policies.hpp"
@@ -32,18 +34,20 @@ enum class StatsMode { Compute, Given };
 // (training); or they were constants (BatchNorm eval with running statistics): dx = dy * weight * rstd.
 enum class StatsOrigin { Batch, Constant };
 
+// output_elements (forward, backward, backward_dx): the size of the whole output this call writes
+// a part of, when a functor calls once per sample; 0: the shape's own. It decides streaming only.
 template <class A, class Load, class Store, class P, class Exec, if_fusion<Load> = 0>
 void forward_groups(const Exec& exec, const Load& x, const Store& y, const GroupShape& s, const NormParams<P>& p,
-                    const StatsArrays<A>& stats, StatsMode mode) {
+                    const StatsArrays<A>& stats, StatsMode mode, Index output_elements = 0) {
   NormForward<A, P, Load, Store> pol;
   pol.x = x, pol.y = y, pol.s = s, pol.p = detail::for_shape(p, s), pol.stats = stats;
-  pol.stream = detail::stream_output<typename Load::value_type>(s);
+  pol.stream = stream_output<typename Load::value_type>(std::max(output_elements, s.size()));
   run_groups(exec, s, pol, mode == StatsMode::Compute ? Passes::Both : Passes::Sweep);
 }
 template <class A, class T, class P, class Exec>
 void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, const NormParams<P>& p,
-                    const StatsArrays<A>& stats, StatsMode mode) {
-  forward_groups(exec, LoadX<T>{x}, StoreY<T>{y}, s, p, stats, mode);
+                    const StatsArrays<A>& stats, StatsMode mode, Index output_elements = 0) {
+  forward_groups(exec, LoadX<T>{x}, StoreY<T>{y}, s, p, stats, mode, output_elements);
 }
 
 // dx from dy, and the parameter gradients: dweight = sum(dy * xhat), dbias = sum(dy) (may be null),
@@ -52,18 +56,19 @@ void forward_groups(const Exec& exec, const T* x, T* y, const GroupShape& s, con
 template <class A, class T, class P, class Store, class Exec, if_fusion<Store> = 0>
 void backward_groups(const Exec& exec, const T* x, const T* dy, const Store& dx, const GroupShape& s,
                      const NormParams<P>& p, const StatsArrays<const A>& stats, StatsOrigin origin, P* dweight,
-                     P* dbias) {
+                     P* dbias, Index output_elements = 0) {
   NormBackward<A, T, P, Store> pol;
   pol.x = x, pol.dy = dy, pol.dx = dx, pol.s = s, pol.p = detail::for_shape(p, s), pol.stats = stats;
   pol.batch_stats = origin == StatsOrigin::Batch;
   pol.dweight = dweight, pol.dbias = dbias;
-  pol.stream = detail::stream_output<T>(s);
+  pol.stream = stream_output<T>(std::max(output_elements, s.size()));
   run_groups(exec, s, pol, Passes::Both);
 }
 template <class A, class T, class P, class Exec>
 void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<P>& p,
-                     const StatsArrays<const A>& stats, StatsOrigin origin, P* dweight, P* dbias) {
-  backward_groups(exec, x, dy, StoreY<T>{dx}, s, p, stats, origin, dweight, dbias);
+                     const StatsArrays<const A>& stats, StatsOrigin origin, P* dweight, P* dbias,
+                     Index output_elements = 0) {
+  backward_groups(exec, x, dy, StoreY<T>{dx}, s, p, stats, origin, dweight, dbias, output_elements);
 }
 
 // The statistics half of forward_groups: the moments of every group, with forward_groups' own
@@ -90,10 +95,11 @@ void backward_sums_groups(const Exec& exec, const T* x, const T* dy, const Group
 // group (count may exceed this tensor's: the batch is spread over processes). No parameter gradients.
 template <class A, class T, class P, class Exec>
 void backward_dx_groups(const Exec& exec, const T* x, const T* dy, T* dx, const GroupShape& s, const NormParams<P>& p,
-                        const StatsArrays<const A>& stats, const A* sum_dy, const A* sum_dy_xhat, Index count) {
+                        const StatsArrays<const A>& stats, const A* sum_dy, const A* sum_dy_xhat, Index count,
+                        Index output_elements = 0) {
   NormBackward<A, T, P, StoreY<T>> pol;
   pol.x = x, pol.dy = dy, pol.dx = StoreY<T>{dx}, pol.s = s, pol.p = p, pol.stats = stats;
-  pol.stream = detail::stream_output<T>(s);
+  pol.stream = stream_output<T>(std::max(output_elements, s.size()));
   pol.sums_in = {sum_dy, sum_dy_xhat, count};
   run_groups(exec, s, pol, Passes::Sweep);
 }

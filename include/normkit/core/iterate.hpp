@@ -88,10 +88,18 @@ bool prefetch_groups(const GroupShape& s, Index inputs) {
   return 2 * inputs * group_bytes <= tuning::kL2Bytes && bytes_of<T>(s, inputs) > tuning::l3_bytes();
 }
 
+}  // namespace detail
+
+// Whether a sweep streams its stores: by the size of the whole output the call writes, which is
+// more than its shape when a functor writes one sample per call (GroupNorm channels-last,
+// InstanceNorm): per sample, a 5 MiB sample of a 40 MiB output was stored through the cache, each
+// line read for ownership first, and GroupNorm's forward ran 1.2-2.3x slower (docs/benchmarks.md).
 template <class T>
-bool stream_output(const GroupShape& s) {
-  return bytes_of<T>(s, 1) >= tuning::kStreamBytes;
+bool stream_output(Index output_elements) {
+  return output_elements * Index(sizeof(T)) >= tuning::kStreamBytes;
 }
+
+namespace detail {
 
 // How a shape is cut into chunks: by groups (rows) or by whole column panels, so that a column
 // shape's panels are the same whatever the chunk count. `partial`: values of the partial result
