@@ -594,7 +594,42 @@ void check_invariance_and_in_place(const std::array<Index, 4>& nchw, Index G, bo
   in_place(std::integral_constant<int, Eigen::ColMajor>{});
 }
 
+// Batch invariance where it is easiest to break: a batch whose output is large enough to be
+// streamed (tuning::kStreamBytes), against each sample run alone (half of it: not streamed).
+template <class Family>
+void check_sample_alone(const std::array<Index, 4>& nchw, Index G, bool last) {
+  const Index N = nchw[0], C = nchw[1], S = nchw[2] * nchw[3], size = C * S;
+  REQUIRE(normkit::core::stream_output<float>(N * size));
+  REQUIRE_FALSE(normkit::core::stream_output<float>(size));
+  const Vec x = nkref::random_input<float>(std::size_t(N * size), 95, 1.0, 2.0);
+  const Vec dy = nkref::random_input<float>(std::size_t(N * size), 96);
+  auto f = Family::template make<float, float>(G, C, true, last);
+  const Run<float> batch = run<float, 4, Eigen::RowMajor>(f, nchw, last, x, dy);
+  const std::size_t groups = std::size_t(Family::groups(G, C));
+  for (Index n = 0; n < N; ++n) {
+    const auto part = [&](const Vec& v, std::size_t len) {
+      return Vec(v.begin() + std::ptrdiff_t(std::size_t(n) * len),
+                 v.begin() + std::ptrdiff_t(std::size_t(n + 1) * len));
+    };
+    const Run<float> alone = run<float, 4, Eigen::RowMajor>(f, {1, C, nchw[2], nchw[3]}, last,
+                                                            part(x, std::size_t(size)), part(dy, std::size_t(size)));
+    INFO("sample " << n << " channels-last " << last);
+    CHECK(alone.y == part(batch.y, std::size_t(size)));
+    CHECK(alone.dx == part(batch.dx, std::size_t(size)));
+    CHECK(alone.mean == part(batch.mean, groups));
+    CHECK(alone.rstd == part(batch.rstd, groups));
+  }
+}
+
 }  // namespace
+
+TEST_CASE("GroupNorm/InstanceNorm: a sample alone gives the bits it gets in a streamed batch",
+          "[group_norm][instance_norm][invariance]") {
+  for (const bool last : {false, true}) {
+    check_sample_alone<GroupNormFamily>({2, 64, 128, 128}, 16, last);
+    check_sample_alone<InstanceNormFamily>({2, 64, 128, 128}, 64, last);
+  }
+}
 
 TEST_CASE("GroupNorm/InstanceNorm invariance (pools of 1-4 threads) and in place",
           "[group_norm][instance_norm][threads]") {
