@@ -109,9 +109,9 @@ struct ColsGrad {
 // y = ((x - mean[c]) - mean_lo[c]) * scale[c] * w[r] + shift[c] + b[r]; w, b may be null (1 and 0).
 // stream: non-temporal stores for y (simd.hpp).
 // RowAffine: w or b is set (ColMajor LayerNorm/RMSNorm). Without (every channels-last layer, whose
-// affine is folded into scale and shift) the sweep is one FMA after the two subtractions: the two
-// more operations per packet, on a multiply by 1 and an add of 0, cost AVX2 on Zen 1 (256-bit
-// operations issued as two halves) a third of its throughput on columns in cache.
+// affine is folded into scale and shift) the sweep is one FMA after the two subtractions, not five
+// operations with a multiply by 1 and an add of 0: columns in cache are bound by the operations
+// per packet, all the more where a 256-bit operation issues as two halves (Zen 1).
 template <bool RowAffine, class A, class Load, class Store, class P>
 void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
                          const P* b, bool stream) {

@@ -90,10 +90,10 @@ bool prefetch_groups(const GroupShape& s, Index inputs) {
 
 }  // namespace detail
 
-// Whether a sweep streams its stores: by the size of the whole output the call writes, which is
-// more than its shape when a functor writes one sample per call (GroupNorm channels-last,
-// InstanceNorm): per sample, a 5 MiB sample of a 40 MiB output was stored through the cache, each
-// line read for ownership first, and GroupNorm's forward ran 1.2-2.3x slower (docs/benchmarks.md).
+// Whether a sweep streams its stores (tuning.hpp: kStreamBytes), by the size of the whole output
+// the call writes a part of: a functor that calls once per sample (GroupNorm channels-last,
+// InstanceNorm) writes a 40 MiB output 5 MiB at a time, and decided per call, every line of it went
+// through the cache and was read for ownership first.
 template <class T>
 bool stream_output(Index output_elements) {
   return output_elements * Index(sizeof(T)) >= tuning::kStreamBytes;

@@ -135,7 +135,8 @@ inline Index l3_bytes() {
 
 // --- Stores (row_kernels.hpp, col_kernels.hpp) ---------------------------------------------------
 // Outputs of at least 8 MiB are written with non-temporal stores: they would not stay in cache, and
-// streaming saves the read-for-ownership of every line.
+// streaming saves the read-for-ownership of every line. The whole output counts, not one call's part
+// of it (per-sample calls: iterate.hpp, stream_output).
 inline constexpr Index kStreamBytes = Index(8) << 20;
 // Batched sweeps are not used with streaming stores of packets narrower than a 64-byte line
 // (16-bit data): several rows' half-written lines interleave in the write-combining buffers.
