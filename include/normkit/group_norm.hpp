@@ -57,6 +57,7 @@ struct GroupedMap {
   bool channels_last_groups = false;
   Index N = 0, S = 0, C = 0;
   Index stats_size() const { return calls * shape.groups; }
+  Index size() const { return N * C * S; }  // the whole tensor: what decides streaming stores
 };
 
 // Checks x's rank, channel axis and channel count; maps it. `name` heads messages, min_rank is the
@@ -140,7 +141,7 @@ class GroupedCore {
       core::forward_groups<A>(ex, x + k * m.stride, y + k * m.stride, m.shape, p_,
                               core::StatsArrays<A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k),
                                                    off(st.var, k)},
-                              mode, m.calls * m.stride);
+                              mode, m.size());
     };
     if (m.calls == 1) call(exec, 0);
     else exec.run(m.calls, [&](Index k) { call(core::SerialExecutor{}, k); });
@@ -186,7 +187,7 @@ class GroupedCore {
       for (Index j = g * cpg; j < (g + 1) * cpg; ++j) mean[j] = c.mean, mean_lo[j] = c.mean_lo, rstd[j] = c.scale;
     }
     core::forward_groups<A>(exec, x + at, y + at, columns, per_column,
-                            core::StatsArrays<A>{mean, mean_lo, rstd, nullptr}, core::StatsMode::Given, m.N * C * m.S);
+                            core::StatsArrays<A>{mean, mean_lo, rstd, nullptr}, core::StatsMode::Given, m.size());
   }
 
   // Backward as forward_channels_last, on each sample's (S, C) column shape: every channel's sums of
@@ -235,7 +236,7 @@ class GroupedCore {
       for (Index j = g * cpg; j < (g + 1) * cpg; ++j) group_dy[j] = total.s1, group_dy_xhat[j] = total.s2;
     }
     core::backward_dx_groups<A>(exec, x + at, dy + at, dx + at, columns, per_column, stats, group_dy, group_dy_xhat,
-                                cpg * m.S, m.N * C * m.S);
+                                cpg * m.S, m.size());
   }
 
   // dweight/dbias: C values each, or null without affine; written (zeros for an empty batch).
@@ -257,7 +258,7 @@ class GroupedCore {
       A* out_b = db.empty() ? nullptr : (m.calls == 1 ? db.data() : db_k.data() + std::size_t(k) * per_call);
       core::backward_groups<A>(ex, x + k * m.stride, dy + k * m.stride, dx + k * m.stride, m.shape, p_,
                                core::StatsArrays<const A>{off(st.mean, k), off(st.mean_lo, k), off(st.rstd, k)}, origin,
-                               out_w, out_b, m.calls * m.stride);
+                               out_w, out_b, m.size());
     };
     if (m.calls == 1) {
       call(exec, 0);
