@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "normkit/core/groups.hpp"
@@ -116,30 +117,41 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
 
     IndexVector<T> neg_mg(mg.size()), neg_mgx(mgx.size());  // ColsGrad takes the mean terms negated
     for (Index c = 0; c < mg.size(); ++c) neg_mg[c] = -mg[c], neg_mgx[c] = -mgx[c];
-    const core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), neg_mg.data(), neg_mgx.data()};
-    IndexVector<T> sg(cols, T(0)), sgx = sg;
-    core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, wr.data(), sg.data(), sgx.data());
-    IndexVector<T> dx(x.size()), dw(rows, T(0)), db = dw;
-    core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, k, wr.data(), dw.data(), db.data());
-    for (Index c = 0; c < cols; ++c) {
-      double rg = 0, rgx = 0;
-      for (Index r = 0; r < rows; ++r) {
-        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c],
-                     g = double(dy[r * stride + c]) * wr[r];
-        rg += g, rgx += g * xhat;
-        CHECK(dx[r * stride + c] == Approx(scale[c] * ((g - mg[c]) - xhat * mgx[c])).margin(tol<T>(1) * 32));
-      }
-      CHECK(sg[c] == Approx(rg).margin(tol<T>(rows) * 8));
-      CHECK(sgx[c] == Approx(rgx).margin(tol<T>(rows) * 8));
-    }
-    for (Index r = 0; r < rows; ++r) {
-      double rw = 0, rb = 0;
+    const auto weight_c = random_vector<T>(cols, 10);
+    // g = dy * w[r] (ColMajor LayerNorm), dy (BatchNorm channels-last: its own kernel, the
+    // coefficients folded per column) or dy * weight[c] (GroupNorm channels-last).
+    for (const std::string g_form : {"dy * w[r]", "dy", "dy * weight[c]"}) {
+      INFO("g = " << g_form << ", " << cols << " columns");
+      const bool row_weights = g_form == "dy * w[r]", col_weights = g_form == "dy * weight[c]";
+      core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), neg_mg.data(), neg_mgx.data()};
+      if (col_weights) k.weight = weight_c.data();
+      const T* w = row_weights ? wr.data() : nullptr;
+      IndexVector<T> sg(cols, T(0)), sgx = sg;
+      core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, w, sg.data(), sgx.data());
+      IndexVector<T> dx(x.size(), T(-7)), dw(rows, T(0)), db = dw;
+      core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, k, w, dw.data(), db.data());
       for (Index c = 0; c < cols; ++c) {
-        const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c];
-        rw += dy[r * stride + c] * xhat, rb += dy[r * stride + c];
+        double rg = 0, rgx = 0;
+        for (Index r = 0; r < rows; ++r) {
+          const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c], d = double(dy[r * stride + c]),
+                       g = row_weights ? d * wr[r] : d;
+          rg += g, rgx += g * xhat;
+          const double gc = col_weights ? d * weight_c[c] : g;  // the sums take no column weight
+          CHECK(dx[r * stride + c] == Approx(scale[c] * ((gc - mg[c]) - xhat * mgx[c])).margin(tol<T>(1) * 32));
+        }
+        CHECK(sg[c] == Approx(rg).margin(tol<T>(rows) * 8));
+        CHECK(sgx[c] == Approx(rgx).margin(tol<T>(rows) * 8));
       }
-      CHECK(dw[r] == Approx(rw).margin(tol<T>(cols) * 8));
-      CHECK(db[r] == Approx(rb).margin(tol<T>(cols) * 8));
+      for (Index r = 0; r < rows; ++r) {
+        for (Index c = cols; c < stride; ++c) CHECK(dx[r * stride + c] == T(-7));  // outside the panel: untouched
+        double rw = 0, rb = 0;
+        for (Index c = 0; row_weights && c < cols; ++c) {
+          const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c];
+          rw += dy[r * stride + c] * xhat, rb += dy[r * stride + c];
+        }
+        CHECK(dw[r] == Approx(rw).margin(tol<T>(cols) * 8));  // without w: nothing accumulated
+        CHECK(db[r] == Approx(rb).margin(tol<T>(cols) * 8));
+      }
     }
   }
 }
@@ -192,6 +204,22 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
   CHECK(same(dx, dxr));
   CHECK(same(dw, dwr));
   CHECK(same(db, dbr));
+  // Without per-row weights (channels-last layers), with a per-column weight.
+  core::ColsGrad<T> kc = kg;
+  kc.weight = b.data();
+  const T* none = nullptr;
+  IndexVector<T> cg(cols, T(0)), cgx = cg, crg = cg, crgx = cg, cdx(x.size(), T(0)), cdxr = cdx;
+  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kc, none, cg.data(), cgx.data());
+  core::backward_cols_dx(x.data(), dy.data(), cdx.data(), rows, cols, stride, kc, none, dw.data(), db.data());
+  for (Index r = 0; r < rows; ++r) {
+    core::backward_cols_sums(x.data() + r * stride, dy.data() + r * stride, 1, cols, stride, kc, none, crg.data(),
+                             crgx.data());
+    core::backward_cols_dx(x.data() + r * stride, dy.data() + r * stride, cdxr.data() + r * stride, 1, cols, stride, kc,
+                           none, dwr.data() + r, dbr.data() + r);
+  }
+  CHECK(same(cg, crg));
+  CHECK(same(cgx, crgx));
+  CHECK(same(cdx, cdxr));
 }
 
 TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps", "[core][kernels]", float, double) {
