@@ -126,21 +126,21 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
       core::ColsGrad<T> k{mean.data(), lo.data(), rstd.data(), scale.data(), neg_mg.data(), neg_mgx.data()};
       if (col_weights) k.weight = weight_c.data();
       const T* w = row_weights ? wr.data() : nullptr;
-      IndexVector<T> sg(cols, T(0)), sgx = sg;
-      core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, w, sg.data(), sgx.data());
+      IndexVector<T> sg(cols, T(0)), sgt = sg;
+      core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, k, w, sg.data(), sgt.data());
       IndexVector<T> dx(x.size(), T(-7)), dw(rows, T(0)), db = dw;
       core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, k, w, dw.data(), db.data());
       for (Index c = 0; c < cols; ++c) {
-        double rg = 0, rgx = 0;
+        double rg = 0, rgt = 0;  // the sums are of g and of g * t (the caller multiplies by rstd)
         for (Index r = 0; r < rows; ++r) {
-          const double xhat = ((x[r * stride + c] - double(mean[c])) - lo[c]) * rstd[c], d = double(dy[r * stride + c]),
-                       g = row_weights ? d * wr[r] : d;
-          rg += g, rgx += g * xhat;
+          const double t = (x[r * stride + c] - double(mean[c])) - lo[c], xhat = t * rstd[c],
+                       d = double(dy[r * stride + c]), g = row_weights ? d * wr[r] : d;
+          rg += g, rgt += g * t;
           const double gc = col_weights ? d * weight_c[c] : g;  // the sums take no column weight
           CHECK(dx[r * stride + c] == Approx(scale[c] * ((gc - mg[c]) - xhat * mgx[c])).margin(tol<T>(1) * 32));
         }
         CHECK(sg[c] == Approx(rg).margin(tol<T>(rows) * 8));
-        CHECK(sgx[c] == Approx(rgx).margin(tol<T>(rows) * 8));
+        CHECK(sgt[c] == Approx(rgt).margin(tol<T>(rows) * 8));
       }
       for (Index r = 0; r < rows; ++r) {
         for (Index c = cols; c < stride; ++c) CHECK(dx[r * stride + c] == T(-7));  // outside the panel: untouched

@@ -155,43 +155,45 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
   normalize_cols(LoadX<T>{x}, StoreY<T>{y}, rows, cols, stride, k, w, b, stream);
 }
 
-// sum_g[c] += sum_r g, sum_gx[c] += sum_r g * xhat, with g = dy * w[r] (w null: g = dy).
-// RowWeights: w is set (ColMajor LayerNorm/RMSNorm); without, g is dy itself, not dy times 1.
+// sum_g[c] += sum_r g, sum_gt[c] += sum_r g * t, with g = dy * w[r] (w null: g = dy) and
+// t = (x - mean) - mean_lo: sum(g * xhat) is sum_gt * rstd, one multiply per column for the caller
+// instead of one per value here. RowWeights: w is set (ColMajor LayerNorm/RMSNorm); without, g is
+// dy itself, not dy times 1.
 template <bool RowWeights, class A, class T, class P>
 void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                             const P* w, A* sum_g, A* sum_gx) {
+                             const P* w, A* sum_g, A* sum_gt) {
   using namespace simd;
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
-    V mean[N], mean_lo[N], rstd[N], sg[N], sgx[N];
+    V mean[N], mean_lo[N], sg[N], sgt[N];
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
-      mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at), rstd[j] = loadv<V>(k.rstd + at);
-      sg[j] = loadv<V>(sum_g + at), sgx[j] = loadv<V>(sum_gx + at);
+      mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
+      sg[j] = loadv<V>(sum_g + at), sgt[j] = loadv<V>(sum_gt + at);
     }
     for (Index r = r0; r < r1; ++r) {
       V wr{};
       if constexpr (RowWeights) wr = splat<V>(load_scalar<A>(w + r));
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        const V xhat = mul(sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]), rstd[j]);
+        const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         V g = loadv<V>(dy + at);
         if constexpr (RowWeights) g = mul(g, wr);
         sg[j] = add(sg[j], g);
-        sgx[j] = madd(g, xhat, sgx[j]);
+        sgt[j] = madd(g, t, sgt[j]);
       }
     }
-    for (Index j = 0; j < S; ++j) storev(sum_g + c + j * L, sg[j]), storev(sum_gx + c + j * L, sgx[j]);
+    for (Index j = 0; j < S; ++j) storev(sum_g + c + j * L, sg[j]), storev(sum_gt + c + j * L, sgt[j]);
   });
 }
 template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
-                        A* sum_g, A* sum_gx) {
-  if (w) backward_cols_sums_impl<true>(x, dy, rows, cols, stride, k, w, sum_g, sum_gx);
-  else backward_cols_sums_impl<false>(x, dy, rows, cols, stride, k, w, sum_g, sum_gx);
+                        A* sum_g, A* sum_gt) {
+  if (w) backward_cols_sums_impl<true>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt);
+  else backward_cols_sums_impl<false>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt);
 }
 
 // dx = scale[c] * (g - mean_g[c] - xhat * mean_gx[c]), g = dy * w[r]. With the per-row w of a

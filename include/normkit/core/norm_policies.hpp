@@ -297,17 +297,18 @@ struct NormBackward {
   void reduce_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     constexpr std::size_t kCols = detail::kPanelCols<A>;
     const P* w = p.affine_axis == AffineAxis::Element ? p.weight : nullptr;
-    A sum_g[kCols] = {}, sum_gx[kCols] = {}, block_g[kCols], block_gx[kCols];
+    A sum_g[kCols] = {}, sum_gt[kCols] = {}, block_g[kCols], block_gt[kCols];
     const Index block = detail::panel_block_rows<T>(cols);
     for (Index b0 = 0; b0 < rows; b0 += block) {
       const Index at = (r0 + b0) * s.groups + g0;
       std::fill(block_g, block_g + cols, A(0));
-      std::fill(block_gx, block_gx + cols, A(0));
+      std::fill(block_gt, block_gt + cols, A(0));
       backward_cols_sums(x + at, dy + at, std::min(block, rows - b0), cols, s.groups, k.view(), w ? w + r0 + b0 : w,
-                         block_g, block_gx);
-      for (Index j = 0; j < cols; ++j) sum_g[j] += block_g[j], sum_gx[j] += block_gx[j];
+                         block_g, block_gt);
+      for (Index j = 0; j < cols; ++j) sum_g[j] += block_g[j], sum_gt[j] += block_gt[j];
     }
-    for (Index j = 0; j < cols; ++j) out[j] = combine(out[j], Partial{sum_g[j], sum_gx[j]});
+    // sum(g * xhat) = rstd * sum(g * t) (backward_cols_sums)
+    for (Index j = 0; j < cols; ++j) out[j] = combine(out[j], Partial{sum_g[j], sum_gt[j] * k.rstd[j]});
   }
   Coef finish(Index g, Coef c, const Partial& sums) const {
     if (sums_out.sum_dy) {
