@@ -10,8 +10,10 @@
 # Writes $NORMKIT_AB_DIR (default /tmp/normkit-ab)/{A,B}<k>.json and prints the table (bench/ab_report.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-before=${1:?usage: $0 BEFORE AFTER [rounds] [filter]}
-after=${2:?usage: $0 BEFORE AFTER [rounds] [filter]}
+# Revisions resolved here, once: a relative one (HEAD~1) named again inside a reused worktree
+# would be read against that worktree's own HEAD.
+before=$(git rev-parse --verify "${1:?usage: $0 BEFORE AFTER [rounds] [filter]}^{commit}")
+after=$(git rev-parse --verify "${2:?usage: $0 BEFORE AFTER [rounds] [filter]}^{commit}")
 rounds=${3:-5}
 filter=${4:-'normkit/|^Moments'}
 target=${NORMKIT_AB_TARGET:-normkit_bench}
