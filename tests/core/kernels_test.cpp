@@ -76,6 +76,15 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
       CHECK(dw[i] == Approx(1 + double(dy[i]) * xhat).margin(tol<T>(1) * 8));
       CHECK(db[i] == Approx(2 + double(dy[i])).margin(tol<T>(1) * 8));
     }
+    // Without w (BatchNorm, GroupNorm channels): the run's constant weight multiplies dy.
+    core::RunGrad<T> gw = gc;
+    gw.weight = T(1.7);
+    core::backward_runs_dx<1>(x.data(), dy.data(), static_cast<const T*>(nullptr), dx.data(), n, n, &gw,
+                              static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    for (Index i = 0; i < n; ++i) {
+      const double xhat = ((x[i] - 3.0) - 0.01) * 0.7, g = double(dy[i]) * 1.7;
+      CHECK(dx[i] == Approx(1.3 * ((g - 0.2) + xhat * 0.4)).margin(tol<T>(1) * 16));
+    }
   }
 }
 

@@ -190,36 +190,62 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
 // R runs at r * stride (r < R) sharing w, dweight and dbias: the parameter gradients are loaded
 // and stored once per packet for the R runs (for LayerNorm backward in cache, those loads and
 // stores were the bound). Each element still adds the runs in order: the sums equal R single calls.
-template <int R, bool HasW, class A, class T, class P, class Store>
-void backward_runs_dx_impl(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride, const RunGrad<A>* c,
-                           A* dweight, A* dbias, bool stream, Index next) {
+template <int R, class A, class T, class P, class Store>
+void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride,
+                               const RunGrad<A>* c, A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
   Splat<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
   for (int r = 0; r < R; ++r) {
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), rstd[r] = Splat<A>(c[r].rstd);
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
-    eigen_assert(c[r].weight == c[0].weight);  // batched runs share their weight (a channel's runs come alone)
+    eigen_assert(c[r].weight == A(1));  // a per-element weight comes without a run's own
   }
-  // One register for the constant weight, not one per run: with R = 4 runs the six per-run
-  // coefficients already take 24 of AVX-512's 32 registers.
-  const Splat<A> weight(c[0].weight);
+  eigen_assert(dweight && dbias);
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next)
         for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
-    V wi{}, dw{}, db{};
-    if constexpr (HasW) wi = loadv<V>(w + i), dw = loadv<V>(dweight + i), db = loadv<V>(dbias + i);
+    const V wi = loadv<V>(w + i);
+    V dw = loadv<V>(dweight + i), db = loadv<V>(dbias + i);
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V xhat = mul(sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r])), as<V>(rstd[r]));
       const V d = loadv<V>(dy + at);
-      const V centered = madd(d, HasW ? wi : as<V>(weight), as<V>(neg_mean_g[r]));  // g - mean_g
-      if constexpr (HasW) dw = madd(d, xhat, dw), db = add(db, d);
+      const V centered = madd(d, wi, as<V>(neg_mean_g[r]));  // g - mean_g
+      dw = madd(d, xhat, dw), db = add(db, d);
       dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), stream);
     }
-    if constexpr (HasW) storev(dweight + i, dw), storev(dbias + i, db);
+    storev(dweight + i, dw), storev(dbias + i, db);
+  });
+}
+
+// The same dx without per-element parameters (BatchNorm, GroupNorm and InstanceNorm channels; a
+// run's constant weight, 1 or its channel's), so that every factor is per run and folds, as in
+// col_kernels.hpp's backward_cols_dx_folded:
+//   dx = t * (scale * rstd * -mean_gx) + (dy * (scale * weight) + scale * -mean_g),  t = (x - mean) - mean_lo
+template <int R, class A, class T, class Store>
+void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index stride, const RunGrad<A>* c, bool stream,
+                             Index next) {
+  using namespace simd;
+  constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
+  Splat<A> mean[N], lo[N], per_t[N], per_dy[N], constant[N];
+  for (int r = 0; r < R; ++r) {
+    mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo);
+    per_t[r] = Splat<A>(c[r].scale * c[r].rstd * -c[r].mean_gx);
+    per_dy[r] = Splat<A>(c[r].scale * c[r].weight), constant[r] = Splat<A>(c[r].scale * -c[r].mean_g);
+  }
+  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+    using V = decltype(lane);
+    if constexpr (!is_scalar<V>)
+      if (next)
+        for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
+    for (int r = 0; r < R; ++r) {
+      const Index at = r * stride + i;
+      const V t = sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r]));
+      dx.store(at, madd(t, as<V>(per_t[r]), madd(loadv<V>(dy + at), as<V>(per_dy[r]), as<V>(constant[r]))), stream);
+    }
   });
 }
 
@@ -230,8 +256,8 @@ void backward_runs_dx_impl(const T* x, const T* dy, const P* w, Store dx, Index 
 template <int R = 1, class A, class T, class P, class Store, if_fusion<Store> = 0>
 void backward_runs_dx(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride, const RunGrad<A>* c,
                       A* dweight, A* dbias, bool stream = false, Index next = 0) {
-  if (w) backward_runs_dx_impl<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
-  else backward_runs_dx_impl<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
+  if (w) backward_runs_dx_weighted<R>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
+  else backward_runs_dx_folded<R>(x, dy, dx, n, stride, c, stream, next);
 }
 template <int R = 1, class A, class T, class P>
 void backward_runs_dx(const T* x, const T* dy, const P* w, T* dx, Index n, Index stride, const RunGrad<A>* c,
