@@ -7,6 +7,8 @@
 //     xhat = d * rstd
 // forward is  y = d * scale * w[i] + b[i]   (w, b optional per-element arrays; shift when no b)
 // backward is dx = scale * (g - mean_g - xhat * mean_gx),  g = dy * w[i]  (dy * weight without w)
+//   (without w every factor is per run and folds: dx = d * (scale rstd -mean_gx) + (dy * scale weight
+//   + scale -mean_g), two FMAs per value; col_kernels.hpp does the same per column)
 // LayerNorm passes scale = rstd and its weight/bias as w, b; BatchNorm folds its per-channel weight
 // and bias into scale = rstd * weight[c] and shift = bias[c]; GroupNorm does the same per channel
 // segment. x is read through a load prologue and y, dx written through a store epilogue (fusion.hpp).
