@@ -109,6 +109,12 @@ void check_problem(const Exec& exec, const Problem& p, bool centered, core::Affi
     REQUIRE(dw[k] == Approx(ref.dweight[k]).margin(1e-5 * scale * 4));
     REQUIRE(db[k] == Approx(ref.dbias[k]).margin(1e-5 * scale * 4));
   }
+  // dx alone (no parameter gradient arrays: they "may be null") is the same dx, bit for bit.
+  IndexVector<float> dx_alone(total, -1.f);
+  core::backward_groups<float>(exec, x.data(), dy.data(), dx_alone.data(), shape, params_,
+                               core::StatsArrays<const float>{mean.data(), mean_lo.data(), rstd.data()},
+                               core::StatsOrigin::Batch, static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+  REQUIRE(std::memcmp(dx.data(), dx_alone.data(), sizeof(float) * static_cast<std::size_t>(total)) == 0);
 }
 
 }  // namespace

@@ -192,7 +192,8 @@ Sums<A> backward_run_sums(const T* x, const T* dy, const P* w, Index n, const Ru
 // R runs at r * stride (r < R) sharing w, dweight and dbias: the parameter gradients are loaded
 // and stored once per packet for the R runs (for LayerNorm backward in cache, those loads and
 // stores were the bound). Each element still adds the runs in order: the sums equal R single calls.
-template <int R, class A, class T, class P, class Store>
+// Grads: dweight and dbias are given (a caller may want dx alone: backward_groups without them).
+template <int R, bool Grads, class A, class T, class P, class Store>
 void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride,
                                const RunGrad<A>* c, A* dweight, A* dbias, bool stream, Index next) {
   using namespace simd;
@@ -203,23 +204,23 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
     eigen_assert(c[r].weight == A(1));  // a per-element weight comes without a run's own
   }
-  eigen_assert(dweight && dbias);
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next)
         for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
     const V wi = loadv<V>(w + i);
-    V dw = loadv<V>(dweight + i), db = loadv<V>(dbias + i);
+    V dw{}, db{};
+    if constexpr (Grads) dw = loadv<V>(dweight + i), db = loadv<V>(dbias + i);
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V xhat = mul(sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r])), as<V>(rstd[r]));
       const V d = loadv<V>(dy + at);
       const V centered = madd(d, wi, as<V>(neg_mean_g[r]));  // g - mean_g
-      dw = madd(d, xhat, dw), db = add(db, d);
+      if constexpr (Grads) dw = madd(d, xhat, dw), db = add(db, d);
       dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), stream);
     }
-    storev(dweight + i, dw), storev(dbias + i, db);
+    if constexpr (Grads) storev(dweight + i, dw), storev(dbias + i, db);
   });
 }
 
@@ -252,13 +253,16 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
 }
 
 // dx[i] = scale * (g - mean_g - xhat * mean_gx), g = dy * w[i], for R runs (R = 1 or 4) of n values,
-// run r at r * stride (x, dy and dx alike) with coefficients c[r]. With w (LayerNorm, RMSNorm) it
-// also accumulates the runs' parameter gradients: dweight[i] += dy * xhat, dbias[i] += dy.
+// run r at r * stride (x, dy and dx alike) with coefficients c[r]. With w (LayerNorm, RMSNorm) and
+// dweight, dbias (both or neither) it also accumulates the runs' parameter gradients:
+// dweight[i] += dy * xhat, dbias[i] += dy.
 // next: as for normalize_runs, for x and dy.
 template <int R = 1, class A, class T, class P, class Store, if_fusion<Store> = 0>
 void backward_runs_dx(const T* x, const T* dy, const P* w, Store dx, Index n, Index stride, const RunGrad<A>* c,
                       A* dweight, A* dbias, bool stream = false, Index next = 0) {
-  if (w) backward_runs_dx_weighted<R>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
+  eigen_assert((dweight == nullptr) == (dbias == nullptr));
+  if (w && dweight) backward_runs_dx_weighted<R, true>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
+  else if (w) backward_runs_dx_weighted<R, false>(x, dy, w, dx, n, stride, c, dweight, dbias, stream, next);
   else backward_runs_dx_folded<R>(x, dy, dx, n, stride, c, stream, next);
 }
 template <int R = 1, class A, class T, class P>
