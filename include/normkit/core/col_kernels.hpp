@@ -14,6 +14,7 @@
 
 #include "fusion.hpp"
 #include "moments.hpp"
+#include "row_kernels.hpp"
 #include "simd.hpp"
 #include "tuning.hpp"
 
@@ -235,10 +236,9 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
 
 // The same dx without per-row parameters (every channels-last layer: BatchNorm, GroupNorm,
 // InstanceNorm), g = dy * weight[c] (k.weight; null: 1). Every factor is then per column and folds
-// into three coefficients, formed in registers once per strip:
-//   dx = t * (scale * rstd * -mean_gx) + (dy * (scale * weight) + scale * -mean_g),  t = (x - mean) - mean_lo
-// two FMAs after the two subtractions instead of seven operations (columns in cache are bound by
-// the operations per packet). x - mean stays apart: folding the mean into the constant term would
+// (row_kernels.hpp: fold_grad) into three coefficients, formed in registers once per strip: two
+// FMAs after the two subtractions instead of seven operations (columns in cache are bound by the
+// operations per packet). x - mean stays apart: folding the mean into the constant term would
 // cancel digits on rows far from zero.
 template <class A, class T, class Store>
 void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
@@ -252,17 +252,17 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
     V mean[N], mean_lo[N], per_t[N], per_dy[N], constant[N];
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
-      const V scale = loadv<V>(k.scale + at);
+      const V weight = k.weight ? loadv<V>(k.weight + at) : splat<V>(A(1));
+      const FoldedGrad<V> f = fold_grad(loadv<V>(k.scale + at), loadv<V>(k.rstd + at), loadv<V>(k.neg_mean_g + at),
+                                        loadv<V>(k.neg_mean_gx + at), weight);
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
-      per_t[j] = mul(mul(scale, loadv<V>(k.rstd + at)), loadv<V>(k.neg_mean_gx + at));
-      per_dy[j] = k.weight ? mul(scale, loadv<V>(k.weight + at)) : scale;
-      constant[j] = mul(scale, loadv<V>(k.neg_mean_g + at));
+      per_t[j] = f.per_t, per_dy[j] = f.per_dy, constant[j] = f.constant;
     }
     for (Index r = r0; r < r1; ++r)
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
-        dx.store(at, madd(t, per_t[j], madd(loadv<V>(dy + at), per_dy[j], constant[j])), stream);
+        dx.store(at, folded_dx(t, loadv<V>(dy + at), per_t[j], per_dy[j], constant[j]), stream);
       }
   });
 }

@@ -7,8 +7,7 @@
 //     xhat = d * rstd
 // forward is  y = d * scale * w[i] + b[i]   (w, b optional per-element arrays; shift when no b)
 // backward is dx = scale * (g - mean_g - xhat * mean_gx),  g = dy * w[i]  (dy * weight without w)
-//   (without w every factor is per run and folds: dx = d * (scale rstd -mean_gx) + (dy * scale weight
-//   + scale -mean_g), two FMAs per value; col_kernels.hpp does the same per column)
+//   (without w every factor is per run and folds: fold_grad, folded_dx below; the column kernels too)
 // LayerNorm passes scale = rstd and its weight/bias as w, b; BatchNorm folds its per-channel weight
 // and bias into scale = rstd * weight[c] and shift = bias[c]; GroupNorm does the same per channel
 // segment. x is read through a load prologue and y, dx written through a store epilogue (fusion.hpp).
@@ -224,10 +223,29 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
   });
 }
 
-// The same dx without per-element parameters (BatchNorm, GroupNorm and InstanceNorm channels; a
-// run's constant weight, 1 or its channel's), so that every factor is per run and folds, as in
-// col_kernels.hpp's backward_cols_dx_folded:
+// The backward without per-element (or per-row) parameters: every factor is per run (or per
+// column) and folds into three coefficients,
 //   dx = t * (scale * rstd * -mean_gx) + (dy * (scale * weight) + scale * -mean_g),  t = (x - mean) - mean_lo
+// two FMAs per value. Over V, one value (a run's coefficients) or a packet (a strip of columns,
+// col_kernels.hpp): the same operations in the same order.
+template <class V>
+struct FoldedGrad {
+  V per_t, per_dy, constant;
+};
+template <class V>
+EIGEN_STRONG_INLINE FoldedGrad<V> fold_grad(const V& scale, const V& rstd, const V& neg_mean_g, const V& neg_mean_gx,
+                                            const V& weight) {
+  using namespace simd;
+  return {mul(mul(scale, rstd), neg_mean_gx), mul(scale, weight), mul(scale, neg_mean_g)};
+}
+template <class V>
+EIGEN_STRONG_INLINE V folded_dx(const V& t, const V& dy, const V& per_t, const V& per_dy, const V& constant) {
+  using namespace simd;
+  return madd(t, per_t, madd(dy, per_dy, constant));
+}
+
+// dx without per-element parameters (BatchNorm, GroupNorm and InstanceNorm channels; a run's
+// constant weight, 1 or its channel's), folded per run.
 template <int R, class A, class T, class Store>
 void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index stride, const RunGrad<A>* c, bool stream,
                              Index next) {
@@ -235,9 +253,9 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
   Splat<A> mean[N], lo[N], per_t[N], per_dy[N], constant[N];
   for (int r = 0; r < R; ++r) {
+    const FoldedGrad<A> f = fold_grad(c[r].scale, c[r].rstd, -c[r].mean_g, -c[r].mean_gx, c[r].weight);
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo);
-    per_t[r] = Splat<A>(c[r].scale * c[r].rstd * -c[r].mean_gx);
-    per_dy[r] = Splat<A>(c[r].scale * c[r].weight), constant[r] = Splat<A>(c[r].scale * -c[r].mean_g);
+    per_t[r] = Splat<A>(f.per_t), per_dy[r] = Splat<A>(f.per_dy), constant[r] = Splat<A>(f.constant);
   }
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -247,7 +265,7 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V t = sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r]));
-      dx.store(at, madd(t, as<V>(per_t[r]), madd(loadv<V>(dy + at), as<V>(per_dy[r]), as<V>(constant[r]))), stream);
+      dx.store(at, folded_dx(t, loadv<V>(dy + at), as<V>(per_t[r]), as<V>(per_dy[r]), as<V>(constant[r])), stream);
     }
   });
 }
