@@ -237,7 +237,7 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
 // The same dx without per-row parameters (every channels-last layer: BatchNorm, GroupNorm,
 // InstanceNorm), g = dy * weight[c] (k.weight; null: 1). Every factor is then per column and folds
 // (row_kernels.hpp: fold_grad) into three coefficients, formed in registers once per strip: two
-// FMAs after the two subtractions instead of seven operations (columns in cache are bound by the
+// FMAs after the two subtractions instead of eight operations (columns in cache are bound by the
 // operations per packet). x - mean stays apart: folding the mean into the constant term would
 // cancel digits on rows far from zero.
 template <class A, class T, class Store>
