@@ -77,14 +77,18 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
     V sh[N], a1[N], a2[N];
+    NORMKIT_UNROLL
     for (Index k = 0; k < S; ++k)
       sh[k] = loadv<V>(shift + c + k * L), a1[k] = loadv<V>(s1 + c + k * L), a2[k] = loadv<V>(s2 + c + k * L);
-    for (Index r = r0; r < r1; ++r)
+    for (Index r = r0; r < r1; ++r) {
+      NORMKIT_UNROLL
       for (Index k = 0; k < S; ++k) {
         const V d = sub(x.template load<V>(r * stride + c + k * L), sh[k]);
         a1[k] = add(a1[k], d);
         a2[k] = madd(d, d, a2[k]);
       }
+    }
+    NORMKIT_UNROLL
     for (Index k = 0; k < S; ++k) storev(s1 + c + k * L, a1[k]), storev(s2 + c + k * L, a2[k]);
   });
 }
@@ -124,6 +128,7 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
     V mean[N], mean_lo[N], scale[N], shift[N];
+    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
@@ -133,6 +138,7 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
       V wr{}, br{};
       if constexpr (RowAffine)
         wr = splat<V>(w ? load_scalar<A>(w + r) : A(1)), br = splat<V>(b ? load_scalar<A>(b + r) : A(0));
+      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V xv = x.template load<V>(at);
@@ -170,6 +176,7 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
     V mean[N], mean_lo[N], sg[N], sgt[N];
+    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
@@ -178,6 +185,7 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
     for (Index r = r0; r < r1; ++r) {
       V wr{};
       if constexpr (RowWeights) wr = splat<V>(load_scalar<A>(w + r));
+      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
@@ -187,6 +195,7 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
         sgt[j] = madd(g, t, sgt[j]);
       }
     }
+    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) storev(sum_g + c + j * L, sg[j]), storev(sum_gt + c + j * L, sgt[j]);
   });
 }
@@ -211,6 +220,7 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
     V mean[N], mean_lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
+    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at), rstd[j] = loadv<V>(k.rstd + at);
@@ -220,6 +230,7 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
     for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(load_scalar<A>(w + r));
       V dw = splat<V>(A(0)), db = dw;
+      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V xhat = mul(sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]), rstd[j]);
@@ -250,6 +261,7 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
     V mean[N], mean_lo[N], per_t[N], per_dy[N], constant[N];
+    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
       const V weight = k.weight ? loadv<V>(k.weight + at) : splat<V>(A(1));
@@ -258,12 +270,14 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
       mean[j] = loadv<V>(k.mean + at), mean_lo[j] = loadv<V>(k.mean_lo + at);
       per_t[j] = f.per_t, per_dy[j] = f.per_dy, constant[j] = f.constant;
     }
-    for (Index r = r0; r < r1; ++r)
+    for (Index r = r0; r < r1; ++r) {
+      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         dx.store(at, folded_dx(t, loadv<V>(dy + at), per_t[j], per_dy[j], constant[j]), stream);
       }
+    }
   });
 }
 

@@ -149,6 +149,19 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 #define NORMKIT_LANE
 #endif
 
+// Loops over a kernel's runs of a batch, packets of a strip or accumulators (a count fixed at
+// compile time, 16 at most) are unrolled whole, so that the arrays they index (broadcast
+// coefficients, partial sums) become registers. Left to its size estimates, g++ 12 unrolled them or
+// not depending on unrelated code in the same translation unit: one non-template function added
+// to softmax_kernels.hpp (sum_ones_apart) sent the four-row LayerNorm/RMSNorm forward sweep's 16
+// broadcast coefficients to the stack, reloaded every packet, 1.3-1.5x slower on AVX-512
+// (docs/benchmarks.md). clang reads the same pragma.
+#if defined(__GNUC__)
+#define NORMKIT_UNROLL _Pragma("GCC unroll 16")
+#else
+#define NORMKIT_UNROLL
+#endif
+
 // Calls f(i, V{}) over [0, n): scalars for the head (the first `head` values, which align the
 // output for streaming stores), packets of A for the body, scalars for the tail. f writes its
 // formula once, over V.

@@ -41,10 +41,13 @@ Sums<A> run_sums_impl(Load x, Index n, A shift, A scale) {
     if constexpr (Squares) s2 = madd(d, d, s2);
   };
   packet<A> a1[4], a2[4];
+  NORMKIT_UNROLL
   for (int j = 0; j < 4; ++j) a1[j] = a2[j] = set1<A>(A(0));
   Index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W)
+  for (; i + 4 * W <= n; i += 4 * W) {
+    NORMKIT_UNROLL
     for (int j = 0; j < 4; ++j) step(i + j * W, a1[j], a2[j]);
+  }
   for (; i + W <= n; i += W) step(i, a1[0], a2[0]);
   Sums<A> r{sum(add(add(a1[0], a1[1]), add(a1[2], a1[3]))), A(0)};
   if constexpr (Squares) r.s2 = sum(add(add(a2[0], a2[1]), add(a2[2], a2[3])));
@@ -82,10 +85,13 @@ A run_max_abs(Load x, Index n) {
   // Four running maxima, as run_sums_impl keeps four sums: with one, each packet waits on the
   // latency of the max before it.
   packet<A> t[4];
+  NORMKIT_UNROLL
   for (int j = 0; j < 4; ++j) t[j] = set1<A>(A(0));
   Index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W)
+  for (; i + 4 * W <= n; i += 4 * W) {
+    NORMKIT_UNROLL
     for (int j = 0; j < 4; ++j) step(i + j * W, t[j]);
+  }
   for (; i + W <= n; i += W) step(i, t[0]);
   A m = max_lane(max(max(t[0], t[1]), max(t[2], t[3])));
   for (; i < n; ++i) step(i, m);
@@ -113,15 +119,19 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
   Splat<A> mean[N], lo[N], scale[N], shift[N];
+  NORMKIT_UNROLL
   for (int r = 0; r < R; ++r)
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), scale[r] = Splat<A>(c[r].scale),
     shift[r] = Splat<A>(c[r].shift);
   for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
-      if (next)
+      if (next) {
+        NORMKIT_UNROLL
         for (int r = 0; r < R; ++r) x.prefetch(next + r * stride + i);
+      }
     const V wi = HasW ? loadv<V>(w + i) : V{}, bi = HasB ? loadv<V>(b + i) : V{};
+    NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const V xv = x.template load<V>(r * stride + i);
       x.keep(r * stride + i, xv, stream);
@@ -198,6 +208,7 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
   Splat<A> mean[N], lo[N], rstd[N], scale[N], neg_mean_g[N], neg_mean_gx[N];
+  NORMKIT_UNROLL
   for (int r = 0; r < R; ++r) {
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), rstd[r] = Splat<A>(c[r].rstd);
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
@@ -206,11 +217,14 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
-      if (next)
+      if (next) {
+        NORMKIT_UNROLL
         for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
+      }
     const V wi = loadv<V>(w + i);
     V dw{}, db{};
     if constexpr (Grads) dw = loadv<V>(dweight + i), db = loadv<V>(dbias + i);
+    NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V xhat = mul(sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r])), as<V>(rstd[r]));
@@ -252,6 +266,7 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
   using namespace simd;
   constexpr std::size_t N = R;  // the arrays' bound (see normalize_runs_impl)
   Splat<A> mean[N], lo[N], per_t[N], per_dy[N], constant[N];
+  NORMKIT_UNROLL
   for (int r = 0; r < R; ++r) {
     const FoldedGrad<A> f = fold_grad(c[r].scale, c[r].rstd, -c[r].mean_g, -c[r].mean_gx, c[r].weight);
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo);
@@ -260,8 +275,11 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
   for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
-      if (next)
+      if (next) {
+        NORMKIT_UNROLL
         for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
+      }
+    NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V t = sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r]));
