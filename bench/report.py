@@ -332,20 +332,29 @@ def markdown(cases, moments=None, h="##"):
 
 
 def side_by_side(per_isa):
-    """One row per case: normkit GB/s and fraction of copy for each ISA (same binary's copy)."""
+    """One row per case: for each ISA normkit's GB/s, its fraction of copy (the same binary's copy
+    kernels) and its ratio to each peer present in any run (oneDNN, capped to the build's ISA by
+    bench-isa.sh; PyTorch from torch_bench.py, the same numbers in every ISA's columns)."""
     labels = [label for label, _ in per_isa]
     keys = sorted({k for _, cases in per_isa for k in cases if cases[k].get("normkit")}, key=sort_key)
+    peers = [(b, name) for b, name in (("onednn", "oneDNN"), ("torch", "PyTorch"))
+             if any(cases[k].get(b) for _, cases in per_isa for k in cases)]
+    head = []
+    for label in labels:
+        head += ["%s GB/s" % label, "/ copy"] + ["/ %s" % name for _, name in peers]
     out = ["## normkit per ISA\n",
-           "normkit GB/s, and in parentheses the fraction of the copy ceiling measured by the same binary "
-           "(copy kernels built for the same ISA).\n",
-           "| case | dtype | thr | " + " | ".join(labels) + " |",
-           "|---|---|---|" + "---:|" * len(labels)]
+           "normkit GB/s; its fraction of the copy ceiling measured by the same binary (copy kernels built "
+           "for the same ISA); and normkit / peer (> 1: normkit faster).\n",
+           "| case | dtype | thr | " + " | ".join(head) + " |",
+           "|---|---|---|" + "---:|" * len(head)]
     for k in keys:
         cells = []
         for _, cases in per_isa:
             v = cases.get(k, {})
             nk, copy = v.get("normkit"), v.get("copy")
-            cells.append("—" if nk is None else fmt_gbs(nk) + (" (%.2f)" % (nk / copy) if copy else ""))
+            cells.append("—" if nk is None else fmt_gbs(nk))
+            cells.append("%.2f" % (nk / copy) if nk and copy else "—")
+            cells += [fmt_ratio(nk, v.get(b)) for b, _ in peers]
         out.append("| %s %s %s | %s | %s | %s |" % (k[0], k[1], k[3], k[2], k[4].lstrip("t"), " | ".join(cells)))
     out.append("")
     return out
