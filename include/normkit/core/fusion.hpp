@@ -154,8 +154,8 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 // coefficients, partial sums) become registers. Left to its size estimates, g++ 12 unrolled them or
 // not depending on unrelated code in the same translation unit: one non-template function added
 // to softmax_kernels.hpp (sum_ones_apart) sent the four-row LayerNorm/RMSNorm forward sweep's 16
-// broadcast coefficients to the stack, reloaded every packet, 1.3-1.5x slower on AVX-512
-// (docs/benchmarks.md). clang reads the same pragma.
+// broadcast coefficients to the stack, reloaded for every packet (the measurement is in
+// docs/benchmarks.md). clang reads the same pragma.
 #if defined(__GNUC__)
 #define NORMKIT_UNROLL _Pragma("GCC unroll 16")
 #else
