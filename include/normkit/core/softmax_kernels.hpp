@@ -380,13 +380,10 @@ A run_max(Load x, Index n) {
   constexpr Index W = width<A>;
   const A lowest = std::numeric_limits<A>::lowest();
   packet<A> m[4];
-  NORMKIT_UNROLL
   for (int j = 0; j < 4; ++j) m[j] = set1<A>(lowest);
   Index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    NORMKIT_UNROLL
+  for (; i + 4 * W <= n; i += 4 * W)
     for (int j = 0; j < 4; ++j) m[j] = max(m[j], x.template load<packet<A>>(i + j * W));
-  }
   for (; i + W <= n; i += W) m[0] = max(m[0], x.template load<packet<A>>(i));
   A r = max_lane(max(max(m[0], m[1]), max(m[2], m[3])));
   for (; i < n; ++i) r = max(r, x.template load<A>(i));
@@ -451,13 +448,10 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   } else {  // double: tuning::kSoftmaxExpSums compensated sums (they keep 1 + rest's digits)
     constexpr int K = tuning::kSoftmaxExpSums;
     packet<A> s[K], c[K];
-    NORMKIT_UNROLL
     for (int j = 0; j < K; ++j) s[j] = set1<A>(A(0)), c[j] = s[j];
     Index i = 0;
-    for (; i + K * W <= n; i += K * W) {
-      NORMKIT_UNROLL
+    for (; i + K * W <= n; i += K * W)
       for (int j = 0; j < K; ++j) detail::two_sum_into(s[j], c[j], exp_at(i + j * W, packet<A>{}));
-    }
     A ts = A(0), tc = A(0);
     for (; i < n; ++i) detail::two_sum_into(ts, tc, exp_at(i, A{}));
     for (int j = 1; j < K; ++j) detail::two_sum_into(s[0], c[0], s[j]), c[0] = simd::add(c[0], c[j]);
@@ -493,7 +487,6 @@ void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) 
       m[j] = splat<V>(std::numeric_limits<A>::lowest()), s[j] = splat<V>(A(0)), cc[j] = s[j];
     const auto block = [&](Index r, auto count) {
       constexpr std::size_t K = decltype(count)::value;
-      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         V v[K];
         for (std::size_t k = 0; k < K; ++k) v[k] = x.template load<V>((r + Index(k)) * stride + c + j * L);
@@ -504,7 +497,6 @@ void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) 
     for (; r + B <= r1; r += B) block(r, std::integral_constant<std::size_t, std::size_t(B)>{});
     for (; r < r1; ++r) block(r, std::integral_constant<std::size_t, 1>{});
     constexpr std::size_t NL = std::size_t(L);
-    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       A lm[NL], ls[NL], lc[NL];
       storev(lm, m[j]), storev(ls, s[j]), storev(lc, cc[j]);
@@ -563,14 +555,12 @@ void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, c
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V m[N], kk[N], kl[N], nb[N];
-    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) {
       const Index at = c + j * L;
       m[j] = loadv<V>(max + at), kk[j] = loadv<V>(k + at), kl[j] = loadv<V>(k_lo + at), nb[j] = loadv<V>(neg_beta + at);
     }
     for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(w ? load_scalar<A>(w + r) : A(1));
-      NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         const V xv = x.template load<V>(at);
@@ -597,13 +587,10 @@ A run_grad_sum(const T* y, const T* dy, Index n) {
     else acc = add(acc, loadv<V>(dy + i));
   };
   packet<A> a[4];
-  NORMKIT_UNROLL
   for (int j = 0; j < 4; ++j) a[j] = set1<A>(A(0));
   Index i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    NORMKIT_UNROLL
+  for (; i + 4 * W <= n; i += 4 * W)
     for (int j = 0; j < 4; ++j) step(i + j * W, a[j]);
-  }
   for (; i + W <= n; i += W) step(i, a[0]);
   A r = simd::sum(add(add(a[0], a[1]), add(a[2], a[3])));
   for (; i < n; ++i) step(i, r);
@@ -619,17 +606,13 @@ void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V a[N];
-    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) a[j] = loadv<V>(out + c + j * L);
-    for (Index r = r0; r < r1; ++r) {
-      NORMKIT_UNROLL
+    for (Index r = r0; r < r1; ++r)
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         if constexpr (Softmax) a[j] = madd(loadv<V>(dy + at), loadv<V>(y + at), a[j]);
         else a[j] = add(a[j], loadv<V>(dy + at));
       }
-    }
-    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) storev(out + c + j * L, a[j]);
   });
 }
@@ -660,15 +643,12 @@ void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, 
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;
     V sum[N];
-    NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) sum[j] = loadv<V>(s + c + j * L);
-    for (Index r = r0; r < r1; ++r) {
-      NORMKIT_UNROLL
+    for (Index r = r0; r < r1; ++r)
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
         dx.store(at, grad_value<Softmax>(loadv<V>(y + at), loadv<V>(dy + at), sum[j]), stream);
       }
-    }
   });
 }
 

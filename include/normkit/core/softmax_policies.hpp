@@ -153,7 +153,6 @@ struct SoftmaxForward {
 
   template <int R>
   void sweep_runs(Index g, Index o, const Coef* c, Index next, A*) const {
-    NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
@@ -216,7 +215,6 @@ struct SoftmaxBackward {
 
   template <int R>
   void sweep_runs(Index g, Index o, const Coef* c, Index, A*) const {
-    NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const Index at = s.run_at(o, g + r);
       grad_sweep_run<Softmax>(y + at, dy + at, dx.at(at), s.inner, c[r], stream);
