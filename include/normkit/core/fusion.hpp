@@ -149,8 +149,8 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 #define NORMKIT_LANE
 #endif
 
-// Loops over a kernel's runs of a batch, packets of a strip or accumulators (a count fixed at
-// compile time, 16 at most) are unrolled whole, so that the arrays they index (broadcast
+// In the row and column kernels, loops over a batch's runs, a strip's packets or a set of
+// accumulators (a count fixed at compile time, 16 at most) are unrolled whole, so that the arrays they index (broadcast
 // coefficients, partial sums) become registers. Left to its size estimates, g++ 12 unrolled them or
 // not depending on unrelated code in the same translation unit: one non-template function added
 // to softmax_kernels.hpp (sum_ones_apart) sent the four-row LayerNorm/RMSNorm forward sweep's 16
