@@ -150,12 +150,12 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 #endif
 
 // In the row and column kernels, loops over a batch's runs, a strip's packets or a set of
-// accumulators (a count fixed at compile time, 16 at most) are unrolled whole, so that the arrays they index (broadcast
-// coefficients, partial sums) become registers. Left to its size estimates, g++ 12 unrolled them or
-// not depending on unrelated code in the same translation unit: one non-template function added
-// to softmax_kernels.hpp (sum_ones_apart) sent the four-row LayerNorm/RMSNorm forward sweep's 16
-// broadcast coefficients to the stack, reloaded for every packet (the measurement is in
-// docs/benchmarks.md). clang reads the same pragma.
+// accumulators (a count fixed at compile time, 16 at most) are unrolled whole, so that the arrays
+// they index (broadcast coefficients, partial sums) become registers. Left to its size estimates,
+// g++ 12 unrolled them or not depending on unrelated code in the same translation unit: one
+// non-template function added to softmax_kernels.hpp (sum_ones_apart) sent the four-row
+// LayerNorm/RMSNorm forward sweep's 16 broadcast coefficients to the stack, reloaded for every
+// packet (the measurement is in docs/benchmarks.md). clang reads the same pragma.
 #if defined(__GNUC__)
 #define NORMKIT_UNROLL _Pragma("GCC unroll 16")
 #else
