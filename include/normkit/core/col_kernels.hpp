@@ -67,10 +67,24 @@ EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, Strip&&
 template <class V>
 inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 
+// How far ahead of its row a strip's walk prefetches its own lines into L2 (tuning.hpp:
+// kStripPrefetchBytes), in rows; 0 where a strip spans the row and the walk reads memory in order.
+// Every kernel below takes fetch_rows: the rows of its arrays, from its first, that it may prefetch
+// (the rest of the caller's walk; 0: none), and prefetches row r + ahead while that is one of them.
+template <class A, class T>
+Index strip_prefetch_rows(Index stride) {
+  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
+  return stride * Index(sizeof(T)) > strip_bytes ? tuning::kStripPrefetchBytes / strip_bytes : 0;
+}
+// The row before which a walk prefetches (rows below it fetch r + ahead).
+inline Index prefetch_end(Index ahead, Index fetch_rows) { return ahead ? fetch_rows - ahead : 0; }
+
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.
 template <class A, class Load, if_fusion<Load> = 0>
-void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
+void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2, Index fetch_rows = 0) {
   using namespace simd;
+  const Index ahead = strip_prefetch_rows<A, typename Load::value_type>(stride);
+  const Index fetch_end = prefetch_end(ahead, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -81,9 +95,12 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
     for (Index k = 0; k < S; ++k)
       sh[k] = loadv<V>(shift + c + k * L), a1[k] = loadv<V>(s1 + c + k * L), a2[k] = loadv<V>(s2 + c + k * L);
     for (Index r = r0; r < r1; ++r) {
+      const bool fetch = r < fetch_end;
       NORMKIT_UNROLL
       for (Index k = 0; k < S; ++k) {
-        const V d = sub(x.template load<V>(r * stride + c + k * L), sh[k]);
+        const Index at = r * stride + c + k * L;
+        if (fetch) x.prefetch(at + ahead * stride);
+        const V d = sub(x.template load<V>(at), sh[k]);
         a1[k] = add(a1[k], d);
         a2[k] = madd(d, d, a2[k]);
       }
@@ -93,8 +110,8 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
   });
 }
 template <class A, class T>
-void cols_sums(const T* x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2) {
-  cols_sums(LoadX<T>{x}, rows, cols, stride, shift, s1, s2);
+void cols_sums(const T* x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2, Index fetch_rows = 0) {
+  cols_sums(LoadX<T>{x}, rows, cols, stride, shift, s1, s2, fetch_rows);
 }
 
 // Per-column coefficients (arrays of `cols`), as RunNormalize / RunGrad per run.
@@ -119,9 +136,11 @@ struct ColsGrad {
 // per packet, all the more where a 256-bit operation issues as two halves (Zen 1).
 template <bool RowAffine, class A, class Load, class Store, class P>
 void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
-                         const P* b, bool stream) {
+                         const P* b, bool stream, Index fetch_rows) {
   using namespace simd;
   const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
+  const Index ahead = strip_prefetch_rows<A, typename Load::value_type>(stride);
+  const Index fetch_end = prefetch_end(ahead, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -138,9 +157,11 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
       V wr{}, br{};
       if constexpr (RowAffine)
         wr = splat<V>(w ? load_scalar<A>(w + r) : A(1)), br = splat<V>(b ? load_scalar<A>(b + r) : A(0));
+      const bool fetch = r < fetch_end;
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
+        if (fetch) x.prefetch(at + ahead * stride);
         const V xv = x.template load<V>(at);
         x.keep(at, xv, stream);
         const V d = sub(sub(xv, mean[j]), mean_lo[j]);
@@ -152,14 +173,14 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
 }
 template <class A, class Load, class Store, class P, if_fusion<Load> = 0>
 void normalize_cols(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
-                    const P* b, bool stream = false) {
-  if (w || b) normalize_cols_impl<true>(x, y, rows, cols, stride, k, w, b, stream);
-  else normalize_cols_impl<false>(x, y, rows, cols, stride, k, w, b, stream);
+                    const P* b, bool stream = false, Index fetch_rows = 0) {
+  if (w || b) normalize_cols_impl<true>(x, y, rows, cols, stride, k, w, b, stream, fetch_rows);
+  else normalize_cols_impl<false>(x, y, rows, cols, stride, k, w, b, stream, fetch_rows);
 }
 template <class A, class T, class P>
 void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
-                    const P* b, bool stream = false) {
-  normalize_cols(LoadX<T>{x}, StoreY<T>{y}, rows, cols, stride, k, w, b, stream);
+                    const P* b, bool stream = false, Index fetch_rows = 0) {
+  normalize_cols(LoadX<T>{x}, StoreY<T>{y}, rows, cols, stride, k, w, b, stream, fetch_rows);
 }
 
 // sum_g[c] += sum_r g, sum_gt[c] += sum_r g * t, with g = dy * w[r] (w null: g = dy) and
@@ -168,8 +189,9 @@ void normalize_cols(const T* x, T* y, Index rows, Index cols, Index stride, cons
 // dy itself, not dy times 1.
 template <bool RowWeights, class A, class T, class P>
 void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                             const P* w, A* sum_g, A* sum_gt) {
+                             const P* w, A* sum_g, A* sum_gt, Index fetch_rows) {
   using namespace simd;
+  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -185,9 +207,11 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
     for (Index r = r0; r < r1; ++r) {
       V wr{};
       if constexpr (RowWeights) wr = splat<V>(load_scalar<A>(w + r));
+      const bool fetch = r < fetch_end;
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
+        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         V g = loadv<V>(dy + at);
         if constexpr (RowWeights) g = mul(g, wr);
@@ -201,9 +225,9 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
 }
 template <class A, class T, class P>
 void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k, const P* w,
-                        A* sum_g, A* sum_gt) {
-  if (w) backward_cols_sums_impl<true>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt);
-  else backward_cols_sums_impl<false>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt);
+                        A* sum_g, A* sum_gt, Index fetch_rows = 0) {
+  if (w) backward_cols_sums_impl<true>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt, fetch_rows);
+  else backward_cols_sums_impl<false>(x, dy, rows, cols, stride, k, w, sum_g, sum_gt, fetch_rows);
 }
 
 // dx = scale[c] * (g - mean_g[c] - xhat * mean_gx[c]), g = dy * w[r]. With the per-row w of a
@@ -211,8 +235,9 @@ void backward_cols_sums(const T* x, const T* dy, Index rows, Index cols, Index s
 // dweight[r] += sum_c dy * xhat, dbias[r] += sum_c dy (strip by strip, then the columns left over).
 template <class A, class T, class P, class Store>
 void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
-                           const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream) {
+                           const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream, Index fetch_rows) {
   using namespace simd;
+  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
   eigen_assert(!k.weight);  // a per-column weight comes without per-row parameters (channels-last)
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
@@ -230,9 +255,11 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
     for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(load_scalar<A>(w + r));
       V dw = splat<V>(A(0)), db = dw;
+      const bool fetch = r < fetch_end;
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
+        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V xhat = mul(sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]), rstd[j]);
         const V d = loadv<V>(dy + at);
         const V centered = madd(d, wr, neg_mean_g[j]);  // g - mean_g
@@ -253,8 +280,9 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
 // cancel digits on rows far from zero.
 template <class A, class T, class Store>
 void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
-                             const ColsGrad<A>& k, bool stream) {
+                             const ColsGrad<A>& k, bool stream, Index fetch_rows) {
   using namespace simd;
+  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -271,9 +299,11 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
       per_t[j] = f.per_t, per_dy[j] = f.per_dy, constant[j] = f.constant;
     }
     for (Index r = r0; r < r1; ++r) {
+      const bool fetch = r < fetch_end;
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
+        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         dx.store(at, folded_dx(t, loadv<V>(dy + at), per_t[j], per_dy[j], constant[j]), stream);
       }
@@ -284,14 +314,14 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
 // dweight, dbias: the per-row gradients, with w only (null otherwise).
 template <class A, class T, class P, class Store, if_fusion<Store> = 0>
 void backward_cols_dx(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                      const P* w, A* dweight, A* dbias, bool stream = false) {
-  if (w) backward_cols_dx_rows(x, dy, dx, rows, cols, stride, k, w, dweight, dbias, stream);
-  else backward_cols_dx_folded(x, dy, dx, rows, cols, stride, k, stream);
+                      const P* w, A* dweight, A* dbias, bool stream = false, Index fetch_rows = 0) {
+  if (w) backward_cols_dx_rows(x, dy, dx, rows, cols, stride, k, w, dweight, dbias, stream, fetch_rows);
+  else backward_cols_dx_folded(x, dy, dx, rows, cols, stride, k, stream, fetch_rows);
 }
 template <class A, class T, class P>
 void backward_cols_dx(const T* x, const T* dy, T* dx, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
-                      const P* w, A* dweight, A* dbias, bool stream = false) {
-  backward_cols_dx(x, dy, StoreY<T>{dx}, rows, cols, stride, k, w, dweight, dbias, stream);
+                      const P* w, A* dweight, A* dbias, bool stream = false, Index fetch_rows = 0) {
+  backward_cols_dx(x, dy, StoreY<T>{dx}, rows, cols, stride, k, w, dweight, dbias, stream, fetch_rows);
 }
 
 }  // namespace normkit::core

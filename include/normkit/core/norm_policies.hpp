@@ -193,7 +193,7 @@ struct NormForward {
     const Index at = r0 * s.groups + g0;
     const bool element = p.affine_axis == AffineAxis::Element;
     normalize_cols(x.at(at), y.at(at), rows, cols, s.groups, k.view(), element && p.weight ? p.weight + r0 : nullptr,
-                   element && p.bias ? p.bias + r0 : nullptr, stream);
+                   element && p.bias ? p.bias + r0 : nullptr, stream, rows);
   }
 };
 
@@ -304,7 +304,7 @@ struct NormBackward {
       std::fill(block_g, block_g + cols, A(0));
       std::fill(block_gt, block_gt + cols, A(0));
       backward_cols_sums(x + at, dy + at, std::min(block, rows - b0), cols, s.groups, k.view(), w ? w + r0 + b0 : w,
-                         block_g, block_gt);
+                         block_g, block_gt, rows - b0);
       for (Index j = 0; j < cols; ++j) sum_g[j] += block_g[j], sum_gt[j] += block_gt[j];
     }
     // sum(g * xhat) = rstd * sum(g * t) (backward_cols_sums)
@@ -372,11 +372,11 @@ struct NormBackward {
         view.weight = channel_weight;
       }
       backward_cols_dx(x + at, dy + at, dx.at(at), rows, cols, s.groups, view, w, partial ? partial + r0 : nullptr,
-                       partial ? partial + param_size() + r0 : nullptr, stream);
+                       partial ? partial + param_size() + r0 : nullptr, stream, rows);
     } else {
       const A* zero = detail::kZeros<A>;
       normalize_cols(LoadX<T>{dy + at}, dx.at(at), rows, cols, s.groups, ColsNormalize<A>{zero, zero, k.scale, zero}, w,
-                     static_cast<const P*>(nullptr), stream);
+                     static_cast<const P*>(nullptr), stream, rows);
     }
   }
 };

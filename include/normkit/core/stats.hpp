@@ -166,13 +166,13 @@ Moments<A> run_moments(Load run, Index n, bool centered) {
 }
 
 // Each column's second-pass shift from rows [0, rows) of a panel: their mean, rounded as
-// second_pass_shift rounds it (one pass of sums and squares).
+// second_pass_shift rounds it (one pass of sums and squares). fetch_rows: as cols_sums.
 template <class A, class Load>
-void cols_shift(Load x, Index rows, Index cols, Index stride, A* shift) {
+void cols_shift(Load x, Index rows, Index cols, Index stride, A* shift, Index fetch_rows) {
   using T = typename Load::value_type;
   constexpr std::size_t kPanel = kMaxPanel<A>;
   A zero[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {};
-  cols_sums(x, rows, cols, stride, zero, s1, s2);
+  cols_sums(x, rows, cols, stride, zero, s1, s2, fetch_rows);
   for (Index c = 0; c < cols; ++c)
     shift[c] = second_pass_shift<T>(s1[c] / static_cast<A>(rows), std::sqrt(s2[c] / static_cast<A>(rows)));
 }
@@ -189,10 +189,10 @@ void panel_moments_blocked(Load x, Index rows, Index cols, Index stride, Index b
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index rb = std::min(block, rows - r0);
     const Load xb = x.at(r0 * stride);
-    if (centered) cols_shift(xb, rb, cols, stride, mean0);
+    if (centered) cols_shift(xb, rb, cols, stride, mean0, rb);
     std::fill(s1, s1 + cols, A(0));
     std::fill(s2, s2 + cols, A(0));
-    cols_sums(xb, rb, cols, stride, mean0, s1, s2);
+    cols_sums(xb, rb, cols, stride, mean0, s1, s2, rows - r0);
     for (Index c = 0; c < cols; ++c) {
       Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]})
                               : Moments<A>{rb, A(0), A(0), s2[c]};
@@ -225,11 +225,12 @@ void panel_moments(Load x, Index rows, Index cols, Index stride, bool centered, 
   if (rows == 0) return;
   A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
   const Index block = panel_block_rows<T>(cols);
-  if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift);
+  // Each block prefetches on into the panel's next one (col_kernels.hpp: strip_prefetch_rows).
+  if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift, rows);
   for (Index r0 = 0; r0 < rows; r0 += block) {
     std::fill(b1, b1 + cols, A(0));
     std::fill(b2, b2 + cols, A(0));
-    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2);
+    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2, rows - r0);
     for (Index c = 0; c < cols; ++c) s1[c] += b1[c], s2[c] += b2[c];
   }
   Index redo = 0;
