@@ -237,6 +237,10 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
   using A = typename Policy::A;
   constexpr std::size_t kPanel = kMaxPanel<A>;  // array bounds are size_t (see kMaxPanel)
   const Index panel = panel_width<A, typename Policy::T>(s.outer);
+  // A panel within the budget is still in L2 for its sweep, where its statistics left it; a taller
+  // one the sweep reads from further out, with its strips' prefetches (col_kernels.hpp).
+  const bool in_l2 = s.outer * panel * Index(sizeof(typename Policy::T)) <= tuning::kPanelBudgetBytes;
+  const Index sweep_fetch = in_l2 ? 0 : s.outer;
   for_chunks(exec, s, ch, Policy::inputs, [&](Index k, Index g0, Index g1) {
     for (Index p0 = g0; p0 < g1; p0 += panel) {
       const Index pc = std::min(panel, g1 - p0);
@@ -249,7 +253,7 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
         pol.reduce_panel(c, p0, Index(0), s.outer, pc, p);
         for (Index j = 0; j < pc; ++j) c.set(j, pol.finish(p0 + j, c.get(j), p[j]));
       }
-      if (passes != Passes::Reduce) pol.sweep_panel(c, p0, Index(0), s.outer, pc, part.chunk(k));
+      if (passes != Passes::Reduce) pol.sweep_panel(c, p0, Index(0), s.outer, pc, part.chunk(k), sweep_fetch);
     }
     if (passes != Passes::Reduce && pol.stream) simd::stream_fence();
   });
@@ -281,7 +285,10 @@ void column_row_chunks(const Exec& exec, const GroupShape& s, const Policy& pol,
   }
   if (passes == Passes::Reduce) return;
   const auto sweep = [&](Index k) {
-    pol.sweep_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, part.chunk(k));
+    // Every chunk's statistics ran first: the sweep reads its chunk from beyond L2 (unless the whole
+    // shape fits), prefetched on into the next chunk.
+    pol.sweep_panel(c, Index(0), first_row(k), first_row(k + 1) - first_row(k), G, part.chunk(k),
+                    s.outer - first_row(k));
     if (pol.stream) simd::stream_fence();
   };
   exec.run(chunks, sweep, Policy::inputs * s.size());

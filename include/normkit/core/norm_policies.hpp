@@ -135,7 +135,7 @@ struct NormForward {
     constexpr Index kPanel = detail::kMaxPanel<A>;
     for (Index c0 = 0; c0 < cols; c0 += kPanel)
       detail::panel_moments(x.at(r0 * s.groups + g0 + c0), rows, std::min(kPanel, cols - c0), s.groups, p.centered,
-                            m + c0);
+                            m + c0, s.outer - r0);
   }
   Coef finish(Index g, const Coef&, const Partial& m) const {
     if (moments) {
@@ -189,11 +189,12 @@ struct NormForward {
       normalize_runs<1>(x.at(at + j * len), y.at(at + j * len), len, len, &cj, none, none, stream);
     }
   }
-  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A*) const {
+  // fetch_rows: the rows from r0 the sweep may prefetch (col_kernels.hpp), 0 where they are in L2.
+  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A*, Index fetch_rows) const {
     const Index at = r0 * s.groups + g0;
     const bool element = p.affine_axis == AffineAxis::Element;
     normalize_cols(x.at(at), y.at(at), rows, cols, s.groups, k.view(), element && p.weight ? p.weight + r0 : nullptr,
-                   element && p.bias ? p.bias + r0 : nullptr, stream, rows);
+                   element && p.bias ? p.bias + r0 : nullptr, stream, fetch_rows);
   }
 };
 
@@ -304,7 +305,7 @@ struct NormBackward {
       std::fill(block_g, block_g + cols, A(0));
       std::fill(block_gt, block_gt + cols, A(0));
       backward_cols_sums(x + at, dy + at, std::min(block, rows - b0), cols, s.groups, k.view(), w ? w + r0 + b0 : w,
-                         block_g, block_gt, rows - b0);
+                         block_g, block_gt, s.outer - r0 - b0);
       for (Index j = 0; j < cols; ++j) sum_g[j] += block_g[j], sum_gt[j] += block_gt[j];
     }
     // sum(g * xhat) = rstd * sum(g * t) (backward_cols_sums)
@@ -359,7 +360,7 @@ struct NormBackward {
                           static_cast<A*>(nullptr), static_cast<A*>(nullptr), stream);
     }
   }
-  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A* partial) const {
+  void sweep_panel(const Columns& k, Index g0, Index r0, Index rows, Index cols, A* partial, Index fetch_rows) const {
     const Index at = r0 * s.groups + g0;
     const P* w = p.affine_axis == AffineAxis::Element && p.weight ? p.weight + r0 : nullptr;
     if (batch_stats) {
@@ -372,11 +373,11 @@ struct NormBackward {
         view.weight = channel_weight;
       }
       backward_cols_dx(x + at, dy + at, dx.at(at), rows, cols, s.groups, view, w, partial ? partial + r0 : nullptr,
-                       partial ? partial + param_size() + r0 : nullptr, stream, rows);
+                       partial ? partial + param_size() + r0 : nullptr, stream, fetch_rows);
     } else {
       const A* zero = detail::kZeros<A>;
       normalize_cols(LoadX<T>{dy + at}, dx.at(at), rows, cols, s.groups, ColsNormalize<A>{zero, zero, k.scale, zero}, w,
-                     static_cast<const P*>(nullptr), stream, rows);
+                     static_cast<const P*>(nullptr), stream, fetch_rows);
     }
   }
 };

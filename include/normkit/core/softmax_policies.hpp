@@ -162,7 +162,7 @@ struct SoftmaxForward {
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
     }
   }
-  void sweep_panel(const Columns& columns, Index g0, Index r0, Index rows, Index cols, A*) const {
+  void sweep_panel(const Columns& columns, Index g0, Index r0, Index rows, Index cols, A*, Index) const {
     constexpr std::size_t kCols = detail::kPanelCols<A>;
     const Coef* c = columns.c;
     A max[kCols], k[kCols], k_lo[kCols], neg_beta[kCols];
@@ -220,7 +220,7 @@ struct SoftmaxBackward {
       grad_sweep_run<Softmax>(y + at, dy + at, dx.at(at), s.inner, c[r], stream);
     }
   }
-  void sweep_panel(const Columns& c, Index g0, Index r0, Index rows, Index cols, A*) const {
+  void sweep_panel(const Columns& c, Index g0, Index r0, Index rows, Index cols, A*, Index) const {
     const Index at = r0 * s.groups + g0;
     grad_sweep_cols<Softmax>(y + at, dy + at, dx.at(at), rows, cols, s.groups, c.c, stream);
   }

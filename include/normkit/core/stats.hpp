@@ -219,18 +219,20 @@ void panel_moments_blocked(Load x, Index rows, Index cols, Index stride, Index b
 // squares: when few columns fail they are redone one by one, so that one such column does not
 // cost the whole panel two more passes.
 template <class A, class Load, if_fusion<Load> = 0>
-void panel_moments(Load x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
+void panel_moments(Load x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m, Index fetch_rows = 0) {
   using T = typename Load::value_type;
   constexpr std::size_t kPanel = kMaxPanel<A>;
   if (rows == 0) return;
   A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
   const Index block = panel_block_rows<T>(cols);
-  // Each block prefetches on into the panel's next one (col_kernels.hpp: strip_prefetch_rows).
-  if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift, rows);
+  // Each block prefetches on into the next (col_kernels.hpp: strip_prefetch_rows); fetch_rows: the
+  // rows from the first that may be prefetched (the rest of the caller's walk), rows at least.
+  fetch_rows = std::max(fetch_rows, rows);
+  if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift, fetch_rows);
   for (Index r0 = 0; r0 < rows; r0 += block) {
     std::fill(b1, b1 + cols, A(0));
     std::fill(b2, b2 + cols, A(0));
-    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2, rows - r0);
+    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2, fetch_rows - r0);
     for (Index c = 0; c < cols; ++c) s1[c] += b1[c], s2[c] += b2[c];
   }
   Index redo = 0;
@@ -260,8 +262,9 @@ Moments<A> run_moments(const T* run, Index n, bool centered) {
   return run_moments<A>(LoadX<T>{run}, n, centered);
 }
 template <class A, class T>
-void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m) {
-  panel_moments(LoadX<T>{x}, rows, cols, stride, centered, m);
+void panel_moments(const T* x, Index rows, Index cols, Index stride, bool centered, Moments<A>* m,
+                   Index fetch_rows = 0) {
+  panel_moments(LoadX<T>{x}, rows, cols, stride, centered, m, fetch_rows);
 }
 template <class A, class T>
 void panel_moments_blocked(const T* x, Index rows, Index cols, Index stride, Index block, bool centered,
