@@ -258,7 +258,7 @@ EIGEN_STRONG_INLINE void store(T* p, const V& v, bool stream) {
 }
 
 // Asks for the cache line at p to be brought into L2 (prefetcht1 on x86), not waiting for it.
-EIGEN_STRONG_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
+EIGEN_ALWAYS_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
 
 inline void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
