@@ -136,10 +136,12 @@ TEST_CASE("every shape of the driver gives the double answer", "[core][groups]")
 }
 
 TEST_CASE("chunked execution covers every group exactly once", "[core][groups]") {
-  // Large enough that chunk_count() gives several chunks (>= 2^16 values each).
+  // Large enough that chunk_count() gives several chunks (>= 2^16 values each); the third, with
+  // few columns, is cut by rows (3 chunks of >= kMinChunkRows rows, their statistics merged).
   for (const auto axis : {core::AffineAxis::Element, core::AffineAxis::Group}) {
     check_problem(ReverseExecutor{3}, {500, 1, 512}, true, axis);
     check_problem(ReverseExecutor{3}, {2000, 256, 1}, true, axis);
+    check_problem(ReverseExecutor{3}, {40, 5000, 1}, true, axis);
     check_problem(ReverseExecutor{4}, {64, 8, 600}, true, axis);
   }
 }

@@ -122,7 +122,7 @@ Chunking chunking(const GroupShape& s, Index partial = 0) {
 template <class A>
 Index row_chunks(const GroupShape& s) {
   if (s.inner > 1 || s.groups >= 2 * kMaxPanel<A>) return 1;
-  return chunk_count(s.outer, s.size());
+  return chunk_count(s.outer / tuning::kMinChunkRows, s.size());
 }
 
 // Calls f(chunk, first_group, end_group) for every chunk, on the executor, for a pass reading
