@@ -174,7 +174,7 @@ class GroupedCore {
     const core::GroupShape columns{m.S, C, 1};
     core::NormParams<A> per_column = p_;  // a group per channel; its affine is the group's
     per_column.channel_groups = C, per_column.group_channels = 1;
-    core::moments_groups(exec, x + at, columns, per_column, moments);
+    core::moments_groups(exec, x + at, columns, per_column, moments, m.size());
     core::NormForward<A, A, core::LoadX<T>, core::StoreY<T>> group_stats;  // finish only
     const auto off = [&](A* a) { return a ? a + n * G : nullptr; };
     group_stats.p = p_;
@@ -230,7 +230,7 @@ class GroupedCore {
     per_column.channel_groups = C, per_column.group_channels = 1;
     core::NormParams<A> unweighted = per_column;
     unweighted.weight = unweighted.bias = nullptr;
-    core::backward_sums_groups<A>(exec, x + at, dy + at, columns, unweighted, stats, sum_dy, sum_dy_xhat);
+    core::backward_sums_groups<A>(exec, x + at, dy + at, columns, unweighted, stats, sum_dy, sum_dy_xhat, m.size());
     for (Index g = 0; g < G; ++g) {
       const core::Sums<A> total = core::weighted_channel_sums(sum_dy, sum_dy_xhat, w_, g * cpg, cpg);
       for (Index j = g * cpg; j < (g + 1) * cpg; ++j) group_dy[j] = total.s1, group_dy_xhat[j] = total.s2;

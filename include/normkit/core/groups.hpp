@@ -34,14 +34,25 @@ enum class StatsMode { Compute, Given };
 // (training); or they were constants (BatchNorm eval with running statistics): dx = dy * weight * rstd.
 enum class StatsOrigin { Batch, Constant };
 
-// output_elements (forward, backward, backward_dx): the size of the whole output this call writes
-// a part of, when a functor calls once per sample; 0: the shape's own. It decides streaming only.
+// Whether the column kernels prefetch their strips' lines (col_kernels.hpp): not when the inputs of
+// the whole pass fit in L2, where they are found in cache (a model's activations between layers,
+// a benchmark's loop) and the prefetches only take issue slots (ColMajor LayerNorm 64x768 1.2-1.3x
+// slower on an AVX2 build).
+template <class T>
+bool prefetch_columns(Index elements, Index inputs) {
+  return inputs * elements * Index(sizeof(T)) > tuning::kL2Bytes;
+}
+
+// output_elements (forward, backward, backward_dx), input_elements (the statistics and sums
+// halves): the size of the whole tensor this call is a part of, when a functor calls once per
+// sample; 0: the shape's own. It decides streaming and the column kernels' prefetching.
 template <class A, class Load, class Store, class P, class Exec, if_fusion<Load> = 0>
 void forward_groups(const Exec& exec, const Load& x, const Store& y, const GroupShape& s, const NormParams<P>& p,
                     const StatsArrays<A>& stats, StatsMode mode, Index output_elements = 0) {
   NormForward<A, P, Load, Store> pol;
   pol.x = x, pol.y = y, pol.s = s, pol.p = detail::for_shape(p, s), pol.stats = stats;
   pol.stream = stream_output<typename Load::value_type>(std::max(output_elements, s.size()));
+  pol.fetch = prefetch_columns<typename Load::value_type>(std::max(output_elements, s.size()), pol.inputs);
   run_groups(exec, s, pol, mode == StatsMode::Compute ? Passes::Both : Passes::Sweep);
 }
 template <class A, class T, class P, class Exec>
@@ -62,6 +73,7 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, const Store& dx,
   pol.batch_stats = origin == StatsOrigin::Batch;
   pol.dweight = dweight, pol.dbias = dbias;
   pol.stream = stream_output<T>(std::max(output_elements, s.size()));
+  pol.fetch = prefetch_columns<T>(std::max(output_elements, s.size()), pol.inputs);
   run_groups(exec, s, pol, Passes::Both);
 }
 template <class A, class T, class P, class Exec>
@@ -74,9 +86,11 @@ void backward_groups(const Exec& exec, const T* x, const T* dy, T* dx, const Gro
 // The statistics half of forward_groups: the moments of every group, with forward_groups' own
 // chunking and merge order, so the same bits as it computes; nothing is normalized.
 template <class A, class T, class P, class Exec>
-void moments_groups(const Exec& exec, const T* x, const GroupShape& s, const NormParams<P>& p, Moments<A>* m) {
+void moments_groups(const Exec& exec, const T* x, const GroupShape& s, const NormParams<P>& p, Moments<A>* m,
+                    Index input_elements = 0) {
   NormForward<A, P, LoadX<T>, StoreY<T>> pol;
   pol.x = LoadX<T>{x}, pol.s = s, pol.p = p, pol.moments = m;
+  pol.fetch = prefetch_columns<T>(std::max(input_elements, s.size()), pol.inputs);
   run_groups(exec, s, pol, Passes::Reduce);
 }
 
@@ -84,9 +98,10 @@ void moments_groups(const Exec& exec, const T* x, const GroupShape& s, const Nor
 // sum_dy_xhat = sum(dy * xhat), i.e. dbias and dweight, and what dx needs of the whole batch.
 template <class A, class T, class P, class Exec>
 void backward_sums_groups(const Exec& exec, const T* x, const T* dy, const GroupShape& s, const NormParams<P>& p,
-                          const StatsArrays<const A>& stats, A* sum_dy, A* sum_dy_xhat) {
+                          const StatsArrays<const A>& stats, A* sum_dy, A* sum_dy_xhat, Index input_elements = 0) {
   NormBackward<A, T, P, StoreY<T>> pol;
   pol.x = x, pol.dy = dy, pol.s = s, pol.p = p, pol.stats = stats;
+  pol.fetch = prefetch_columns<T>(std::max(input_elements, s.size()), pol.inputs);
   pol.sums_out = {sum_dy, sum_dy_xhat, s.group_size()};
   run_groups(exec, s, pol, Passes::Reduce);
 }
@@ -100,6 +115,7 @@ void backward_dx_groups(const Exec& exec, const T* x, const T* dy, T* dx, const 
   NormBackward<A, T, P, StoreY<T>> pol;
   pol.x = x, pol.dy = dy, pol.dx = StoreY<T>{dx}, pol.s = s, pol.p = p, pol.stats = stats;
   pol.stream = stream_output<T>(std::max(output_elements, s.size()));
+  pol.fetch = prefetch_columns<T>(std::max(output_elements, s.size()), pol.inputs);
   pol.sums_in = {sum_dy, sum_dy_xhat, count};
   run_groups(exec, s, pol, Passes::Sweep);
 }

@@ -107,6 +107,7 @@ struct NormForward {
   NormParams<P> p;
   StatsArrays<A> stats;
   bool stream = false;
+  bool fetch = false;  // column kernels prefetch (groups.hpp: prefetch_columns)
   Moments<A>* moments = nullptr;
 
   static Partial combine(const Partial& a, const Partial& b) { return merge(a, b); }
@@ -135,7 +136,7 @@ struct NormForward {
     constexpr Index kPanel = detail::kMaxPanel<A>;
     for (Index c0 = 0; c0 < cols; c0 += kPanel)
       detail::panel_moments(x.at(r0 * s.groups + g0 + c0), rows, std::min(kPanel, cols - c0), s.groups, p.centered,
-                            m + c0, s.outer - r0);
+                            m + c0, fetch ? s.outer - r0 : 0);
   }
   Coef finish(Index g, const Coef&, const Partial& m) const {
     if (moments) {
@@ -194,7 +195,7 @@ struct NormForward {
     const Index at = r0 * s.groups + g0;
     const bool element = p.affine_axis == AffineAxis::Element;
     normalize_cols(x.at(at), y.at(at), rows, cols, s.groups, k.view(), element && p.weight ? p.weight + r0 : nullptr,
-                   element && p.bias ? p.bias + r0 : nullptr, stream, fetch_rows);
+                   element && p.bias ? p.bias + r0 : nullptr, stream, fetch ? fetch_rows : 0);
   }
 };
 
@@ -228,6 +229,7 @@ struct NormBackward {
   P* dweight = nullptr;
   P* dbias = nullptr;
   bool stream = false;
+  bool fetch = false;  // column kernels prefetch (groups.hpp: prefetch_columns)
   BatchSums<A> sums_out;
   BatchSums<const A> sums_in;
 
@@ -305,7 +307,7 @@ struct NormBackward {
       std::fill(block_g, block_g + cols, A(0));
       std::fill(block_gt, block_gt + cols, A(0));
       backward_cols_sums(x + at, dy + at, std::min(block, rows - b0), cols, s.groups, k.view(), w ? w + r0 + b0 : w,
-                         block_g, block_gt, s.outer - r0 - b0);
+                         block_g, block_gt, fetch ? s.outer - r0 - b0 : 0);
       for (Index j = 0; j < cols; ++j) sum_g[j] += block_g[j], sum_gt[j] += block_gt[j];
     }
     // sum(g * xhat) = rstd * sum(g * t) (backward_cols_sums)
@@ -373,11 +375,11 @@ struct NormBackward {
         view.weight = channel_weight;
       }
       backward_cols_dx(x + at, dy + at, dx.at(at), rows, cols, s.groups, view, w, partial ? partial + r0 : nullptr,
-                       partial ? partial + param_size() + r0 : nullptr, stream, fetch_rows);
+                       partial ? partial + param_size() + r0 : nullptr, stream, fetch ? fetch_rows : 0);
     } else {
       const A* zero = detail::kZeros<A>;
       normalize_cols(LoadX<T>{dy + at}, dx.at(at), rows, cols, s.groups, ColsNormalize<A>{zero, zero, k.scale, zero}, w,
-                     static_cast<const P*>(nullptr), stream, fetch_rows);
+                     static_cast<const P*>(nullptr), stream, fetch ? fetch_rows : 0);
     }
   }
 };
