@@ -67,24 +67,33 @@ EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, Strip&&
 template <class V>
 inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 
-// How far ahead of its row a strip's walk prefetches its own lines into L2 (tuning.hpp:
-// kStripPrefetchBytes), in rows; 0 where a strip spans the row and the walk reads memory in order.
-// Every kernel below takes fetch_rows: the rows of its arrays, from its first, that it may prefetch
-// (the rest of the caller's walk; 0: none), and prefetches row r + ahead while that is one of them.
+// A strip's walk prefetches its own lines into L2 some rows ahead (tuning.hpp: kStripPrefetchBytes),
+// unless a strip spans the row and the walk reads memory in order. Every kernel below takes
+// fetch_rows: the rows of its arrays, from its first, that it may prefetch (the rest of the
+// caller's walk; 0: none), and row r prefetches row r + ahead while that is one of them.
 template <class A, class T>
-Index strip_prefetch_rows(Index stride) {
-  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
-  return stride * Index(sizeof(T)) > strip_bytes ? tuning::kStripPrefetchBytes / strip_bytes : 0;
-}
-// The row before which a walk prefetches (rows below it fetch r + ahead).
-inline Index prefetch_end(Index ahead, Index fetch_rows) { return ahead ? fetch_rows - ahead : 0; }
+struct StripPrefetch {
+  Index step = 0, end = 0;  // elements ahead; rows below `end` prefetch
+  StripPrefetch(Index stride, Index fetch_rows) {
+    constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
+    if (stride * Index(sizeof(T)) <= strip_bytes) return;
+    const Index ahead = tuning::kStripPrefetchBytes / strip_bytes;
+    step = ahead * stride, end = fetch_rows - ahead;
+  }
+  // Row r's strip of S lanes of V at element `at` of each array (loads of fusion.hpp).
+  template <class V, Index S, class... Loads>
+  EIGEN_ALWAYS_INLINE void row(Index r, Index at, const Loads&... arrays) const {
+    if (r >= end) return;
+    NORMKIT_UNROLL
+    for (Index j = 0; j < S; ++j) (arrays.prefetch(at + step + j * lanes<V>), ...);
+  }
+};
 
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.
 template <class A, class Load, if_fusion<Load> = 0>
 void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* s1, A* s2, Index fetch_rows = 0) {
   using namespace simd;
-  const Index ahead = strip_prefetch_rows<A, typename Load::value_type>(stride);
-  const Index fetch_end = prefetch_end(ahead, fetch_rows);
+  const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -95,12 +104,10 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
     for (Index k = 0; k < S; ++k)
       sh[k] = loadv<V>(shift + c + k * L), a1[k] = loadv<V>(s1 + c + k * L), a2[k] = loadv<V>(s2 + c + k * L);
     for (Index r = r0; r < r1; ++r) {
-      const bool fetch = r < fetch_end;
+      fetch.template row<V, S>(r, r * stride + c, x);
       NORMKIT_UNROLL
       for (Index k = 0; k < S; ++k) {
-        const Index at = r * stride + c + k * L;
-        if (fetch) x.prefetch(at + ahead * stride);
-        const V d = sub(x.template load<V>(at), sh[k]);
+        const V d = sub(x.template load<V>(r * stride + c + k * L), sh[k]);
         a1[k] = add(a1[k], d);
         a2[k] = madd(d, d, a2[k]);
       }
@@ -139,8 +146,7 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
                          const P* b, bool stream, Index fetch_rows) {
   using namespace simd;
   const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
-  const Index ahead = strip_prefetch_rows<A, typename Load::value_type>(stride);
-  const Index fetch_end = prefetch_end(ahead, fetch_rows);
+  const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -157,11 +163,10 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
       V wr{}, br{};
       if constexpr (RowAffine)
         wr = splat<V>(w ? load_scalar<A>(w + r) : A(1)), br = splat<V>(b ? load_scalar<A>(b + r) : A(0));
-      const bool fetch = r < fetch_end;
+      fetch.template row<V, S>(r, r * stride + c, x);
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        if (fetch) x.prefetch(at + ahead * stride);
         const V xv = x.template load<V>(at);
         x.keep(at, xv, stream);
         const V d = sub(sub(xv, mean[j]), mean_lo[j]);
@@ -191,7 +196,7 @@ template <bool RowWeights, class A, class T, class P>
 void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
                              const P* w, A* sum_g, A* sum_gt, Index fetch_rows) {
   using namespace simd;
-  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
+  const StripPrefetch<A, T> fetch(stride, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -207,11 +212,10 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
     for (Index r = r0; r < r1; ++r) {
       V wr{};
       if constexpr (RowWeights) wr = splat<V>(load_scalar<A>(w + r));
-      const bool fetch = r < fetch_end;
+      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         V g = loadv<V>(dy + at);
         if constexpr (RowWeights) g = mul(g, wr);
@@ -237,7 +241,7 @@ template <class A, class T, class P, class Store>
 void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream, Index fetch_rows) {
   using namespace simd;
-  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
+  const StripPrefetch<A, T> fetch(stride, fetch_rows);
   eigen_assert(!k.weight);  // a per-column weight comes without per-row parameters (channels-last)
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
@@ -255,11 +259,10 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
     for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(load_scalar<A>(w + r));
       V dw = splat<V>(A(0)), db = dw;
-      const bool fetch = r < fetch_end;
+      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V xhat = mul(sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]), rstd[j]);
         const V d = loadv<V>(dy + at);
         const V centered = madd(d, wr, neg_mean_g[j]);  // g - mean_g
@@ -282,7 +285,7 @@ template <class A, class T, class Store>
 void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                              const ColsGrad<A>& k, bool stream, Index fetch_rows) {
   using namespace simd;
-  const Index ahead = strip_prefetch_rows<A, T>(stride), fetch_end = prefetch_end(ahead, fetch_rows);
+  const StripPrefetch<A, T> fetch(stride, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
                 [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
@@ -299,11 +302,10 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
       per_t[j] = f.per_t, per_dy[j] = f.per_dy, constant[j] = f.constant;
     }
     for (Index r = r0; r < r1; ++r) {
-      const bool fetch = r < fetch_end;
+      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        if (fetch) prefetch_l2(x + at + ahead * stride), prefetch_l2(dy + at + ahead * stride);
         const V t = sub(sub(loadv<V>(x + at), mean[j]), mean_lo[j]);
         dx.store(at, folded_dx(t, loadv<V>(dy + at), per_t[j], per_dy[j], constant[j]), stream);
       }

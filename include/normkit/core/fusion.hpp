@@ -47,7 +47,7 @@ struct LoadX {
   EIGEN_STRONG_INLINE void keep(Index, const V&, bool) const {}
   template <class V>
   EIGEN_STRONG_INLINE void keep_value(Index) const {}
-  EIGEN_STRONG_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
+  EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
   LoadX at(Index k) const { return {x + k}; }
   bool keeps() const { return false; }
   const T* kept(Index) const { return nullptr; }
@@ -90,7 +90,7 @@ struct LoadResidual {
     const Index at = offset + i;
     return simd::madd(simd::loadv<V>(sum->r + at), simd::splat<V>(sum->alpha), simd::loadv<V>(sum->x + at));
   }
-  EIGEN_STRONG_INLINE void prefetch(Index i) const {
+  EIGEN_ALWAYS_INLINE void prefetch(Index i) const {
     simd::prefetch_l2(sum->x + offset + i), simd::prefetch_l2(sum->r + offset + i);
   }
   LoadResidual at(Index k) const { return {sum, offset + k}; }
