@@ -42,13 +42,9 @@ Index strip_block_rows(Index rows, Index cols, Index stride, Index arrays) {
                          tuning::kStripBlockBytes / (std::max<Index>(cols, 1) * arrays * Index(sizeof(T))));
 }
 
-// Calls strip(c, r0, r1, S, V{}) for rows [r0, r1) of blocks of `block` rows and, in each block,
-// strips of S lanes of V starting at column c: S = kStrip packets, then single packets, then (V =
-// A) single columns. A kernel writes its body once, over S and V. Every column still meets its
-// rows in order, so a kernel that keeps its per-column state in memory between blocks gives the
-// bits of one walk down all the rows. A panel of one strip is one block: its walk is in memory order.
-template <class A, class Strip>
-EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, Strip&& strip) {
+// for_strips, below, for one value of fetching.
+template <class A, class Fetching, class Strip>
+EIGEN_ALWAYS_INLINE void for_strips_walk(Index rows, Index cols, Index block, Fetching fetching, Strip& strip) {
   constexpr Index W = simd::width<A>, S = kStrip<A>;
   // Each loop's end computed once (as in for_lanes: g++ 12 misjudges `c + W <= cols` with a constant
   // cols once this is inlined).
@@ -57,11 +53,26 @@ EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, Strip&&
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index r1 = std::min(rows, r0 + block);
     for (Index c = 0; c < strips_end; c += S * W)
-      strip(c, r0, r1, std::integral_constant<Index, S>{}, simd::packet<A>{});
+      strip(c, r0, r1, std::integral_constant<Index, S>{}, simd::packet<A>{}, fetching);
     for (Index c = strips_end; c < packets_end; c += W)
-      strip(c, r0, r1, std::integral_constant<Index, 1>{}, simd::packet<A>{});
-    for (Index c = packets_end; c < cols; ++c) strip(c, r0, r1, std::integral_constant<Index, 1>{}, A{});
+      strip(c, r0, r1, std::integral_constant<Index, 1>{}, simd::packet<A>{}, fetching);
+    for (Index c = packets_end; c < cols; ++c) strip(c, r0, r1, std::integral_constant<Index, 1>{}, A{}, fetching);
   }
+}
+
+// Calls strip(c, r0, r1, S, V{}, fetching) for rows [r0, r1) of blocks of `block` rows and, in each
+// block, strips of S lanes of V starting at column c: S = kStrip packets, then single packets, then
+// (V = A) single columns. A kernel writes its body once, over S and V. Every column still meets its
+// rows in order, so a kernel that keeps its per-column state in memory between blocks gives the
+// bits of one walk down all the rows. A panel of one strip is one block: its walk is in memory order.
+// fetching, a std::bool_constant: whether the walk prefetches (StripPrefetch, below). The body is
+// compiled apart for each value, so that a walk without prefetches is the kernel alone: with a
+// test in every row instead, an AVX2 column sweep spilled twice as often (47 stack references in
+// normalize_cols_impl, 103 with it) and InstanceNorm eval in cache ran 1.1-1.2x slower.
+template <class A, class Strip>
+EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, bool fetching, Strip&& strip) {
+  if (fetching) for_strips_walk<A>(rows, cols, block, std::true_type{}, strip);
+  else for_strips_walk<A>(rows, cols, block, std::false_type{}, strip);
 }
 
 template <class V>
@@ -80,14 +91,27 @@ struct StripPrefetch {
     const Index ahead = tuning::kStripPrefetchBytes / strip_bytes;
     step = ahead * stride, end = fetch_rows - ahead;
   }
-  // Row r's strip of S lanes of V at element `at` of each array (loads of fusion.hpp).
-  template <class V, Index S, class... Loads>
-  EIGEN_ALWAYS_INLINE void row(Index r, Index at, const Loads&... arrays) const {
-    if (r >= end) return;
+  bool any() const { return end > 0; }
+  // Row r's strip of S lanes of V at element `at` of each array (loads of fusion.hpp), in a walk
+  // that prefetches (for_strips: fetching).
+  template <class V, Index S, class Fetching, class... Loads>
+  EIGEN_ALWAYS_INLINE void row(Index r, Index at, Fetching, const Loads&... arrays) const {
+    if (!Fetching::value || r >= end) return;
     NORMKIT_UNROLL
     for (Index j = 0; j < S; ++j) (arrays.prefetch(at + step + j * lanes<V>), ...);
   }
 };
+
+// Whether a sweep asked to stream its stores (simd.hpp) does: only where each strip writes whole
+// lines of a row, or the walk is in memory order. A strip narrower than a line (16-bit data in
+// 16-byte AVX2 packets, two per strip: 32 bytes) leaves every row's line half written in a
+// write-combining buffer, whose partial flushes cost more than stores through the cache:
+// GroupNorm bf16 (8, 64, 64, 320) forward in the AVX2 build spent 79% of its time on one vmovntdq.
+template <class A, class T>
+bool strips_stream(bool stream, Index stride) {
+  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
+  return stream && (strip_bytes >= tuning::kCacheLineBytes || stride * Index(sizeof(T)) <= strip_bytes);
+}
 
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.
 template <class A, class Load, if_fusion<Load> = 0>
@@ -95,7 +119,8 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
   using namespace simd;
   const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
   for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
+                fetch.any(),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
@@ -104,7 +129,7 @@ void cols_sums(Load x, Index rows, Index cols, Index stride, const A* shift, A* 
     for (Index k = 0; k < S; ++k)
       sh[k] = loadv<V>(shift + c + k * L), a1[k] = loadv<V>(s1 + c + k * L), a2[k] = loadv<V>(s2 + c + k * L);
     for (Index r = r0; r < r1; ++r) {
-      fetch.template row<V, S>(r, r * stride + c, x);
+      fetch.template row<V, S>(r, r * stride + c, fetching, x);
       NORMKIT_UNROLL
       for (Index k = 0; k < S; ++k) {
         const V d = sub(x.template load<V>(r * stride + c + k * L), sh[k]);
@@ -147,8 +172,9 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
   using namespace simd;
   const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
   const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
-  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
+  stream = strips_stream<A, typename Load::value_type>(stream, stride);
+  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays), fetch.any(),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -163,7 +189,7 @@ void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, 
       V wr{}, br{};
       if constexpr (RowAffine)
         wr = splat<V>(w ? load_scalar<A>(w + r) : A(1)), br = splat<V>(b ? load_scalar<A>(b + r) : A(0));
-      fetch.template row<V, S>(r, r * stride + c, x);
+      fetch.template row<V, S>(r, r * stride + c, fetching, x);
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -197,8 +223,8 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
                              const P* w, A* sum_g, A* sum_gt, Index fetch_rows) {
   using namespace simd;
   const StripPrefetch<A, T> fetch(stride, fetch_rows);
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2), fetch.any(),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -212,7 +238,7 @@ void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, In
     for (Index r = r0; r < r1; ++r) {
       V wr{};
       if constexpr (RowWeights) wr = splat<V>(load_scalar<A>(w + r));
-      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
+      fetch.template row<V, S>(r, r * stride + c, fetching, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -242,9 +268,10 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream, Index fetch_rows) {
   using namespace simd;
   const StripPrefetch<A, T> fetch(stride, fetch_rows);
+  stream = strips_stream<A, T>(stream, stride);
   eigen_assert(!k.weight);  // a per-column weight comes without per-row parameters (channels-last)
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays), fetch.any(),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -259,7 +286,7 @@ void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index 
     for (Index r = r0; r < r1; ++r) {
       const V wr = splat<V>(load_scalar<A>(w + r));
       V dw = splat<V>(A(0)), db = dw;
-      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
+      fetch.template row<V, S>(r, r * stride + c, fetching, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
@@ -286,8 +313,9 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
                              const ColsGrad<A>& k, bool stream, Index fetch_rows) {
   using namespace simd;
   const StripPrefetch<A, T> fetch(stride, fetch_rows);
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane) NORMKIT_LANE {
+  stream = strips_stream<A, T>(stream, stride);
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays), fetch.any(),
+                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -302,7 +330,7 @@ void backward_cols_dx_folded(const T* x, const T* dy, Store dx, Index rows, Inde
       per_t[j] = f.per_t, per_dy[j] = f.per_dy, constant[j] = f.constant;
     }
     for (Index r = r0; r < r1; ++r) {
-      fetch.template row<V, S>(r, r * stride + c, LoadX<T>{x}, LoadX<T>{dy});
+      fetch.template row<V, S>(r, r * stride + c, fetching, LoadX<T>{x}, LoadX<T>{dy});
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;

@@ -189,10 +189,10 @@ void panel_moments_blocked(Load x, Index rows, Index cols, Index stride, Index b
   for (Index r0 = 0; r0 < rows; r0 += block) {
     const Index rb = std::min(block, rows - r0);
     const Load xb = x.at(r0 * stride);
-    if (centered) cols_shift(xb, rb, cols, stride, mean0, rb);
+    if (centered) cols_shift(xb, rb, cols, stride, mean0, Index(0));  // no prefetch: a redo, in cache
     std::fill(s1, s1 + cols, A(0));
     std::fill(s2, s2 + cols, A(0));
-    cols_sums(xb, rb, cols, stride, mean0, s1, s2, rows - r0);
+    cols_sums(xb, rb, cols, stride, mean0, s1, s2);
     for (Index c = 0; c < cols; ++c) {
       Moments<A> b = centered ? moments_from_sums(rb, mean0[c], Sums<A>{s1[c], s2[c]})
                               : Moments<A>{rb, A(0), A(0), s2[c]};
@@ -225,14 +225,14 @@ void panel_moments(Load x, Index rows, Index cols, Index stride, bool centered, 
   if (rows == 0) return;
   A shift[kPanel] = {}, s1[kPanel] = {}, s2[kPanel] = {}, b1[kPanel], b2[kPanel];
   const Index block = panel_block_rows<T>(cols);
-  // Each block prefetches on into the next (col_kernels.hpp: strip_prefetch_rows); fetch_rows: the
-  // rows from the first that may be prefetched (the rest of the caller's walk), rows at least.
-  fetch_rows = std::max(fetch_rows, rows);
+  // fetch_rows: the rows from the first that may be prefetched (the rest of the caller's walk, at
+  // least `rows`; 0: none), so that each block prefetches on into the next (col_kernels.hpp).
   if (centered) cols_shift(x, std::min(block, rows), cols, stride, shift, fetch_rows);
   for (Index r0 = 0; r0 < rows; r0 += block) {
     std::fill(b1, b1 + cols, A(0));
     std::fill(b2, b2 + cols, A(0));
-    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2, fetch_rows - r0);
+    cols_sums(x.at(r0 * stride), std::min(block, rows - r0), cols, stride, shift, b1, b2,
+              fetch_rows ? fetch_rows - r0 : 0);
     for (Index c = 0; c < cols; ++c) s1[c] += b1[c], s2[c] += b2[c];
   }
   Index redo = 0;
