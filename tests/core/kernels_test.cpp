@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "normkit/core/groups.hpp"
@@ -165,17 +166,9 @@ TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "
   }
 }
 
-TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across row blocks", "[core][kernels]", float,
-                   double) {
-  // for_strips walks a panel in blocks of rows (tuning.hpp: kStripBlockBytes), every strip of a
-  // block before the next: each column must still meet its rows in order, and each row its strips
-  // in order (dweight, dbias), so the bits equal one call per row.
-  using T = TestType;
-  constexpr Index W = core::simd::width<T>, cols = 2 * core::kStrip<T> * W + W + 3;
-  // Rows 4 KiB apart (and a few values more, so that rows start at every alignment) are walked in
-  // blocks whatever the ISA's strip width.
-  const Index rows = 37, stride = 4096 / Index(sizeof(T)) + 3;
-  REQUIRE(core::strip_block_rows<T, T>(rows, cols, stride, 3) < rows);  // the panel spans several blocks
+// One geometry of the test below.
+template <class T>
+void check_column_walks(Index rows, Index cols, Index stride) {
   const auto x = random_vector<T>(rows * stride, 11, 2.0), dy = random_vector<T>(rows * stride, 12),
              wr = random_vector<T>(rows, 13), br = random_vector<T>(rows, 14), a = random_vector<T>(cols, 15),
              b = random_vector<T>(cols, 16), c = random_vector<T>(cols, 17);
@@ -183,7 +176,7 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
     return std::memcmp(u.data(), v.data(), sizeof(T) * static_cast<std::size_t>(u.size())) == 0;
   };
   IndexVector<T> s1(cols, T(0)), s2 = s1, r1 = s1, r2 = s1;
-  core::cols_sums(x.data(), rows, cols, stride, a.data(), s1.data(), s2.data());
+  core::cols_sums(x.data(), rows, cols, stride, a.data(), s1.data(), s2.data(), rows);
   for (Index r = 0; r < rows; ++r)
     core::cols_sums(x.data() + r * stride, 1, cols, stride, a.data(), r1.data(), r2.data());
   CHECK(same(s1, r1));
@@ -191,7 +184,7 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
 
   const core::ColsNormalize<T> kn{a.data(), b.data(), c.data(), b.data()};
   IndexVector<T> y(x.size(), T(0)), yr = y;
-  core::normalize_cols(x.data(), y.data(), rows, cols, stride, kn, wr.data(), br.data());
+  core::normalize_cols(x.data(), y.data(), rows, cols, stride, kn, wr.data(), br.data(), false, rows);
   for (Index r = 0; r < rows; ++r)
     core::normalize_cols(x.data() + r * stride, yr.data() + r * stride, 1, cols, stride, kn, wr.data() + r,
                          br.data() + r);
@@ -199,14 +192,15 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
 
   const core::ColsGrad<T> kg{a.data(), b.data(), c.data(), a.data(), b.data(), c.data()};
   IndexVector<T> sg(cols, T(0)), sgx = sg, rg = sg, rgx = sg;
-  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kg, wr.data(), sg.data(), sgx.data());
+  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kg, wr.data(), sg.data(), sgx.data(), rows);
   for (Index r = 0; r < rows; ++r)
     core::backward_cols_sums(x.data() + r * stride, dy.data() + r * stride, 1, cols, stride, kg, wr.data() + r,
                              rg.data(), rgx.data());
   CHECK(same(sg, rg));
   CHECK(same(sgx, rgx));
   IndexVector<T> dx(x.size(), T(0)), dxr = dx, dw(rows, T(0)), db = dw, dwr = dw, dbr = dw;
-  core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, kg, wr.data(), dw.data(), db.data());
+  core::backward_cols_dx(x.data(), dy.data(), dx.data(), rows, cols, stride, kg, wr.data(), dw.data(), db.data(), false,
+                         rows);
   for (Index r = 0; r < rows; ++r)
     core::backward_cols_dx(x.data() + r * stride, dy.data() + r * stride, dxr.data() + r * stride, 1, cols, stride, kg,
                            wr.data() + r, dwr.data() + r, dbr.data() + r);
@@ -218,8 +212,9 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
   kc.weight = b.data();
   const T* none = nullptr;
   IndexVector<T> cg(cols, T(0)), cgx = cg, crg = cg, crgx = cg, cdx(x.size(), T(0)), cdxr = cdx;
-  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kc, none, cg.data(), cgx.data());
-  core::backward_cols_dx(x.data(), dy.data(), cdx.data(), rows, cols, stride, kc, none, dw.data(), db.data());
+  core::backward_cols_sums(x.data(), dy.data(), rows, cols, stride, kc, none, cg.data(), cgx.data(), rows);
+  core::backward_cols_dx(x.data(), dy.data(), cdx.data(), rows, cols, stride, kc, none, dw.data(), db.data(), false,
+                         rows);
   for (Index r = 0; r < rows; ++r) {
     core::backward_cols_sums(x.data() + r * stride, dy.data() + r * stride, 1, cols, stride, kc, none, crg.data(),
                              crgx.data());
@@ -229,6 +224,25 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
   CHECK(same(cg, crg));
   CHECK(same(cgx, crgx));
   CHECK(same(cdx, cdxr));
+}
+
+TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across row blocks", "[core][kernels]", float,
+                   double) {
+  // for_strips walks a panel in blocks of rows (tuning.hpp: kStripBlockBytes), every strip of a
+  // block before the next: each column must still meet its rows in order, and each row its strips
+  // in order (dweight, dbias), so the bits equal one call per row.
+  // The whole walks may prefetch (fetch_rows = rows), the row-at-a-time ones cannot: prefetching
+  // must change no bit.
+  using T = TestType;
+  constexpr Index W = core::simd::width<T>, cols = 2 * core::kStrip<T> * W + W + 3;
+  // Rows 4 KiB apart (and a few values more, so that rows start at every alignment) are walked in
+  // blocks whatever the ISA's strip width; rows a few values wider than the panel, more of them than
+  // any ISA prefetches ahead (tuning.hpp: kStripPrefetchBytes), are walked whole, prefetching.
+  for (const auto& [rows, stride] : {std::pair<Index, Index>{37, 4096 / Index(sizeof(T)) + 3}, {600, cols + 5}}) {
+    if (rows == 37) REQUIRE(core::strip_block_rows<T, T>(rows, cols, stride, 3) < rows);  // several blocks
+    else REQUIRE(core::StripPrefetch<T, T>(stride, rows).any());
+    check_column_walks<T>(rows, cols, stride);
+  }
 }
 
 TEMPLATE_TEST_CASE("four runs per sweep give the bits of four single-run sweeps", "[core][kernels]", float, double) {
