@@ -67,8 +67,8 @@ EIGEN_ALWAYS_INLINE void for_strips_walk(Index rows, Index cols, Index block, Fe
 // bits of one walk down all the rows. A panel of one strip is one block: its walk is in memory order.
 // fetching, a std::bool_constant: whether the walk prefetches (StripPrefetch, below). The body is
 // compiled apart for each value, so that a walk without prefetches is the kernel alone: with a
-// test in every row instead, an AVX2 column sweep spilled twice as often (47 stack references in
-// normalize_cols_impl, 103 with it) and InstanceNorm eval in cache ran 1.1-1.2x slower.
+// test in every row instead, the AVX2 normalize_cols_impl spilled twice as often, and in-cache
+// shapes that never prefetch ran slower (docs/benchmarks.md).
 template <class A, class Strip>
 EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, bool fetching, Strip&& strip) {
   if (fetching) for_strips_walk<A>(rows, cols, block, std::true_type{}, strip);
@@ -105,8 +105,8 @@ struct StripPrefetch {
 // Whether a sweep asked to stream its stores (simd.hpp) does: only where each strip writes whole
 // lines of a row, or the walk is in memory order. A strip narrower than a line (16-bit data in
 // 16-byte AVX2 packets, two per strip: 32 bytes) leaves every row's line half written in a
-// write-combining buffer, whose partial flushes cost more than stores through the cache:
-// GroupNorm bf16 (8, 64, 64, 320) forward in the AVX2 build spent 79% of its time on one vmovntdq.
+// write-combining buffer, whose partial flushes cost more than stores through the cache (most of
+// a bfloat16 channels-last GroupNorm's time in the AVX2 build went to one streaming store).
 template <class A, class T>
 bool strips_stream(bool stream, Index stride) {
   constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));

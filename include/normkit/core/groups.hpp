@@ -36,8 +36,8 @@ enum class StatsOrigin { Batch, Constant };
 
 // Whether the column kernels prefetch their strips' lines (col_kernels.hpp): not when the inputs of
 // the whole pass fit in L2, where they are found in cache (a model's activations between layers,
-// a benchmark's loop) and the prefetches only take issue slots (ColMajor LayerNorm 64x768 1.2-1.3x
-// slower on an AVX2 build).
+// a benchmark's loop) and the prefetches only take issue slots (ColMajor LayerNorm 64x768 measured
+// slower with them in the AVX2 build).
 template <class T>
 bool prefetch_columns(Index elements, Index inputs) {
   return inputs * elements * Index(sizeof(T)) > tuning::kL2Bytes;

@@ -238,7 +238,9 @@ void column_panels(const Exec& exec, const GroupShape& s, const Policy& pol, con
   constexpr std::size_t kPanel = kMaxPanel<A>;  // array bounds are size_t (see kMaxPanel)
   const Index panel = panel_width<A, typename Policy::T>(s.outer);
   // A panel within the budget is still in L2 for its sweep, where its statistics left it; a taller
-  // one the sweep reads from further out, with its strips' prefetches (col_kernels.hpp).
+  // one the sweep reads from further out, with its strips' prefetches (col_kernels.hpp). A sweep
+  // alone (statistics given) of a panel within the budget takes none either: it measured slower
+  // with them (InstanceNorm channels-last eval in the AVX2 build; docs/benchmarks.md).
   const bool in_l2 = s.outer * panel * Index(sizeof(typename Policy::T)) <= tuning::kPanelBudgetBytes;
   const Index sweep_fetch = in_l2 ? 0 : s.outer;
   for_chunks(exec, s, ch, Policy::inputs, [&](Index k, Index g0, Index g1) {

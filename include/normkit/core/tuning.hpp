@@ -23,10 +23,9 @@ using Eigen::Index;
 // floats) leaves that negligible, and still cuts a mid-sized tensor into enough chunks to balance.
 inline constexpr Index kMinElementsPerChunk = Index(1) << 16;
 // Rows per chunk, at least, where a column shape is cut by rows: each such chunk finishes every
-// column's statistics of its own (a shift, the moments, a merge with the other chunks': about 80
-// cycles a column on a Zen 4), as much as reading some 70 rows of the column. At 1024 rows that is
-// under a tenth of the chunk's time; a GroupNorm (8, 64, 64, 320) sample had been cut into 20
-// chunks of 205 rows (forward 0.79 of that time with 4 of 1024).
+// column's statistics of its own (a shift, the moments, a merge with the other chunks'), which
+// costs about as much as reading some 70 rows of the column. At 1024 rows that is under a tenth of
+// the chunk's time (a GroupNorm (8, 64, 64, 320) sample had been cut into 20 chunks of 205 rows).
 inline constexpr Index kMinChunkRows = 1024;
 // Threads a call is spread over: at most one per this many values read. Handing chunks to another
 // thread costs its wake-up and the misses on data the calling core last touched, tens of
@@ -69,15 +68,15 @@ inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
 // short blocks measured slower there, by the reload of the strip's per-column state (up to seven
 // packets per packet of columns) at every block. The same reload sets the minimum of 4 rows.
 inline constexpr Index kStripBlockBytes = Index(1) << 11;
-// A strip's walk down rows wider than the strip reads a few lines of each row, a stride the
-// hardware prefetchers do not follow (they look for consecutive lines, within a 4 KiB page), so
-// that every line comes at memory's full latency: a (4096, 320) float panel's sums ran at 12 GB/s
-// on a Zen 4 where reading it in order ran at 47. Each strip therefore prefetches its own lines
-// this far ahead into L2: 64 rows of a 256-byte AVX-512 strip, 256 of a 64-byte AVX2 strip, enough
-// lines in flight to cover the latency (33 GB/s there; 8 KiB gave 30, 32 KiB 34).
-inline constexpr Index kStripPrefetchBytes = Index(16) << 10;
 inline constexpr Index kStripBlockMinRows = 4;
 inline constexpr Index kL1AliasBytes = Index(4) << 10;
+// A strip's walk down rows wider than the strip reads a few lines of each row, a stride the
+// hardware prefetchers do not follow (they look for consecutive lines within a 4 KiB page), so
+// every line comes at memory's full latency, blocks of rows or not. Each strip therefore
+// prefetches its own lines this far ahead into L2 (64 rows of a 256-byte AVX-512 strip, 256 of a
+// 64-byte AVX2 strip): enough lines in flight to cover that latency at memory's bandwidth; half of
+// it was measurably short of that, twice as much no better (docs/benchmarks.md).
+inline constexpr Index kStripPrefetchBytes = Index(16) << 10;
 
 // --- Rows (iterate.hpp) --------------------------------------------------------------------------
 // Consecutive groups of a row shape go through the sweep this many at a time, so that each packet
