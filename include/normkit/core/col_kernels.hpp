@@ -27,6 +27,12 @@ namespace normkit::core {
 // results are those of the row-by-row form.
 template <class A>
 inline constexpr Index kStrip = tuning::kStripPackets;
+// The bytes of each row a strip of T covers. Where one strip covers a whole row of the panel
+// (stride * sizeof(T) <= kStripBytes), its walk reads memory in order. That test is written out
+// where it is used: as a function, even a constexpr one, it changed g++ 12's inlining of the kernels
+// below (the AVX-512 normalize_cols_impl lost half of its unrolled strip bodies).
+template <class A, class T>
+inline constexpr Index kStripBytes = kStrip<A>* simd::width<A>* Index(sizeof(T));
 
 // Rows per block of a strip walk (tuning.hpp: kStripBlockBytes), for a kernel that reads or writes
 // `arrays` arrays of the panel's shape. Blocks serve two panels: contiguous rows whose strips read
@@ -34,8 +40,7 @@ inline constexpr Index kStrip = tuning::kStripPackets;
 // rows in one block (one walk per strip), where short blocks measured slower.
 template <class A, class T>
 Index strip_block_rows(Index rows, Index cols, Index stride, Index arrays) {
-  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
-  const bool thin_strips = stride == cols && strip_bytes <= tuning::kCacheLineBytes;
+  const bool thin_strips = stride == cols && kStripBytes<A, T> <= tuning::kCacheLineBytes;
   const bool aliased = stride * Index(sizeof(T)) >= tuning::kL1AliasBytes;
   if (!thin_strips && !aliased) return std::max<Index>(rows, 1);
   return std::max<Index>(tuning::kStripBlockMinRows,
@@ -86,9 +91,8 @@ template <class A, class T>
 struct StripPrefetch {
   Index step = 0, end = 0;  // elements ahead; rows below `end` prefetch
   StripPrefetch(Index stride, Index fetch_rows) {
-    constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
-    if (stride * Index(sizeof(T)) <= strip_bytes) return;
-    const Index ahead = tuning::kStripPrefetchBytes / strip_bytes;
+    if (stride * Index(sizeof(T)) <= kStripBytes<A, T>) return;
+    const Index ahead = tuning::kStripPrefetchBytes / kStripBytes<A, T>;
     step = ahead * stride, end = fetch_rows - ahead;
   }
   bool any() const { return end > 0; }
@@ -109,8 +113,7 @@ struct StripPrefetch {
 // a bfloat16 channels-last GroupNorm's time in the AVX2 build went to one streaming store).
 template <class A, class T>
 bool strips_stream(bool stream, Index stride) {
-  constexpr Index strip_bytes = kStrip<A> * simd::width<A> * Index(sizeof(T));
-  return stream && (strip_bytes >= tuning::kCacheLineBytes || stride * Index(sizeof(T)) <= strip_bytes);
+  return stream && (kStripBytes<A, T> >= tuning::kCacheLineBytes || stride * Index(sizeof(T)) <= kStripBytes<A, T>);
 }
 
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.

@@ -34,15 +34,6 @@ enum class StatsMode { Compute, Given };
 // (training); or they were constants (BatchNorm eval with running statistics): dx = dy * weight * rstd.
 enum class StatsOrigin { Batch, Constant };
 
-// Whether the column kernels prefetch their strips' lines (col_kernels.hpp): not when the inputs of
-// the whole pass fit in L2, where they are found in cache (a model's activations between layers,
-// a benchmark's loop) and the prefetches only take issue slots (ColMajor LayerNorm 64x768 measured
-// slower with them in the AVX2 build).
-template <class T>
-bool prefetch_columns(Index elements, Index inputs) {
-  return inputs * elements * Index(sizeof(T)) > tuning::kL2Bytes;
-}
-
 // output_elements (forward, backward, backward_dx), input_elements (the statistics and sums
 // halves): the size of the whole tensor this call is a part of, when a functor calls once per
 // sample; 0: the shape's own. It decides streaming and the column kernels' prefetching.

@@ -99,6 +99,15 @@ bool stream_output(Index output_elements) {
   return output_elements * Index(sizeof(T)) >= tuning::kStreamBytes;
 }
 
+// Whether the column kernels prefetch their strips' lines (col_kernels.hpp), by the size of the
+// whole tensor as for stream_output: not when the inputs of the whole pass fit in L2, where they are
+// found in cache (a model's activations between layers, a benchmark's loop) and the prefetches only
+// take issue slots (ColMajor LayerNorm 64x768 measured slower with them in the AVX2 build).
+template <class T>
+bool prefetch_columns(Index elements, Index inputs) {
+  return inputs * elements * Index(sizeof(T)) > tuning::kL2Bytes;
+}
+
 namespace detail {
 
 // How a shape is cut into chunks: by groups (rows) or by whole column panels, so that a column

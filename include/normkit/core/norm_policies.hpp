@@ -107,7 +107,7 @@ struct NormForward {
   NormParams<P> p;
   StatsArrays<A> stats;
   bool stream = false;
-  bool fetch = false;  // column kernels prefetch (groups.hpp: prefetch_columns)
+  bool fetch = false;  // column kernels prefetch (iterate.hpp: prefetch_columns)
   Moments<A>* moments = nullptr;
 
   static Partial combine(const Partial& a, const Partial& b) { return merge(a, b); }
@@ -229,7 +229,7 @@ struct NormBackward {
   P* dweight = nullptr;
   P* dbias = nullptr;
   bool stream = false;
-  bool fetch = false;  // column kernels prefetch (groups.hpp: prefetch_columns)
+  bool fetch = false;  // column kernels prefetch (iterate.hpp: prefetch_columns)
   BatchSums<A> sums_out;
   BatchSums<const A> sums_in;
 
