@@ -157,14 +157,16 @@ struct ChunkPartials {
       : size(partial), stride(round_up(partial, tuning::kCacheLineBytes / Index(sizeof(A)))),
         values(static_cast<std::size_t>(chunks * stride)) {}
   A* chunk(Index k) { return size ? values.data() + k * stride : nullptr; }
-  // Sums the chunks into the first one, in order; returns it (null without partials).
+  // Adds the chunks to the first one, in chunk order, a whole row at a time (each element's sum is
+  // ((c0 + c1) + c2) + ...); returns it (null without partials). One chunk is its own sum: a call in
+  // cache (LayerNorm backward 64x768) had spent 5% of its time on a scalar loop copying it onto itself.
   const A* merged(Index chunks) {
-    for (Index e = 0; e < size; ++e) {
-      A sum = 0;
-      for (Index k = 0; k < chunks; ++k) sum += values[static_cast<std::size_t>(k * stride + e)];
-      values[static_cast<std::size_t>(e)] = sum;
+    A* first = chunk(0);
+    for (Index k = 1; k < chunks; ++k) {
+      const A* row = chunk(k);
+      for (Index e = 0; e < size; ++e) first[e] += row[e];
     }
-    return chunk(0);
+    return first;
   }
 
  private:

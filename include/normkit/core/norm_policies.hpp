@@ -247,10 +247,13 @@ struct NormBackward {
   void merge_partials(const A* sum) const {
     if (p.affine_axis == AffineAxis::Group) return;  // written by finish
     const Index n = param_size();
-    for (Index e = 0; e < n; ++e) {
-      if (dweight) dweight[e] = sum ? static_cast<P>(sum[e]) : P(0);
-      if (dbias) dbias[e] = sum ? static_cast<P>(sum[n + e]) : P(0);
-    }
+    const auto write = [n](P* out, const A* from) {
+      if (!out) return;
+      if (from) std::transform(from, from + n, out, [](A v) { return static_cast<P>(v); });
+      else std::fill(out, out + n, P(0));
+    };
+    write(dweight, sum);
+    write(dbias, sum ? sum + n : nullptr);
   }
   // No values: zero sums, zero parameter gradients of full size.
   void empty(Passes passes) const {
