@@ -12,6 +12,7 @@
 //   dweight, dbias sums : relative to the channel's sum of |dy| (1 + |xhat|), the scale of their
 //                         rounding: 1e-13 (double), 2e-5 (float accumulation).
 // Bits: statistics and running statistics must be identical on every rank (gathered and compared).
+// In place (forward(x, x), backward(x, dy, stats, dy)) gives the out-of-place bits on each rank.
 // Tests call collectives, so every rank takes the same path: CHECK only, never REQUIRE.
 #include <normkit/mpi.hpp>
 #include <normkit/normkit.hpp>
@@ -126,8 +127,14 @@ struct Case {
   bool threaded;
 };
 
+template <class T>
+bool same_bytes(const T* a, const T* b, Index n) {
+  return std::memcmp(a, b, sizeof(T) * static_cast<std::size_t>(n)) == 0;
+}
+
 // Two training steps (forward + backward) of SyncBatchNorm on this rank's slice against one
-// BatchNorm on the whole batch; then eval, backward of the synced stats after eval().
+// BatchNorm on the whole batch; then eval, backward of the synced stats after eval(). A second
+// SyncBatchNorm takes the same steps in place.
 template <class T, class P>
 void check_case(const Case& k) {
   using A = normkit::accum_t<T>;
@@ -149,14 +156,16 @@ void check_case(const Case& k) {
   BatchNormOptions options;
   options.channel_axis = k.channels_last ? -1 : 1;
   BatchNorm<T, P> whole(C, options);
-  SyncBatchNorm<T, P> sync(C, MPI_COMM_WORLD, options);
+  SyncBatchNorm<T, P> sync(C, MPI_COMM_WORLD, options), sync_in_place(C, MPI_COMM_WORLD, options);
   set_params(whole.weight().data(), whole.bias().data(), C);
   set_params(sync.weight().data(), sync.bias().data(), C);
+  set_params(sync_in_place.weight().data(), sync_in_place.bias().data(), C);
   Eigen::ThreadPool pool(2);
   Eigen::ThreadPoolDevice device(&pool, 2);
 
   Tensor4 x(dims(N)), dy(dims(N)), y(dims(N)), dx(dims(N));
-  Tensor4 y_local(dims(n_local)), dx_local(dims(n_local));
+  Tensor4 y_local(dims(n_local)), dx_local(dims(n_local)), in_place(dims(n_local));
+  Map4 io(in_place.data(), dims(n_local));
   normkit::NormStats<T> stats;
   for (int step = 0; step < 3; ++step) {
     const bool after_eval = step == 2;  // forward in training, eval(), then backward: still synced
@@ -166,9 +175,18 @@ void check_case(const Case& k) {
     const Map4 x_local(x.data() + offset * per_sample, dims(n_local));
     const Map4 dy_local(dy.data() + offset * per_sample, dims(n_local));
 
-    whole.train(), sync.train();
+    whole.train(), sync.train(), sync_in_place.train();
     const normkit::NormStats<T> ref = whole.forward(x, y);
     stats = k.threaded ? sync.forward(device, x_local, y_local) : sync.forward(x_local, y_local);
+    std::memcpy(in_place.data(), x_local.data(), sizeof(T) * std::size_t(n_local * per_sample));
+    const normkit::NormStats<T> stats_ip = k.threaded ? sync_in_place.forward(device, io, io)
+                                                      : sync_in_place.forward(io, io);
+    CHECK(same_bytes(in_place.data(), y_local.data(), y_local.size()));
+    CHECK(same_bytes(stats_ip.mean.data(), stats.mean.data(), C));
+    CHECK(same_bytes(stats_ip.mean_lo.data(), stats.mean_lo.data(), C));
+    CHECK(same_bytes(stats_ip.rstd.data(), stats.rstd.data(), C));
+    CHECK(same_bytes(sync_in_place.running_mean().data(), sync.running_mean().data(), C));
+    CHECK(same_bytes(sync_in_place.running_var().data(), sync.running_var().data(), C));
     CHECK(stats.source == normkit::StatsSource::Synced);
     CHECK(max_rel(y_local.data(), y.data() + offset * per_sample, y_local.size()) <= out_tol<T>());
     CHECK(max_rel(stats.mean.data(), ref.mean.data(), C) <= stat_tol<A>());
@@ -182,10 +200,16 @@ void check_case(const Case& k) {
     CHECK(same_on_all_ranks(sync.running_var().data(), sizeof(P) * std::size_t(C)));
     CHECK(sync.num_batches_tracked() == whole.num_batches_tracked());
 
-    if (after_eval) whole.eval(), sync.eval();
+    if (after_eval) whole.eval(), sync.eval(), sync_in_place.eval();
     const normkit::NormGrads<P> g_ref = whole.backward(x, dy, ref, dx);
     const normkit::NormGrads<P> g = k.threaded ? sync.backward(device, x_local, dy_local, stats, dx_local)
                                                : sync.backward(x_local, dy_local, stats, dx_local);
+    std::memcpy(in_place.data(), dy_local.data(), sizeof(T) * std::size_t(n_local * per_sample));
+    const normkit::NormGrads<P> g_ip = k.threaded ? sync_in_place.backward(device, x_local, io, stats_ip, io)
+                                                  : sync_in_place.backward(x_local, io, stats_ip, io);
+    CHECK(same_bytes(in_place.data(), dx_local.data(), dx_local.size()));
+    CHECK(same_bytes(g_ip.weight.data(), g.weight.data(), C));
+    CHECK(same_bytes(g_ip.bias.data(), g.bias.data(), C));
     CHECK(max_rel(dx_local.data(), dx.data() + offset * per_sample, dx_local.size()) <= out_tol<T>());
     // The ranks' dweight/dbias add up to the whole batch's.
     std::vector<double> mine(std::size_t(2 * C)), summed(mine.size()), scale(std::size_t(C), 0.0);
