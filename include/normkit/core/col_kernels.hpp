@@ -32,7 +32,7 @@ inline constexpr Index kStrip = tuning::kStripPackets;
 // where it is used: as a function, even a constexpr one, it changed g++ 12's inlining of the kernels
 // below (the AVX-512 normalize_cols_impl lost half of its unrolled strip bodies).
 template <class A, class T>
-inline constexpr Index kStripBytes = kStrip<A>* simd::width<A>* Index(sizeof(T));
+inline constexpr Index kStripBytes = (kStrip<A> * simd::width<A> * Index(sizeof(T)));  // (): for clang-format
 
 // Rows per block of a strip walk (tuning.hpp: kStripBlockBytes), for a kernel that reads or writes
 // `arrays` arrays of the panel's shape. Blocks serve two panels: contiguous rows whose strips read
