@@ -98,7 +98,7 @@ class InstanceNorm : private detail::BatchNormBase<T, P>, public detail::Calling
       for (Index c = 0; c < C; ++c) {
         const A mean = static_cast<A>(this->running_mean_(c));
         const A rstd = core::rstd_from_var<A>(static_cast<long double>(static_cast<A>(this->running_var_(c))),
-                                              this->options_.eps, true);
+                                              this->options_.eps, /*eps_inside_sqrt=*/true);
         for (Index k = 0; k < N; ++k) stats.mean(k * C + c) = mean, stats.rstd(k * C + c) = rstd;
       }
     }

@@ -154,7 +154,7 @@ class SyncBatchNorm : public detail::BatchNormBase<T, P>, public detail::Calling
         m = merge_moments(m, Moments<A>{static_cast<Index>(counts[r]), v[0], v[1], v[2], static_cast<int>(v[3])});
       }
       stats.mean(c) = m.mean, stats.mean_lo(c) = m.mean_lo, var(c) = core::variance(m);
-      stats.rstd(c) = core::detail::group_rstd(m, this->options_.eps, true);
+      stats.rstd(c) = core::detail::group_rstd(m, this->options_.eps, /*eps_inside_sqrt=*/true);
     }
   }
 

@@ -319,8 +319,8 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
   template <class X, class F>
   void with_params(F&& f, NormGrads<P>* grads = nullptr) const {
     const std::vector<Index> order = param_order<X>();
-    if (weight_offset_ != 0 && weight_.size()) run_with_params<A>(order, true, f, grads);
-    else run_with_params<P>(order, false, f, grads);
+    if (weight_offset_ != 0 && weight_.size()) run_with_params<A>(order, /*offset=*/true, f, grads);
+    else run_with_params<P>(order, /*offset=*/false, f, grads);
   }
   template <class Q, class F>
   void run_with_params(const std::vector<Index>& order, bool offset, F& f, NormGrads<P>* grads) const {
@@ -338,7 +338,7 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
     };
     std::vector<Q> w_buf, b_buf, dw_buf, db_buf;
     const Q* w = input(weight_, offset, w_buf);
-    const Q* b = input(bias_, false, b_buf);
+    const Q* b = input(bias_, /*add_offset=*/false, b_buf);
     const auto output = [&](Eigen::Tensor<P, 1>* t, std::vector<Q>& buf) -> Q* {
       if (!t || t->size() == 0) return nullptr;
       if constexpr (std::is_same_v<Q, P>)

@@ -203,7 +203,7 @@ template <class T, class V>
 EIGEN_STRONG_INLINE void store(T* p, const V& v) {
   using A = typename Eigen::internal::unpacket_traits<V>::type;
   if constexpr (std::is_same_v<A, T>) Eigen::internal::pstoreu<T>(p, v);
-  else store_converted(p, v, false);
+  else store_converted(p, v, /*stream=*/false);
 }
 
 // Non-temporal ("streaming") stores write around the cache: for outputs far larger than the cache

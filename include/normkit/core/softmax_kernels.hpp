@@ -477,7 +477,7 @@ void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) 
   using namespace simd;
   constexpr Index B = tuning::kSoftmaxBlock;
   // One block of all the rows: the running max and sum stay in registers and are finished once.
-  for_strips<A>(rows, cols, std::max<Index>(rows, 1), false,
+  for_strips<A>(rows, cols, std::max<Index>(rows, 1), /*fetching=*/false,
                 [&](Index c, Index r0, Index r1, auto strip, auto lane, auto) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -549,7 +549,8 @@ void softmax_sweep_cols(Load x, Store y, Index rows, Index cols, Index stride, c
                         const A* neg_beta, const P* w, bool stream) {
   using namespace simd;
   for_strips<A>(rows, cols,
-                strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays + Store::arrays), false,
+                strip_block_rows<A, typename Load::value_type>(rows, cols, stride, Load::arrays + Store::arrays),
+                /*fetching=*/false,
                 [&](Index c, Index r0, Index r1, auto strip, auto lane, auto) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -600,7 +601,7 @@ A run_grad_sum(const T* y, const T* dy, Index n) {
 template <bool Softmax, class A, class T>
 void cols_grad_sum(const T* y, const T* dy, Index rows, Index cols, Index stride, A* out) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2), false,
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2), /*fetching=*/false,
                 [&](Index c, Index r0, Index r1, auto strip, auto lane, auto) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
@@ -637,7 +638,7 @@ void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream
 template <bool Softmax, class A, class T, class Store>
 void grad_sweep_cols(const T* y, const T* dy, Store dx, Index rows, Index cols, Index stride, const A* s, bool stream) {
   using namespace simd;
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays), false,
+  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays), /*fetching=*/false,
                 [&](Index c, Index r0, Index r1, auto strip, auto lane, auto) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;

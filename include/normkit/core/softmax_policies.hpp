@@ -92,8 +92,8 @@ struct SoftmaxForward {
   Coef finish(Index g, const Coef&, const Partial& p) const {
     Coef c;
     c.max = p.max;
-    if constexpr (Mode == SoftmaxSweep::Softmax) set_k(c, 1 / (p.sum + p.lo), true);
-    else if constexpr (Mode == SoftmaxSweep::LogSoftmax) set_k(c, log_sum(p), false);
+    if constexpr (Mode == SoftmaxSweep::Softmax) set_k(c, 1 / (p.sum + p.lo), /*relative=*/true);
+    else if constexpr (Mode == SoftmaxSweep::LogSoftmax) set_k(c, log_sum(p), /*relative=*/false);
     else return finish_ce(g, p, c);
     return c;
   }
@@ -134,7 +134,7 @@ struct SoftmaxForward {
     if (!ce.scale) return c;
     const double gs = static_cast<double>(ce.scale[g]), a = (1 - eps) * wt,
                  b = eps / static_cast<double>(s.group_size());
-    set_k(c, gs * (a + b * ce.weight_sum) / (p.sum + p.lo), true);
+    set_k(c, gs * (a + b * ce.weight_sum) / (p.sum + p.lo), /*relative=*/true);
     c.beta = static_cast<A>(gs * b);
     c.gamma = static_cast<A>(gs * a);
     c.target_x = xt;
@@ -159,7 +159,7 @@ struct SoftmaxForward {
                               CE ? ce.weight : static_cast<const P*>(nullptr),
                               scale_exp() ? scratch_row<A>(s.inner) : nullptr, stream, next);
       if constexpr (CE)
-        if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), false);
+        if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), /*stream=*/false);
     }
   }
   void sweep_panel(const Columns& columns, Index g0, Index r0, Index rows, Index cols, A*, Index) const {
@@ -173,7 +173,7 @@ struct SoftmaxForward {
     if constexpr (CE)
       for (Index j = 0; j < cols; ++j)
         if (c[j].target >= r0 && c[j].target < r0 + rows)
-          y.at(at).store((c[j].target - r0) * s.groups + j, target_value(c[j]), false);
+          y.at(at).store((c[j].target - r0) * s.groups + j, target_value(c[j]), /*stream=*/false);
   }
 };
 
