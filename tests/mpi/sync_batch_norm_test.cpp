@@ -20,6 +20,7 @@
 #include <mpi.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -127,9 +128,11 @@ struct Case {
   bool threaded;
 };
 
+// A rank may hold no samples: its tensors then have no storage (null data), which memcmp and
+// memcpy must not be given even for 0 bytes.
 template <class T>
 bool same_bytes(const T* a, const T* b, Index n) {
-  return std::memcmp(a, b, sizeof(T) * static_cast<std::size_t>(n)) == 0;
+  return n == 0 || std::memcmp(a, b, sizeof(T) * static_cast<std::size_t>(n)) == 0;
 }
 
 // Two training steps (forward + backward) of SyncBatchNorm on this rank's slice against one
@@ -178,7 +181,7 @@ void check_case(const Case& k) {
     whole.train(), sync.train(), sync_in_place.train();
     const normkit::NormStats<T> ref = whole.forward(x, y);
     stats = k.threaded ? sync.forward(device, x_local, y_local) : sync.forward(x_local, y_local);
-    std::memcpy(in_place.data(), x_local.data(), sizeof(T) * std::size_t(n_local * per_sample));
+    std::copy_n(x_local.data(), n_local * per_sample, in_place.data());
     const normkit::NormStats<T> stats_ip = k.threaded ? sync_in_place.forward(device, io, io)
                                                       : sync_in_place.forward(io, io);
     CHECK(same_bytes(in_place.data(), y_local.data(), y_local.size()));
@@ -204,7 +207,7 @@ void check_case(const Case& k) {
     const normkit::NormGrads<P> g_ref = whole.backward(x, dy, ref, dx);
     const normkit::NormGrads<P> g = k.threaded ? sync.backward(device, x_local, dy_local, stats, dx_local)
                                                : sync.backward(x_local, dy_local, stats, dx_local);
-    std::memcpy(in_place.data(), dy_local.data(), sizeof(T) * std::size_t(n_local * per_sample));
+    std::copy_n(dy_local.data(), n_local * per_sample, in_place.data());
     const normkit::NormGrads<P> g_ip = k.threaded ? sync_in_place.backward(device, x_local, io, stats_ip, io)
                                                   : sync_in_place.backward(x_local, io, stats_ip, io);
     CHECK(same_bytes(in_place.data(), dx_local.data(), dx_local.size()));
