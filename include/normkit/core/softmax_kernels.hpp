@@ -40,6 +40,8 @@ namespace normkit::core {
 
 namespace simd {
 
+// 1.5 * 2^23 + 127: see exp_parts.
+inline constexpr float kExpRoundBias = 12583039.0f;
 template <class A>
 inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-708.3964185322641);  // ln(min normal)
 
@@ -61,18 +63,15 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
   const auto c = [](float v) { return set1<float>(v); };
 #if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (sizeof(P) == 64) {
-    const __m512 xc = _mm512_maskz_max_ps(0xFFFF, _mm512_maskz_min_ps(0xFFFF, x, c(88.0f)), c(-88.0f));
-    // g++ without optimization makes this intrinsic a macro that casts the mask to a signed short,
-    // which -Wsign-conversion (a flag our users build with) reports; the mask is all ones.
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wsign-conversion"
-#endif
-    const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_fmadd_ps(xc, c(1.44269504088896341f), c(0.5f)),
-                                                _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+    // min and max return their second operand where one is NaN: a NaN x stays NaN through xc, and
+    // so in q.
+    const __m512 xc = _mm512_maskz_max_ps(0xFFFF, c(-88.0f), _mm512_maskz_min_ps(0xFFFF, c(88.0f), x));
+    // n = xc / ln2 rounded to nearest by adding 1.5 * 2^23 + 127 in the multiply's own rounding:
+    // biased lies in [2^23, 2^24), whose ulp is 1, with n + 127 (0 to 254) in its low mantissa bits,
+    // which a shift then makes the exponent of 2^n. Two operations fewer than a floor, an
+    // integer conversion and an add (the exponential is most of softmax's work).
+    const __m512 biased = _mm512_fmadd_ps(xc, c(1.44269504088896341f), c(kExpRoundBias));
+    const __m512 n = _mm512_sub_ps(biased, c(kExpRoundBias));
     __m512 r = _mm512_fmadd_ps(n, c(-0.693359375f), xc);
     r = _mm512_fmadd_ps(n, c(2.12194440e-4f), r);
     __m512 p = _mm512_fmadd_ps(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
@@ -80,10 +79,8 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = _mm512_fmadd_ps(p, r, c(4.1665795894E-2f));
     p = _mm512_fmadd_ps(p, r, c(1.6666665459E-1f));
     p = _mm512_fmadd_ps(p, r, c(5.0000001201E-1f));
-    __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-    q = _mm512_mask_mov_ps(q, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-    const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvttps_epi32(0xFFFF, _mm512_add_ps(n, c(127.0f))),
-                                              23);
+    const __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_castps_si512(biased), 23);
     const __m512 scale = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ),
                                              _mm512_castsi512_ps(e));
     return {scale, q};
@@ -136,17 +133,19 @@ EIGEN_STRONG_INLINE P exp_packet(const P& x) {
   }
 }
 
-// v where a < b, else 0 (also where either is NaN).
+// v where x >= limit, else 0 (also where x is NaN). The same comparison as exp_parts' flush of
+// scale, so that the compiler computes it once.
 template <class P>
-EIGEN_STRONG_INLINE P keep_where_less(const P& a, const P& b, const P& v) {
+EIGEN_STRONG_INLINE P keep_where_at_least(const P& x, const P& limit, const P& v) {
   namespace ei = Eigen::internal;
 #if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (sizeof(P) == 64) {
-    if constexpr (std::is_same_v<lane_t<P>, float>) return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), v);
-    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), v);
+    if constexpr (std::is_same_v<lane_t<P>, float>)
+      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_GE_OQ), v);
+    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_GE_OQ), v);
   }
 #endif
-  return ei::pand(ei::pcmp_lt(a, b), v);
+  return ei::pand(ei::pcmp_le(limit, x), v);
 }
 
 // t where t != 1 (a NaN included), else 0, adding 1 to `ones` there: exp(x - max) is exactly 1 for
@@ -174,7 +173,7 @@ EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
   }
 }
 
-// exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is above the
+// exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is at or above the
 // flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
 // (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
 // first and only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
@@ -184,7 +183,7 @@ EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const 
   using A = lane_t<P>;
   const P d = ei::psub(x, m), bb = ei::psub(d, x);
   P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
-  err = keep_where_less(set1<A>(kExpFlush<A>), d, err);
+  err = keep_where_at_least(d, set1<A>(kExpFlush<A>), err);
   const P v = ei::padd(err, k_rel);
   if constexpr (std::is_same_v<A, double>) {
     const P ek = ei::pmul(exp_packet(d), k);
