@@ -101,7 +101,8 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
   } else {
     using PI = typename ei::unpacket_traits<P>::integer_packet;
     const P xc = ei::pmax(ei::pmin(x, c(88.0f)), c(-88.0f));
-    const P n = ei::pfloor(ei::pmadd(xc, c(1.44269504088896341f), c(0.5f)));
+    const P biased = ei::pmadd(xc, c(1.44269504088896341f), c(kExpRoundBias));  // as above
+    const P n = ei::psub(biased, c(kExpRoundBias));
     P r = ei::pmadd(n, c(-0.693359375f), xc);
     r = ei::pmadd(n, c(2.12194440e-4f), r);
     P p = ei::pmadd(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
@@ -111,7 +112,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = ei::pmadd(p, r, c(5.0000001201E-1f));
     P q = ei::pmadd(p, ei::pmul(r, r), r);
     q = ei::pselect(ei::pcmp_eq(x, x), q, x);
-    const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::pcast<P, PI>(ei::padd(n, c(127.0f)))));
+    const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::preinterpret<PI>(biased)));
     return {ei::pand(ei::pcmp_le(c(kExpFlush<float>), x), scale), q};
   }
 }
