@@ -50,9 +50,9 @@ inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-
 // uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
 // one final rounding. Results below the smallest normal are flushed (scale 0); a NaN x gives q NaN.
 // x is clamped to [-88, 88] (softmax only ever asks x <= 0). P is a packet of float (on AVX-512
-// written on intrinsics in their zero-masked forms: Eigen's AVX-512 pfloor, pcast and pselect carry
-// an _mm512_undefined operand that GCC 12 reports as maybe-uninitialized, bug 105593), or float
-// itself on targets without SIMD.
+// written on intrinsics in their zero-masked forms: several of Eigen's AVX-512 packet functions
+// carry an _mm512_undefined operand that GCC 12 reports as maybe-uninitialized, bug 105593), or
+// float itself on targets without SIMD.
 template <class P>
 struct ExpParts {
   P scale, q;
@@ -100,6 +100,8 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     return {x >= kExpFlush<float> ? std::ldexp(1.0f, static_cast<int>(n)) : 0.0f, q};
   } else {
     using PI = typename ei::unpacket_traits<P>::integer_packet;
+    // Eigen's SSE, AVX and NEON pmin/pmax return their first operand where one is NaN (x86's
+    // instructions take them swapped): a NaN x stays NaN through xc, and so in q.
     const P xc = ei::pmax(ei::pmin(x, c(88.0f)), c(-88.0f));
     const P biased = ei::pmadd(xc, c(1.44269504088896341f), c(kExpRoundBias));  // as above
     const P n = ei::psub(biased, c(kExpRoundBias));
@@ -110,8 +112,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = ei::pmadd(p, r, c(4.1665795894E-2f));
     p = ei::pmadd(p, r, c(1.6666665459E-1f));
     p = ei::pmadd(p, r, c(5.0000001201E-1f));
-    P q = ei::pmadd(p, ei::pmul(r, r), r);
-    q = ei::pselect(ei::pcmp_eq(x, x), q, x);
+    const P q = ei::pmadd(p, ei::pmul(r, r), r);
     const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::preinterpret<PI>(biased)));
     return {ei::pand(ei::pcmp_le(c(kExpFlush<float>), x), scale), q};
   }
