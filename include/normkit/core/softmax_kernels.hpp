@@ -179,20 +179,22 @@ EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
 // flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
 // (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
 // first and only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
-template <class P>
+// Unit: k = 1 and k_rel = 0 (the statistics' exponentials), without the multiply by 1 and the add
+// of 0 that the compiler must keep (err + 0 is +0 where err is -0; the result is the same).
+template <bool Unit, class P>
 EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const P& k_rel) {
   namespace ei = Eigen::internal;
   using A = lane_t<P>;
   const P d = ei::psub(x, m), bb = ei::psub(d, x);
   P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
   err = keep_where_at_least(d, set1<A>(kExpFlush<A>), err);
-  const P v = ei::padd(err, k_rel);
+  const P v = Unit ? err : ei::padd(err, k_rel);
   if constexpr (std::is_same_v<A, double>) {
-    const P ek = ei::pmul(exp_packet(d), k);
+    const P ek = Unit ? exp_packet(d) : ei::pmul(exp_packet(d), k);
     return ei::pmadd(ek, v, ek);
   } else {
     const ExpParts<P> e = exp_parts(d);
-    const P ks = ei::pmul(e.scale, k), u = ei::padd(e.q, ei::pmadd(v, e.q, v));
+    const P ks = Unit ? e.scale : ei::pmul(e.scale, k), u = ei::padd(e.q, ei::pmadd(v, e.q, v));
     return ei::pmadd(ks, u, ks);
   }
 }
@@ -237,8 +239,15 @@ EIGEN_STRONG_INLINE V exp(const V& x) {
 }
 template <class V>
 EIGEN_STRONG_INLINE V exp_diff(const V& x, const V& m, const V& k, const V& k_rel) {
-  if constexpr (is_scalar<V>) return first_lane(exp_diff_packet(set1<V>(x), set1<V>(m), set1<V>(k), set1<V>(k_rel)));
-  else return exp_diff_packet(x, m, k, k_rel);
+  if constexpr (is_scalar<V>)
+    return first_lane(exp_diff_packet<false>(set1<V>(x), set1<V>(m), set1<V>(k), set1<V>(k_rel)));
+  else return exp_diff_packet<false>(x, m, k, k_rel);
+}
+// exp(x - m), x - m taken exactly: exp_diff with k = 1, k_rel = 0.
+template <class V>
+EIGEN_STRONG_INLINE V exp_diff(const V& x, const V& m) {
+  if constexpr (is_scalar<V>) return first_lane(exp_diff_packet<true>(set1<V>(x), set1<V>(m), set1<V>(x), set1<V>(x)));
+  else return exp_diff_packet<true>(x, m, x, x);
 }
 template <class V>
 EIGEN_STRONG_INLINE V scale_rel(const V& e, const V& k, const V& k_rel) {
@@ -281,7 +290,7 @@ MaxSum<A> merge(const MaxSum<A>& a, const MaxSum<A>& b) {
   MaxSum<A> r = big;
   // the difference of the maxima taken exactly too: a lane or run merged later (the scalar tail of
   // a row, another chunk of a column) holds terms as small as those summed in the lanes
-  const double e = double(simd::exp_diff(small.max, big.max, A(1), A(0)));
+  const double e = double(simd::exp_diff(small.max, big.max));
   if (small.sum != 0 || e != e) add_to(r.sum, r.lo, (small.sum + small.lo) * e);
   return r;
 }
@@ -307,14 +316,12 @@ EIGEN_STRONG_INLINE void online_add(V& m, V* s, V* c, std::size_t acc, const V (
   using namespace simd;
   V mb = m;
   for (std::size_t k = 0; k < K; ++k) mb = max(mb, x[k]);
-  using A = lane_t<V>;
-  const V one = splat<V>(A(1)), zero = splat<V>(A(0));
   // differences to the max taken exactly (exp_diff): log-softmax of the max value is -log S, and
   // S - 1 must keep the digits of its small terms
-  const V e = exp_diff(m, mb, one, zero);
+  const V e = exp_diff(m, mb);
   for (std::size_t a = 0; a < acc; ++a) s[a] = mul(s[a], e), c[a] = mul(c[a], e);
   V t[K];
-  for (std::size_t k = 0; k < K; ++k) t[k] = exp_diff(x[k], mb, one, zero);
+  for (std::size_t k = 0; k < K; ++k) t[k] = exp_diff(x[k], mb);
   // value by value, compensated: the max's 1 may follow tiny ones
   for (std::size_t k = 0; k < K; ++k) two_sum_into(s[k % acc], c[k % acc], t[k]);
   m = mb;
@@ -332,9 +339,8 @@ MaxSum<simd::lane_t<V>> online_reduce(const V& m, const V& s, const V& c) {
   } else {
     constexpr std::size_t n = Eigen::internal::unpacket_traits<V>::size;
     const A top = max_lane(m);
-    const A one = A(1), zero = A(0);
     A ls[n], lc[n], le[n];
-    storev(ls, s), storev(lc, c), storev(le, exp_diff(m, set1<A>(top), set1<A>(one), set1<A>(zero)));
+    storev(ls, s), storev(lc, c), storev(le, exp_diff(m, set1<A>(top)));
     MaxSum<A> r{top, 0, 0};
     for (std::size_t l = 0; l < n; ++l) {
       add_to(r.sum, r.lo, double(ls[l]) * double(le[l]));
@@ -432,10 +438,10 @@ template <class A, bool ExactRest = false, class Load>
 MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   using namespace simd;
   constexpr Index W = width<A>;
-  const Splat<A> top(m), one(A(1)), zero(A(0));
+  const Splat<A> top(m);
   const auto exp_at = [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
-    const V t = exp_diff(x.template load<V>(i), as<V>(top), as<V>(one), as<V>(zero));
+    const V t = exp_diff(x.template load<V>(i), as<V>(top));
     storev(e + i, t);
     return t;
   };
