@@ -49,7 +49,10 @@ inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-
 // (Cody-Waite reduction in two constants, then Cephes' degree-7 fit of exp, the one Eigen's pexp
 // uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
 // one final rounding. Results below the smallest normal are flushed (scale 0); a NaN x gives q NaN.
-// x is clamped to [-88, 88] (softmax only ever asks x <= 0). P is a packet of float (on AVX-512
+// x is clamped to [-88, 88] (softmax only ever asks x <= 0). Clamp false (exp_diff's statistics,
+// whose x is never above 0): no clamp and no flush, fewer operations on the exponential's
+// dependency chain; the parts are then right for x in [kExpFlush, 88] only, and the caller zeroes
+// its result below (a NaN x still gives q NaN). P is a packet of float (on AVX-512
 // written on intrinsics in their zero-masked forms: several of Eigen's AVX-512 packet functions
 // carry an _mm512_undefined operand that GCC 12 reports as maybe-uninitialized, bug 105593), or
 // float itself on targets without SIMD.
@@ -57,7 +60,7 @@ template <class P>
 struct ExpParts {
   P scale, q;
 };
-template <class P>
+template <bool Clamp = true, class P>
 EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
   namespace ei = Eigen::internal;
   const auto c = [](float v) { return set1<float>(v); };
@@ -65,7 +68,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
   if constexpr (sizeof(P) == 64) {
     // min and max return their second operand where one is NaN: a NaN x stays NaN through xc, and
     // so in q.
-    const __m512 xc = _mm512_maskz_max_ps(0xFFFF, c(-88.0f), _mm512_maskz_min_ps(0xFFFF, c(88.0f), x));
+    const __m512 xc = Clamp ? _mm512_maskz_max_ps(0xFFFF, c(-88.0f), _mm512_maskz_min_ps(0xFFFF, c(88.0f), x)) : x;
     // n = xc / ln2 rounded to nearest by adding 1.5 * 2^23 + 127 in the multiply's own rounding:
     // biased lies in [2^23, 2^24), whose ulp is 1, with n + 127 (0 to 254) in its low mantissa bits,
     // which a shift then makes the exponent of 2^n. Two operations fewer than a floor, an
@@ -81,6 +84,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = _mm512_fmadd_ps(p, r, c(5.0000001201E-1f));
     const __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
     const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_castps_si512(biased), 23);
+    if constexpr (!Clamp) return {_mm512_castsi512_ps(e), q};
     const __m512 scale = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ),
                                              _mm512_castsi512_ps(e));
     return {scale, q};
@@ -102,7 +106,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     using PI = typename ei::unpacket_traits<P>::integer_packet;
     // Eigen's SSE, AVX and NEON pmin/pmax return their first operand where one is NaN (x86's
     // instructions take them swapped): a NaN x stays NaN through xc, and so in q.
-    const P xc = ei::pmax(ei::pmin(x, c(88.0f)), c(-88.0f));
+    const P xc = Clamp ? ei::pmax(ei::pmin(x, c(88.0f)), c(-88.0f)) : x;
     const P biased = ei::pmadd(xc, c(1.44269504088896341f), c(kExpRoundBias));  // as above
     const P n = ei::psub(biased, c(kExpRoundBias));
     P r = ei::pmadd(n, c(-0.693359375f), xc);
@@ -114,6 +118,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     p = ei::pmadd(p, r, c(5.0000001201E-1f));
     const P q = ei::pmadd(p, ei::pmul(r, r), r);
     const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::preinterpret<PI>(biased)));
+    if constexpr (!Clamp) return {scale, q};
     return {ei::pand(ei::pcmp_le(c(kExpFlush<float>), x), scale), q};
   }
 }
@@ -150,6 +155,20 @@ EIGEN_STRONG_INLINE P keep_where_at_least(const P& x, const P& limit, const P& v
   return ei::pand(ei::pcmp_le(limit, x), v);
 }
 
+// v where x >= limit or x is NaN, else 0.
+template <class P>
+EIGEN_STRONG_INLINE P zero_below(const P& x, const P& limit, const P& v) {
+  namespace ei = Eigen::internal;
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (sizeof(P) == 64) {
+    if constexpr (std::is_same_v<lane_t<P>, float>)
+      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_NLT_UQ), v);
+    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_NLT_UQ), v);
+  }
+#endif
+  return ei::pandnot(v, ei::pcmp_lt(x, limit));
+}
+
 // t where t != 1 (a NaN included), else 0, adding 1 to `ones` there: exp(x - max) is exactly 1 for
 // the values equal to the max, counted apart from the rest (run_exp_sum). Not x == max: a +Inf max
 // gives exp(Inf - Inf) = NaN, which must reach the sum.
@@ -175,28 +194,34 @@ EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
   }
 }
 
-// exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is at or above the
-// flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
+// exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is at or above
+// the flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
 // (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
 // first and only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
 // Unit: k = 1 and k_rel = 0 (the statistics' exponentials), without the multiply by 1 and the add
-// of 0 that the compiler must keep (err + 0 is +0 where err is -0; the result is the same).
+// of 0 that the compiler must keep (err + 0 is +0 where err is -0; the result is the same), and
+// with the result zeroed below the flush point at the end instead of err and scale before, which
+// takes the clamp and a mask off the chain. Not with a k: k may be NaN (a column whose sum is NaN),
+// and 0 * k must stay NaN.
 template <bool Unit, class P>
 EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const P& k_rel) {
   namespace ei = Eigen::internal;
   using A = lane_t<P>;
+  const P flush = set1<A>(kExpFlush<A>);
   const P d = ei::psub(x, m), bb = ei::psub(d, x);
   P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
-  err = keep_where_at_least(d, set1<A>(kExpFlush<A>), err);
+  if constexpr (!Unit) err = keep_where_at_least(d, flush, err);
   const P v = Unit ? err : ei::padd(err, k_rel);
+  P r;
   if constexpr (std::is_same_v<A, double>) {
     const P ek = Unit ? exp_packet(d) : ei::pmul(exp_packet(d), k);
-    return ei::pmadd(ek, v, ek);
+    r = ei::pmadd(ek, v, ek);
   } else {
-    const ExpParts<P> e = exp_parts(d);
+    const ExpParts<P> e = exp_parts</*Clamp=*/!Unit>(d);
     const P ks = Unit ? e.scale : ei::pmul(e.scale, k), u = ei::padd(e.q, ei::pmadd(v, e.q, v));
-    return ei::pmadd(ks, u, ks);
+    r = ei::pmadd(ks, u, ks);
   }
+  return Unit ? zero_below(d, flush, r) : r;
 }
 
 // e * k * (1 + k_rel): the one-exponential sweep's scaling of a stored exp(x - m), rounded once
