@@ -50,9 +50,9 @@ inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-
 // uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
 // one final rounding. Results below the smallest normal are flushed (scale 0); a NaN x gives q NaN.
 // x is clamped to [-88, 88] (softmax only ever asks x <= 0). Clamp false (exp_diff's statistics,
-// whose x is never above 0): no clamp and no flush, fewer operations on the exponential's
-// dependency chain; the parts are then right for x in [kExpFlush, 88] only, and the caller zeroes
-// its result below (a NaN x still gives q NaN). P is a packet of float (on AVX-512
+// whose x is never above 0): the packet forms neither clamp nor flush, fewer operations on the
+// exponential's dependency chain; their parts are then right for x in [kExpFlush, 88] only, and the
+// caller zeroes its result below (a NaN x still gives q NaN). P is a packet of float (on AVX-512
 // written on intrinsics in their zero-masked forms: several of Eigen's AVX-512 packet functions
 // carry an _mm512_undefined operand that GCC 12 reports as maybe-uninitialized, bug 105593), or
 // float itself on targets without SIMD.
