@@ -45,6 +45,21 @@ inline constexpr float kExpRoundBias = 12583039.0f;
 template <class A>
 inline constexpr A kExpFlush = std::is_same_v<A, float> ? A(-87.33654475f) : A(-708.3964185322641);  // ln(min normal)
 
+// v where x >= limit or x is NaN, else 0. The exponentials' flush below kExpFlush, written once
+// so that the compiler computes the comparison once where two of them meet (exp_diff).
+template <class P>
+EIGEN_STRONG_INLINE P zero_below(const P& x, const P& limit, const P& v) {
+  namespace ei = Eigen::internal;
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (sizeof(P) == 64) {
+    if constexpr (std::is_same_v<lane_t<P>, float>)
+      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_NLT_UQ), v);
+    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_NLT_UQ), v);
+  }
+#endif
+  return ei::pandnot(v, ei::pcmp_lt(x, limit));
+}
+
 // exp(x) as scale * (1 + q): scale = 2^n, q = exp(r) - 1 with r = x - n ln2 in [-ln2/2, ln2/2]
 // (Cody-Waite reduction in two constants, then Cephes' degree-7 fit of exp, the one Eigen's pexp
 // uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
@@ -85,9 +100,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     const __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
     const __m512i e = _mm512_maskz_slli_epi32(0xFFFF, _mm512_castps_si512(biased), 23);
     if constexpr (!Clamp) return {_mm512_castsi512_ps(e), q};
-    const __m512 scale = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, c(kExpFlush<float>), _CMP_GE_OQ),
-                                             _mm512_castsi512_ps(e));
-    return {scale, q};
+    return {zero_below(x, c(kExpFlush<float>), _mm512_castsi512_ps(e)), q};
   }
 #endif
   if constexpr (std::is_floating_point_v<P>) {  // no SIMD: the same steps on one float
@@ -119,7 +132,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     const P q = ei::pmadd(p, ei::pmul(r, r), r);
     const P scale = ei::preinterpret<P>(ei::plogical_shift_left<23>(ei::preinterpret<PI>(biased)));
     if constexpr (!Clamp) return {scale, q};
-    return {ei::pand(ei::pcmp_le(c(kExpFlush<float>), x), scale), q};
+    return {zero_below(x, c(kExpFlush<float>), scale), q};
   }
 }
 
@@ -138,35 +151,6 @@ EIGEN_STRONG_INLINE P exp_packet(const P& x) {
     const ExpParts<P> e = exp_parts(x);
     return ei::pmadd(e.scale, e.q, e.scale);
   }
-}
-
-// v where x >= limit, else 0 (also where x is NaN). The same comparison as exp_parts' flush of
-// scale, so that the compiler computes it once.
-template <class P>
-EIGEN_STRONG_INLINE P keep_where_at_least(const P& x, const P& limit, const P& v) {
-  namespace ei = Eigen::internal;
-#if defined(EIGEN_VECTORIZE_AVX512)
-  if constexpr (sizeof(P) == 64) {
-    if constexpr (std::is_same_v<lane_t<P>, float>)
-      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_GE_OQ), v);
-    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_GE_OQ), v);
-  }
-#endif
-  return ei::pand(ei::pcmp_le(limit, x), v);
-}
-
-// v where x >= limit or x is NaN, else 0.
-template <class P>
-EIGEN_STRONG_INLINE P zero_below(const P& x, const P& limit, const P& v) {
-  namespace ei = Eigen::internal;
-#if defined(EIGEN_VECTORIZE_AVX512)
-  if constexpr (sizeof(P) == 64) {
-    if constexpr (std::is_same_v<lane_t<P>, float>)
-      return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, limit, _CMP_NLT_UQ), v);
-    else return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x, limit, _CMP_NLT_UQ), v);
-  }
-#endif
-  return ei::pandnot(v, ei::pcmp_lt(x, limit));
 }
 
 // t where t != 1 (a NaN included), else 0, adding 1 to `ones` there: exp(x - max) is exactly 1 for
@@ -195,9 +179,10 @@ EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
 }
 
 // exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is at or above
-// the flush point). float: with exp(d) = scale * (1 + q), the result is ks + ks * u, ks = scale * k
-// (exact: a power of two times k), u = q + v * (1 + q), v = err + k_rel: the small terms are summed
-// first and only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
+// the flush point, or NaN: the result is NaN there anyway). float: with exp(d) = scale * (1 + q),
+// the result is ks + ks * u, ks = scale * k (exact: a power of two times k), u = q + v * (1 + q),
+// v = err + k_rel: the small terms are summed first and only one rounding falls on the result.
+// double: exp(d) * k * (1 + err + k_rel).
 // Unit: k = 1 and k_rel = 0 (the statistics' exponentials), without the multiply by 1 and the add
 // of 0 that the compiler must keep (err + 0 is +0 where err is -0; the result is the same), and
 // with the result zeroed below the flush point at the end instead of err and scale before, which
@@ -210,7 +195,7 @@ EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const 
   const P flush = set1<A>(kExpFlush<A>);
   const P d = ei::psub(x, m), bb = ei::psub(d, x);
   P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
-  if constexpr (!Unit) err = keep_where_at_least(d, flush, err);
+  if constexpr (!Unit) err = zero_below(d, flush, err);
   const P v = Unit ? err : ei::padd(err, k_rel);
   P r;
   if constexpr (std::is_same_v<A, double>) {
