@@ -60,12 +60,15 @@ EIGEN_STRONG_INLINE P zero_below(const P& x, const P& limit, const P& v) {
   return ei::pandnot(v, ei::pcmp_lt(x, limit));
 }
 
-// exp(x) as scale * (1 + q): scale = 2^n, q = exp(r) - 1 with r = x - n ln2 in [-ln2/2, ln2/2]
-// (Cody-Waite reduction in two constants, then Cephes' degree-7 fit of exp, the one Eigen's pexp
-// uses, written as r + r^2 * p(r)). Keeping the 1 apart lets the caller fold its own factors into
-// one final rounding. Results below the smallest normal are flushed (scale 0); a NaN x gives q NaN.
-// x is clamped to [-88, 88] (softmax only ever asks x <= 0). Clamp false (exp_diff's statistics,
-// whose x is never above 0): the packet forms neither clamp nor flush, fewer operations on the
+// exp(x + err) as scale * (1 + q): scale = 2^n, q = exp(r) - 1 with r = x + err - n ln2 in
+// [-ln2/2, ln2/2] (Cody-Waite reduction in two constants, then Cephes' degree-7 fit of exp, the one
+// Eigen's pexp uses, written as r + r^2 * p(r)). err (WithErr; at most a few ulps of x: exp_diff's
+// rounding error of x - m) joins the small second constant's term, n ln2_lo + err, off the chain,
+// and that sum is added to r with one rounding, the one the second reduction step had anyway
+// (this replaced exp(x) * (1 + err), two more operations and one more rounding). Keeping the 1
+// apart lets the caller fold its own factors into one final rounding. Results below the smallest normal are flushed
+// (scale 0); a NaN x gives q NaN. x is clamped to [-88, 88] (softmax only ever asks x <= 0). Clamp false (exp_diff's
+// statistics, whose x is never above 0): the packet forms neither clamp nor flush, fewer operations on the
 // exponential's dependency chain; their parts are then right for x in [kExpFlush, 88] only, and the
 // caller zeroes its result below (a NaN x still gives q NaN). P is a packet of float (on AVX-512
 // written on intrinsics in their zero-masked forms: several of Eigen's AVX-512 packet functions
@@ -75,8 +78,8 @@ template <class P>
 struct ExpParts {
   P scale, q;
 };
-template <bool Clamp = true, class P>
-EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
+template <bool Clamp = true, bool WithErr = false, class P>
+EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x, const P& err = P()) {
   namespace ei = Eigen::internal;
   const auto c = [](float v) { return set1<float>(v); };
 #if defined(EIGEN_VECTORIZE_AVX512)
@@ -91,7 +94,8 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     const __m512 biased = _mm512_fmadd_ps(xc, c(1.44269504088896341f), c(kExpRoundBias));
     const __m512 n = _mm512_sub_ps(biased, c(kExpRoundBias));
     __m512 r = _mm512_fmadd_ps(n, c(-0.693359375f), xc);
-    r = _mm512_fmadd_ps(n, c(2.12194440e-4f), r);
+    r = WithErr ? _mm512_add_ps(r, _mm512_fmadd_ps(n, c(2.12194440e-4f), err))
+                : _mm512_fmadd_ps(n, c(2.12194440e-4f), r);
     __m512 p = _mm512_fmadd_ps(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
     p = _mm512_fmadd_ps(p, r, c(8.3334519073E-3f));
     p = _mm512_fmadd_ps(p, r, c(4.1665795894E-2f));
@@ -107,7 +111,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     const float xc = std::max(std::min(x, 88.0f), -88.0f);
     const float n = std::floor(madd(xc, 1.44269504088896341f, 0.5f));
     float r = madd(n, -0.693359375f, xc);
-    r = madd(n, 2.12194440e-4f, r);
+    r = WithErr ? r + madd(n, 2.12194440e-4f, err) : madd(n, 2.12194440e-4f, r);
     float p = madd(1.9875691500E-4f, r, 1.3981999507E-3f);
     p = madd(p, r, 8.3334519073E-3f);
     p = madd(p, r, 4.1665795894E-2f);
@@ -123,7 +127,7 @@ EIGEN_STRONG_INLINE ExpParts<P> exp_parts(const P& x) {
     const P biased = ei::pmadd(xc, c(1.44269504088896341f), c(kExpRoundBias));  // as above
     const P n = ei::psub(biased, c(kExpRoundBias));
     P r = ei::pmadd(n, c(-0.693359375f), xc);
-    r = ei::pmadd(n, c(2.12194440e-4f), r);
+    r = WithErr ? ei::padd(r, ei::pmadd(n, c(2.12194440e-4f), err)) : ei::pmadd(n, c(2.12194440e-4f), r);
     P p = ei::pmadd(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
     p = ei::pmadd(p, r, c(8.3334519073E-3f));
     p = ei::pmadd(p, r, c(4.1665795894E-2f));
@@ -179,15 +183,15 @@ EIGEN_STRONG_INLINE V count_ones(const V& t, V& ones) {
 }
 
 // exp(x - m) * k * (1 + k_rel) with x - m taken exactly as d + err (err kept where d is at or above
-// the flush point, or NaN: the result is NaN there anyway). float: with exp(d) = scale * (1 + q),
-// the result is ks + ks * u, ks = scale * k (exact: a power of two times k), u = q + v * (1 + q),
-// v = err + k_rel: the small terms are summed first and only one rounding falls on the result.
-// double: exp(d) * k * (1 + err + k_rel).
+// the flush point, or NaN: the result is NaN there anyway). float: exp(d + err) = scale * (1 + q)
+// (exp_parts, err inside the reduced argument), and the result is ks + ks * u, ks = scale * k
+// (exact: a power of two times k), u = q + k_rel * (1 + q): the small terms are summed first and
+// only one rounding falls on the result. double: exp(d) * k * (1 + err + k_rel).
 // Unit: k = 1 and k_rel = 0 (the statistics' exponentials), without the multiply by 1 and the add
-// of 0 that the compiler must keep (err + 0 is +0 where err is -0; the result is the same), and
-// with the result zeroed below the flush point at the end instead of err and scale before, which
-// takes the clamp and a mask off the chain. Not with a k: k may be NaN (a column whose sum is NaN),
-// and 0 * k must stay NaN.
+// of 0 that the compiler must keep (q + 0 is +0 where q is -0; the result is the same), and with
+// the result zeroed below the flush point at the end instead of err and scale before, which takes
+// the clamp and a mask off the chain. Not with a k: k may be NaN (a column whose sum is NaN), and
+// 0 * k must stay NaN.
 template <bool Unit, class P>
 EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const P& k_rel) {
   namespace ei = Eigen::internal;
@@ -196,14 +200,14 @@ EIGEN_STRONG_INLINE P exp_diff_packet(const P& x, const P& m, const P& k, const 
   const P d = ei::psub(x, m), bb = ei::psub(d, x);
   P err = ei::padd(ei::psub(x, ei::psub(d, bb)), ei::psub(ei::pnegate(m), bb));
   if constexpr (!Unit) err = zero_below(d, flush, err);
-  const P v = Unit ? err : ei::padd(err, k_rel);
   P r;
   if constexpr (std::is_same_v<A, double>) {
+    const P v = Unit ? err : ei::padd(err, k_rel);
     const P ek = Unit ? exp_packet(d) : ei::pmul(exp_packet(d), k);
     r = ei::pmadd(ek, v, ek);
   } else {
-    const ExpParts<P> e = exp_parts</*Clamp=*/!Unit>(d);
-    const P ks = Unit ? e.scale : ei::pmul(e.scale, k), u = ei::padd(e.q, ei::pmadd(v, e.q, v));
+    const ExpParts<P> e = exp_parts</*Clamp=*/!Unit, /*WithErr=*/true>(d, err);
+    const P ks = Unit ? e.scale : ei::pmul(e.scale, k), u = Unit ? e.q : ei::padd(e.q, ei::pmadd(k_rel, e.q, k_rel));
     r = ei::pmadd(ks, u, ks);
   }
   return Unit ? zero_below(d, flush, r) : r;
