@@ -241,6 +241,33 @@ TEST_CASE("softmax: the exp kernel within 1 ulp of float64 over [-87, 0]", "[sof
   REQUIRE(normkit::core::simd::exp(0.0f) == 1.0f);
 }
 
+// Softmax's sum of exponentials is kept in float with each addition's error (simd::UnitSum), moved
+// to double every few packets. Its weak spot is many equal terms near ulp(1): their errors all have
+// the same sign and pile up in the float compensation. Held to 2^-30 of the sum, far below the
+// 2^-24 at which a float result would see it (it measures about 2^-38 here; summing the same
+// values in float alone is off by 2^-9 at 2^20 values).
+TEST_CASE("softmax: the float sum of exponentials on terms that defeat it", "[softmax]") {
+  using namespace normkit::core;
+  constexpr Index W = simd::width<float>;
+  for (const Index n : {Index(1000), Index(32007), Index(1) << 20})
+    for (const float t : {0.3f * 0x1p-23f, 0.7f * 0x1p-23f, 1.3f * 0x1p-23f, 3e-5f, 0.1f, 1.0f / 3.0f}) {
+      std::vector<float> e(static_cast<std::size_t>(n), t);
+      e[7] = 1.0f;  // the max's own term
+      simd::UnitSum sum;
+      Index i = 0;
+      for (; i + W <= n; i += W) sum.add(Eigen::internal::ploadu<simd::packet<float>>(e.data() + i));
+      for (; i < n; ++i) sum.add(e[std::size_t(i)]);
+      sum.flush();
+      double parts[simd::WideSum::kParts];
+      sum.wide.store(parts);
+      long double got = 0, want = 0;
+      for (double v : parts) got += v;
+      for (float v : e) want += v;
+      INFO("n " << n << " t " << t);
+      REQUIRE(std::abs(double((got - want) / want)) <= 0x1p-30);
+    }
+}
+
 TEST_CASE("softmax: bfloat16 and half rounded once from float", "[softmax]") {
   const std::array<Index, 2> dims{4, 515};
   const std::vector<Index> d(dims.begin(), dims.end());

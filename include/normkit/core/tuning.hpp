@@ -174,5 +174,10 @@ inline constexpr Index kSoftmaxScratchBytes = Index(4) << 20;
 // registers beside the exponential's constants and were spilled to the stack and reloaded every
 // packet (measured with float, before its sums went to double).
 inline constexpr int kSoftmaxExpSums = 2;
+// simd::UnitSum (softmax's sum of exponentials in float, errors kept) moves its float sums to double
+// every this many packets. Its bound on the sum's relative error grows with the block (c, the sum of
+// the block's rounding errors, is itself a float sum of that many terms); a flush costs about as
+// much as two packets' widening into double.
+inline constexpr int kUnitSumFlush = 16;
 
 }  // namespace normkit::core::tuning
