@@ -49,6 +49,7 @@ struct LoadX {
   EIGEN_STRONG_INLINE void keep_value(Index) const {}
   EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
   LoadX at(Index k) const { return {x + k}; }
+  const T* base() const { return x; }
   bool keeps() const { return false; }
   const T* kept(Index) const { return nullptr; }
 };

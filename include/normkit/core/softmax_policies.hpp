@@ -83,7 +83,7 @@ struct SoftmaxForward {
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     if (!max_first()) return run_max_sum<A>(x.at(at), s.inner);
     return run_exp_sum<A, Mode != SoftmaxSweep::Softmax>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner),
-                                                         scratch_row<A>(s.inner));
+                                                         scratch_row<A>(s.inner, x.at(at).base()));
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
@@ -157,7 +157,7 @@ struct SoftmaxForward {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
                               CE ? ce.weight : static_cast<const P*>(nullptr),
-                              scale_exp() ? scratch_row<A>(s.inner) : nullptr, stream, next);
+                              scale_exp() ? scratch_row<A>(s.inner, x.at(at).base()) : nullptr, stream, next);
       if constexpr (CE)
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), /*stream=*/false);
     }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cstdint>
 #include <fstream>
 #include <string>
 
@@ -153,6 +154,11 @@ inline constexpr Index kStreamBytes = Index(8) << 20;
 // Batched sweeps are not used with streaming stores of packets narrower than a 64-byte line
 // (16-bit data): several rows' half-written lines interleave in the write-combining buffers.
 inline constexpr Index kCacheLineBytes = 64;
+// Loads and stores are matched by their addresses' low 12 bits before the whole address is known:
+// a load that matches an older store still in flight waits on it (4K aliasing; Intel and AMD
+// alike), so a scratch array written while its source is read ahead takes the source's offset
+// within this many bytes (softmax's scratch row).
+inline constexpr std::uintptr_t kAliasBytes = 4096;
 
 // --- Softmax (softmax_kernels.hpp) ---------------------------------------------------------------
 // The online max-and-sum pass takes the max of this many packets (of a run), or rows (of a panel
