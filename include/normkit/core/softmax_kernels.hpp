@@ -451,17 +451,21 @@ inline MaxSum<float> wide_max_sum(const simd::WideSum& sum, float m, double star
   return r;
 }
 
-// sum e in double, the values equal to 1 counted apart and added first: S = count + rest with rest's
-// rounding error kept (MaxSum::lo), for rest far below 1 (run_exp_sum).
-inline MaxSum<float> sum_ones_apart(const float* e, Index n, float m) {
+// sum e = exp(x - m) in double, the values equal to 1 counted apart and added first: S = count +
+// rest with rest's rounding error kept (MaxSum::lo), for rest far below 1 (run_exp_sum). e as kept
+// by run_exp_sum, or null: taken again from x.
+template <class Load>
+MaxSum<float> sum_ones_apart(Load x, const float* e, Index n, float m) {
   using namespace simd;
   WideSum rest;
   packet<float> ones = set1<float>(0.f);
   float tail_ones = 0.f;
+  const Splat<float> top(m);
   for_lanes<float>(n, 0, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
-    if constexpr (is_scalar<V>) rest.add(count_ones(e[i], tail_ones));
-    else rest.add(count_ones(loadv<V>(e + i), ones));
+    const V t = e ? loadv<V>(e + i) : exp_diff(x.template load<V>(i), as<V>(top));
+    if constexpr (is_scalar<V>) rest.add(count_ones(t, tail_ones));
+    else rest.add(count_ones(t, ones));
   });
   return wide_max_sum(rest, m, double(simd::sum(ones)) + double(tail_ones));  // a count: exact
 }
@@ -476,8 +480,12 @@ inline MaxSum<float> sum_ones_apart(const float* e, Index n, float m) {
 // tiny terms to that 1 loses up to 2^-53 each, up to n * 2^-53 of rest in all. Log-softmax's
 // -log S and cross-entropy's loss log S of a dominant value are made of rest's digits, so with
 // ExactRest a row whose rest is below n * 2^-23 (where that loss could exceed 2^-30 of rest: a
-// confident prediction) is summed again from e with the ones counted apart (sum_ones_apart): a
-// pass over the cached e without exponentials. Softmax's 1/S needs no more than the first sum.
+// confident prediction) is summed again with the ones counted apart (sum_ones_apart): a pass over
+// the cached e without exponentials, or over x with them where e was not kept. Softmax's 1/S needs
+// no more than the first sum.
+// e null: the exponentials are not kept (log-softmax's sweep takes none, nor does a sweep without
+// FMA): half a row of stores fewer, and the row alone in cache for the sweep (a 501 KiB row and its
+// 501 KiB of exponentials filled a 1 MiB L2).
 template <class A, bool ExactRest = false, class Load>
 MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   using namespace simd;
@@ -486,7 +494,7 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   const auto exp_at = [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     const V t = exp_diff(x.template load<V>(i), as<V>(top));
-    storev(e + i, t);
+    if (e) storev(e + i, t);
     return t;
   };
   if constexpr (std::is_same_v<A, float> && !ExactRest) {
@@ -499,7 +507,7 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
     const MaxSum<A> r = wide_max_sum(sum, m, 0);
     // a NaN sum fails the test too, and stays NaN
-    if (ExactRest && !(r.sum - 1 >= double(n) * 0x1p-23)) return sum_ones_apart(e, n, m);
+    if (ExactRest && !(r.sum - 1 >= double(n) * 0x1p-23)) return sum_ones_apart(x, e, n, m);
     return r;
   } else {  // double: tuning::kSoftmaxExpSums compensated sums (they keep 1 + rest's digits)
     constexpr int K = tuning::kSoftmaxExpSums;

@@ -69,10 +69,10 @@ struct SoftmaxForward {
 
   Coef start(Index) const { return Coef{}; }
   // A group that is one run of at most the scratch row's size takes its max first, then one
-  // exponential per value, kept in the scratch row, for the sum (run_max, run_exp_sum), not the
-  // online pass's 1 + 1/4: the run is in cache for the second read. Softmax and cross-entropy
-  // sweeps scale the kept exponentials (scale_exp) on targets with a fused madd; log-softmax's
-  // sweep takes none, loss-only cross-entropy has no sweep. scale_exp relies on batchable() being
+  // exponential per value for the sum (run_max, run_exp_sum), not the online pass's 1 + 1/4: the
+  // run is in cache for the second read. Softmax and cross-entropy sweeps scale the exponentials
+  // (scale_exp), kept in the scratch row, on targets with a fused madd; otherwise none are kept
+  // (log-softmax's sweep takes none, loss-only cross-entropy has no sweep). scale_exp relies on batchable() being
   // false: each group's reduce is followed by its own sweep, on the same thread, before the next
   // group's reduce. Log-softmax and cross-entropy need log S's digits near 0 (run_exp_sum's
   // ExactRest).
@@ -83,7 +83,8 @@ struct SoftmaxForward {
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     if (!max_first()) return run_max_sum<A>(x.at(at), s.inner);
     return run_exp_sum<A, Mode != SoftmaxSweep::Softmax>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner),
-                                                         scratch_row<A>(s.inner, x.at(at).base()));
+                                                         scale_exp() ? scratch_row<A>(s.inner, x.at(at).base())
+                                                                     : nullptr);
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
