@@ -528,12 +528,15 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
 
 // A row of n values of scratch for the calling thread, kept for its next calls: run_exp_sum writes
 // a run's exponentials there and the sweep of that run, on the same thread, reads them back. It
-// starts at the offset of `like` (the run's x) within tuning::kAliasBytes: the exponential pass
-// loads x a few packets ahead of its stores to the scratch, and a load whose address matches a
-// pending store's in those low bits waits on it (4K aliasing); at the same offset no load meets
-// one. Softmax fp32 4096x1024 (rows of one page, the scratch wherever the heap put it) read 2.1-2.3
-// ms with the scratch 0x000-0x0b0 or 0xc70-0xd30 bytes past x within the page, 2.4 at 0x0f0 and
-// 3.4-3.6 at 0x130-0x170.
+// starts at the offset of `like` (the run's x) within tuning::kAliasBytes. Placed by the heap it
+// made softmax fp32 4096x1024 run 3.3-3.9 ms instead of 2.2-2.4 in some processes: x at 0x160
+// within a page, y at 0x170, the scratch at 0x140. Moved against x (x's offset plus 0 to 4032 in
+// steps of 128 bytes) it read 2.1-2.5 everywhere but 128 bytes below x, 2.84: what 4K aliasing
+// would do (a load whose address matches a pending store's in the low 12 bits waits on it), the
+// sweep's loads of the scratch running into y's streaming stores just above it. At x's own offset
+// (y's, in most layouts) neither pass's loads meet a pending store of the other array; bfloat16,
+// whose x and y advance half as fast as the scratch, measured best there too (2.6 ms; 3.3 half a
+// page away).
 template <class A>
 A* scratch_row(Index n, const void* like) {
   constexpr std::uintptr_t page = tuning::kAliasBytes;

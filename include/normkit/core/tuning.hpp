@@ -156,8 +156,7 @@ inline constexpr Index kStreamBytes = Index(8) << 20;
 inline constexpr Index kCacheLineBytes = 64;
 // Loads and stores are matched by their addresses' low 12 bits before the whole address is known:
 // a load that matches an older store still in flight waits on it (4K aliasing; Intel and AMD
-// alike), so a scratch array written while its source is read ahead takes the source's offset
-// within this many bytes (softmax's scratch row).
+// alike), so softmax's scratch row takes its x's offset within this many bytes (scratch_row).
 inline constexpr std::uintptr_t kAliasBytes = 4096;
 
 // --- Softmax (softmax_kernels.hpp) ---------------------------------------------------------------
