@@ -244,8 +244,8 @@ TEST_CASE("softmax: the exp kernel within 1 ulp of float64 over [-87, 0]", "[sof
 // Softmax's sum of exponentials is kept in float with each addition's error (simd::UnitSum), moved
 // to double every few packets. Its weak spot is many equal terms near ulp(1): their errors all have
 // the same sign and pile up in the float compensation. Held to 2^-30 of the sum, far below the
-// 2^-24 at which a float result would see it (it measures about 2^-38 here; summing the same
-// values in float alone is off by 2^-9 at 2^20 values).
+// 2^-24 at which a float result would see it (it measures 2^-40 here with AVX-512 or AVX2, 2^-42
+// with SSE; summing the same values in float alone is off by up to 2^-9 at 2^20 values).
 TEST_CASE("softmax: the float sum of exponentials on terms that defeat it", "[softmax]") {
   using namespace normkit::core;
   constexpr Index W = simd::width<float>;

@@ -72,9 +72,9 @@ struct SoftmaxForward {
   // exponential per value for the sum (run_max, run_exp_sum), not the online pass's 1 + 1/4: the
   // run is in cache for the second read. Softmax and cross-entropy sweeps scale the exponentials
   // (scale_exp), kept in the scratch row, on targets with a fused madd; otherwise none are kept
-  // (log-softmax's sweep takes none, loss-only cross-entropy has no sweep). scale_exp relies on batchable() being
-  // false: each group's reduce is followed by its own sweep, on the same thread, before the next
-  // group's reduce. Log-softmax and cross-entropy need log S's digits near 0 (run_exp_sum's
+  // (log-softmax's sweep takes none, loss-only cross-entropy has no sweep). scale_exp relies on
+  // batchable() being false: each group's reduce is followed by its own sweep, on the same thread,
+  // before the next group's reduce. Log-softmax and cross-entropy need log S's digits near 0 (run_exp_sum's
   // ExactRest).
   bool max_first() const { return s.outer == 1 && s.inner * Index(sizeof(A)) <= tuning::kSoftmaxScratchBytes; }
   bool scale_exp() const {
