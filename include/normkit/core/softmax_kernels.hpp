@@ -451,6 +451,11 @@ inline MaxSum<float> wide_max_sum(const simd::WideSum& sum, float m, double star
   for (double v : parts) add_to(r.sum, r.lo, v);
   return r;
 }
+// (UnitSum: its last block flushed to double first.)
+inline MaxSum<float> wide_max_sum(simd::UnitSum& sum, float m, double start) {
+  sum.flush();
+  return wide_max_sum(sum.wide, m, start);
+}
 
 // sum e = exp(x - m) in double, the values equal to 1 counted apart and added first: S = count +
 // rest with rest's rounding error kept (MaxSum::lo), for rest far below 1 (run_exp_sum). e as kept
@@ -498,13 +503,8 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
     if (e) storev(e + i, t);
     return t;
   };
-  if constexpr (std::is_same_v<A, float> && !ExactRest) {
-    UnitSum sum;
-    for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
-    sum.flush();
-    return wide_max_sum(sum.wide, m, 0);
-  } else if constexpr (std::is_same_v<A, float>) {
-    WideSum sum;
+  if constexpr (std::is_same_v<A, float>) {
+    std::conditional_t<ExactRest, WideSum, UnitSum> sum;
     for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
     const MaxSum<A> r = wide_max_sum(sum, m, 0);
     // a NaN sum fails the test too, and stays NaN

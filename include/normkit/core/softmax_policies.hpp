@@ -80,11 +80,13 @@ struct SoftmaxForward {
   bool scale_exp() const {
     return simd::kFusedMadd && Mode != SoftmaxSweep::LogSoftmax && (!CE || ce.scale) && max_first();
   }
+  // Where the run at `at` keeps its exponentials for its sweep (null: not kept); its reduce and its
+  // sweep must get the same row.
+  A* kept_exp(Index at) const { return scale_exp() ? scratch_row<A>(s.inner, x.at(at).base()) : nullptr; }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     if (!max_first()) return run_max_sum<A>(x.at(at), s.inner);
     return run_exp_sum<A, Mode != SoftmaxSweep::Softmax>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner),
-                                                         scale_exp() ? scratch_row<A>(s.inner, x.at(at).base())
-                                                                     : nullptr);
+                                                         kept_exp(at));
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
     const Index at = r0 * s.groups + g0;
@@ -157,8 +159,7 @@ struct SoftmaxForward {
     for (int r = 0; r < R; ++r) {
       const Index at = s.run_at(o, g + r);
       softmax_sweep_run<Mode>(x.at(at), y.at(at), s.inner, static_cast<const SoftmaxCoef<A>&>(c[r]),
-                              CE ? ce.weight : static_cast<const P*>(nullptr),
-                              scale_exp() ? scratch_row<A>(s.inner, x.at(at).base()) : nullptr, stream, next);
+                              CE ? ce.weight : static_cast<const P*>(nullptr), kept_exp(at), stream, next);
       if constexpr (CE)
         if (c[r].target >= 0) y.at(at).store(c[r].target, target_value(c[r]), /*stream=*/false);
     }
