@@ -1089,7 +1089,7 @@ TEST_CASE("Thread pool: empty batch, NaN isolation and bad input", "[properties]
 // words of the buffers outside the mapped range must stay untouched.
 //
 // Outputs of 8 MiB and more are written with non-temporal stores, and the values of a run before its
-// first packet-aligned address go through the scalar code (simd::aligned_head), so which values take
+// first cache-line boundary go through the scalar code (core::stream_span), so which values take
 // the scalar path depends on the address. The kernels write every fused multiply-add explicitly
 // (simd::madd, fused in the scalar edges exactly when in the vector body), so that path gives the same
 // bits too: asserted below. (Before that, GCC fused the scalar edges' v * w + b under -O2 but not under

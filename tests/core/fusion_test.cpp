@@ -11,10 +11,13 @@
 //                 any chunk order.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "normkit/core/groups.hpp"
@@ -145,6 +148,40 @@ TEST_CASE("load prologue: h stored by the streamed sweep of a large row shape", 
   REQUIRE_FALSE(core::stream_output<float>(kShapes[0].size()));
   check_residual_forward<float, float>(s, core::AffineAxis::Element);
   check_residual_forward<Eigen::bfloat16, float>(s, core::AffineAxis::Element);
+}
+
+// stream_span: which values of a run the non-temporal stores write. Whole lines only (a line written
+// partly by streaming and partly by ordinary stores costs a partial flush), starting at the first
+// line boundary, ending at the last; every misalignment of the run within two lines, for packets
+// narrower than a line (bfloat16), as wide as one (float on AVX-512) or either (double).
+TEMPLATE_TEST_CASE("stream_span: streaming stores cover whole lines from the first boundary to the last",
+                   "[core][fusion]", float, double, Eigen::bfloat16) {
+  using T = TestType;
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  constexpr Index line = std::max<Index>(normkit::core::tuning::kCacheLineBytes,
+                                         Index(sizeof(T)) * normkit::core::simd::width<A>);
+  constexpr Index per_line = line / Index(sizeof(T));
+  alignas(128) static T buffer[4096];
+  for (Index offset = 0; offset < 2 * per_line; ++offset) {
+    const T* p = buffer + offset;
+    for (const Index n : {Index(0), Index(1), per_line - 1, per_line, per_line + 1, Index(1031), Index(2048)}) {
+      CAPTURE(offset, n);
+      const core::StreamSpan off = core::stream_span<A>(p, n, false);
+      CHECK((off.head == 0 && off.end == 0));
+      const core::StreamSpan s = core::stream_span<A>(p, n, true);
+      CHECK(0 <= s.head);
+      CHECK(s.head <= s.end);
+      CHECK(s.end <= n);
+      CHECK(s.head == std::min(n, (per_line - offset % per_line) % per_line));  // the first boundary
+      CHECK((s.end - s.head) % per_line == 0);
+      CHECK(n - s.end < (s.head < n ? per_line : Index(1)));  // no whole line left after end
+      if (s.head < s.end) CHECK(reinterpret_cast<std::uintptr_t>(p + s.head) % std::uintptr_t(line) == 0);
+    }
+  }
+  // an address that is not a whole number of values off a line streams nothing
+  const T* odd = reinterpret_cast<const T*>(reinterpret_cast<const char*>(buffer) + 1);
+  const core::StreamSpan none = core::stream_span<A>(odd, 100, true);
+  CHECK((none.head == 0 && none.end == 0));
 }
 
 TEST_CASE("store epilogue: dx = dx_norm + dh, rounded once", "[core][fusion]") {

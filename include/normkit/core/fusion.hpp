@@ -19,11 +19,14 @@
 // column kernels' row blocks (col_kernels.hpp: strip_block_rows).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include <Eigen/Core>
 
 #include "simd.hpp"
+#include "tuning.hpp"
 
 namespace normkit::core {
 
@@ -175,6 +178,30 @@ EIGEN_ALWAYS_INLINE void for_lanes(Index n, Index head, F&& f) {
   for (Index i = 0; i < head; ++i) f(i, A{});
   for (Index i = head; i < body_end; i += W) f(i, simd::packet<A>{});
   for (Index i = body_end; i < n; ++i) f(i, A{});
+}
+
+// The values [head, end) of a sweep's output run of n values at p that non-temporal stores write
+// (simd.hpp: store): whole cache lines only, head the first value on a line boundary. The values
+// before head and from end on are stored through the cache, and so are the rows of a batch whose
+// lines do not fall where the first row's do (store checks each packet's alignment; a kept h
+// streams where y does). A line written partly by streaming stores and partly by ordinary ones
+// (two neighbouring rows meeting inside it) leaves its write-combining buffer partly filled, which
+// the vendors' guides warn is flushed as partial writes: with packets narrower than a line
+// (bfloat16 on AVX-512, floats on AVX2) a bfloat16 softmax 4096x1024 whose y sat 16 bytes off a
+// 32-byte boundary took 3.1 ms against 2.2 with whole lines (docs/benchmarks.md).
+// Not streaming (stream false, or p not a whole number of values off a line): {0, 0}.
+struct StreamSpan {
+  Index head = 0, end = 0;
+};
+template <class A, class T>
+StreamSpan stream_span(const T* p, Index n, bool stream) {
+  constexpr std::uintptr_t line = std::max<std::uintptr_t>(std::uintptr_t(tuning::kCacheLineBytes),
+                                                           sizeof(T) * simd::width<A>);
+  const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(p) % line;
+  if (!stream || misalign % sizeof(T) != 0) return {};
+  constexpr Index per_line = Index(line / sizeof(T));
+  const Index head = std::min<Index>(n, misalign ? Index((line - misalign) / sizeof(T)) : 0);
+  return {head, head + (n - head) / per_line * per_line};
 }
 
 }  // namespace normkit::core

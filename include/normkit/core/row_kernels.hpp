@@ -123,7 +123,8 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
   for (int r = 0; r < R; ++r)
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), scale[r] = Splat<A>(c[r].scale),
     shift[r] = Splat<A>(c[r].shift);
-  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+  const StreamSpan span = stream_span<A>(y.base(), n, stream);
+  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -134,10 +135,10 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
     NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const V xv = x.template load<V>(r * stride + i);
-      x.keep(r * stride + i, xv, stream);
+      x.keep(r * stride + i, xv, i < span.end);
       const V v = mul(sub(sub(xv, as<V>(mean[r])), as<V>(lo[r])), as<V>(scale[r]));
       const V offset = HasB ? bi : as<V>(shift[r]);
-      y.store(r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), stream);
+      y.store(r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), i < span.end);
     }
   });
 }
@@ -214,7 +215,8 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
     eigen_assert(c[r].weight == A(1));  // a per-element weight comes without a run's own
   }
-  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
+  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -231,7 +233,7 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
       const V d = loadv<V>(dy + at);
       const V centered = madd(d, wi, as<V>(neg_mean_g[r]));  // g - mean_g
       if constexpr (Grads) dw = madd(d, xhat, dw), db = add(db, d);
-      dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), stream);
+      dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), i < span.end);
     }
     if constexpr (Grads) storev(dweight + i, dw), storev(dbias + i, db);
   });
@@ -272,7 +274,8 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo);
     per_t[r] = Splat<A>(f.per_t), per_dy[r] = Splat<A>(f.per_dy), constant[r] = Splat<A>(f.constant);
   }
-  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
+  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -283,7 +286,8 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V t = sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r]));
-      dx.store(at, folded_dx(t, loadv<V>(dy + at), as<V>(per_t[r]), as<V>(per_dy[r]), as<V>(constant[r])), stream);
+      dx.store(at, folded_dx(t, loadv<V>(dy + at), as<V>(per_t[r]), as<V>(per_dy[r]), as<V>(constant[r])),
+               i < span.end);
     }
   });
 }

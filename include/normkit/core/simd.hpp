@@ -208,17 +208,9 @@ EIGEN_STRONG_INLINE void store(T* p, const V& v) {
 
 // Non-temporal ("streaming") stores write around the cache: for outputs far larger than the cache
 // they save the read-for-ownership of every line and leave the cache to the data still to be read.
-// They need an address aligned to the stored packet (width<A> values of T); aligned_head<A>(p, n)
-// is how many scalars come first. A streaming sweep ends with stream_fence() before its results
-// are handed to another thread.
-template <class A, class T>
-EIGEN_STRONG_INLINE Index aligned_head(const T* p, Index n, bool stream) {
-  if (!stream) return 0;
-  constexpr std::uintptr_t bytes = sizeof(T) * width<A>;
-  const std::uintptr_t misalign = reinterpret_cast<std::uintptr_t>(p) % bytes;
-  const Index head = misalign == 0 || misalign % sizeof(T) ? 0 : Index((bytes - misalign) / sizeof(T));
-  return head < n ? head : n;
-}
+// They need an address aligned to the stored packet (width<A> values of T); which values of a run
+// a sweep streams is fusion.hpp's stream_span (whole lines). A streaming sweep ends with
+// stream_fence() before its results are handed to another thread.
 
 template <class T, class V>
 EIGEN_STRONG_INLINE void store(T* p, const V& v, bool stream) {

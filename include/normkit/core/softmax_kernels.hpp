@@ -605,17 +605,19 @@ void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const 
                        Index next) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
-  for_lanes<A>(n, aligned_head<A>(y.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+  const StreamSpan span = stream_span<A>(y.base(), n, stream);
+  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) x.prefetch(next + i);
+    const bool streamed = i < span.end;
     if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
-      y.store(i, log_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo)), stream);
+      y.store(i, log_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo)), streamed);
     } else {
       const V p = e ? scale_rel(loadv<V>(e + i), as<V>(k), as<V>(k_lo))
                     : exp_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo));
-      if constexpr (Mode == SoftmaxSweep::Softmax) y.store(i, p, stream);
-      else y.store(i, w ? madd(loadv<V>(w + i), as<V>(neg_beta), p) : add(p, as<V>(neg_beta)), stream);
+      if constexpr (Mode == SoftmaxSweep::Softmax) y.store(i, p, streamed);
+      else y.store(i, w ? madd(loadv<V>(w + i), as<V>(neg_beta), p) : add(p, as<V>(neg_beta)), streamed);
     }
   });
 }
@@ -706,9 +708,10 @@ template <bool Softmax, class A, class T, class Store>
 void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream) {
   using namespace simd;
   const Splat<A> sum(s);
-  for_lanes<A>(n, aligned_head<A>(dx.base(), n, stream), [&](Index i, auto lane) NORMKIT_LANE {
+  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
+  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
-    dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), stream);
+    dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), i < span.end);
   });
 }
 

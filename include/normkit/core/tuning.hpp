@@ -152,7 +152,8 @@ inline Index l3_bytes() {
 // of it (per-sample calls: iterate.hpp, stream_output).
 inline constexpr Index kStreamBytes = Index(8) << 20;
 // Batched sweeps are not used with streaming stores of packets narrower than a 64-byte line
-// (16-bit data): several rows' half-written lines interleave in the write-combining buffers.
+// (16-bit data): several rows' half-written lines interleave in the write-combining buffers. For
+// the same reason a sweep streams whole lines only (fusion.hpp: stream_span).
 inline constexpr Index kCacheLineBytes = 64;
 // Loads and stores are matched by their addresses' low 12 bits before the whole address is known:
 // a load that matches an older store still in flight waits on it (4K aliasing; Intel and AMD
