@@ -17,12 +17,18 @@
 // scaled by an exact power of two, 2^-exp2, with exp2 the exponent of max|x|; its m2 is then kept
 // in those units (true m2 = m2 * 4^exp2) and the variance and rstd are formed in long double, whose
 // range covers any float or double input. Ordinary data never takes that path.
+// Every a * b + c below is written through simd::madd (fused exactly where the target has FMA), as
+// the kernels' are: left to the compiler's contraction, g++ -O3 fused them in some instantiations
+// of the iteration layer and not in others, and a residual forward's mean differed in its last bit
+// from the plain forward's over the same h (tests/core/fusion_test.cpp, -O3 -march=x86-64-v3).
 #pragma once
 
 #include <cmath>
 #include <type_traits>
 
 #include <Eigen/Core>
+
+#include "simd.hpp"
 
 namespace normkit::core {
 
@@ -57,7 +63,7 @@ void renormalize(A& hi, A& lo) {
 template <class A>
 Moments<A> moments_from_sums(Index count, A mean0, const Sums<A>& centered) {
   A mean = mean0, lo = centered.s1 / static_cast<A>(count);
-  const A m2 = centered.s2 - centered.s1 * lo;
+  const A m2 = simd::madd(-centered.s1, lo, centered.s2);
   renormalize(mean, lo);
   return {count, mean, lo, m2 < A(0) ? A(0) : m2};  // rounding can dip below 0; NaN passes through
 }
@@ -77,9 +83,9 @@ Moments<A> merge(const Moments<A>& a, const Moments<A>& b) {
   if (delta_exp - e > 32) e = delta_exp - 32;
   const A fraction_b = static_cast<A>(b.count) / static_cast<A>(n);
   const A scaled_delta = e ? std::ldexp(delta, -e) : delta;
-  const A m2 = (e ? std::ldexp(a.m2, 2 * (a.exp2 - e)) + std::ldexp(b.m2, 2 * (b.exp2 - e)) : a.m2 + b.m2) +
-               scaled_delta * scaled_delta * static_cast<A>(a.count) * fraction_b;
-  A mean = a.mean, lo = a.mean_lo + delta * fraction_b;
+  const A m2 = simd::madd(scaled_delta * scaled_delta * static_cast<A>(a.count), fraction_b,
+                          e ? std::ldexp(a.m2, 2 * (a.exp2 - e)) + std::ldexp(b.m2, 2 * (b.exp2 - e)) : a.m2 + b.m2);
+  A mean = a.mean, lo = simd::madd(delta, fraction_b, a.mean_lo);
   renormalize(mean, lo);
   return {n, mean, lo, m2, e};
 }
@@ -108,7 +114,7 @@ A rstd_from_var(long double var, double eps, bool eps_inside_sqrt) {
 template <class A>
 A variance_term_factor(A rstd, double eps, bool eps_inside_sqrt) {
   if (eps_inside_sqrt) return A(1);
-  const double sigma_rstd = 1.0 - eps * static_cast<double>(rstd);
+  const double sigma_rstd = simd::madd(-eps, static_cast<double>(rstd), 1.0);
   return std::isfinite(rstd) && sigma_rstd > 0 ? static_cast<A>(1.0 / sigma_rstd) : A(0);
 }
 
@@ -119,7 +125,7 @@ A rstd_from_moments(const Moments<A>& m, double eps, bool eps_inside_sqrt) {
     const double m2 = m.m2, n = static_cast<double>(m.count);
     // sqrt(n / (m2 + eps n)) = 1/sqrt(m2/n + eps) with one division instead of two: the divisions
     // and the square root are one latency chain between a row's statistics and its sweep.
-    return static_cast<A>(eps_inside_sqrt ? std::sqrt(n / (m2 + eps * n)) : 1.0 / (std::sqrt(m2 / n) + eps));
+    return static_cast<A>(eps_inside_sqrt ? std::sqrt(n / simd::madd(eps, n, m2)) : 1.0 / (std::sqrt(m2 / n) + eps));
   }
   const long double v = static_cast<long double>(m.m2) / static_cast<long double>(m.count);
   return rstd_from_var<A>(m.exp2 ? std::ldexp(v, 2 * m.exp2) : v, eps, eps_inside_sqrt);
