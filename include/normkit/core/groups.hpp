@@ -119,7 +119,7 @@ Sums<A> weighted_channel_sums(const A* sum_dy, const A* sum_dy_xhat, const P* we
   Sums<A> total;
   for (Index c = first; c < first + count; ++c) {
     const A w = weight ? static_cast<A>(weight[c]) : A(1);
-    total.s1 += w * sum_dy[c], total.s2 += w * sum_dy_xhat[c];
+    total.s1 = simd::madd(w, sum_dy[c], total.s1), total.s2 = simd::madd(w, sum_dy_xhat[c], total.s2);
   }
   return total;
 }

@@ -293,7 +293,7 @@ struct NormBackward {
     for (Index j = 0; j < p.group_channels; ++j) {
       const Sums<A> r = backward_run_sums(x + at + j * len, dy + at + j * len, none, len, c);
       const A wc = p.weight ? static_cast<A>(p.weight[first + j]) : A(1);
-      sums.s1 += wc * r.s1, sums.s2 += wc * r.s2;
+      sums.s1 = simd::madd(wc, r.s1, sums.s1), sums.s2 = simd::madd(wc, r.s2, sums.s2);
       if (partial) partial[first + j] += r.s2, partial[param_size() + first + j] += r.s1;
     }
     return sums;

@@ -127,17 +127,17 @@ struct SoftmaxForward {
         double smooth = 0;
         for (Index k = 0; k < s.group_size(); ++k) {
           const double wk = ce.weight ? static_cast<double>(static_cast<A>(ce.weight[k])) : 1.0;
-          smooth += wk *
-                    (m - static_cast<double>(x.template load<A>(s.inner > 1 ? s.run_at(0, g) + k : s.run_at(k, g))));
+          const double xk = static_cast<double>(x.template load<A>(s.inner > 1 ? s.run_at(0, g) + k : s.run_at(k, g)));
+          smooth = simd::madd(wk, m - xk, smooth);
         }
-        loss += eps / static_cast<double>(s.group_size()) * (smooth + l * ce.weight_sum);
+        loss = simd::madd(eps / static_cast<double>(s.group_size()), simd::madd(l, ce.weight_sum, smooth), loss);
       }
       ce.loss[g] = loss;
     }
     if (!ce.scale) return c;
     const double gs = static_cast<double>(ce.scale[g]), a = (1 - eps) * wt,
                  b = eps / static_cast<double>(s.group_size());
-    set_k(c, gs * (a + b * ce.weight_sum) / (p.sum + p.lo), /*relative=*/true);
+    set_k(c, gs * simd::madd(b, ce.weight_sum, a) / (p.sum + p.lo), /*relative=*/true);
     c.beta = static_cast<A>(gs * b);
     c.gamma = static_cast<A>(gs * a);
     c.target_x = xt;

@@ -153,7 +153,7 @@ Moments<A> run_moments(Load run, Index n, bool centered) {
   if (!centered) {
     m = run_two_pass<A>(run, n, /*centered=*/false, 0);  // one pass: sum of squares
   } else if (!run_one_pass(run, n, m)) {
-    const A mean = m.mean + m.mean_lo, rms = std::sqrt(m.m2 / static_cast<A>(n) + mean * mean);
+    const A mean = m.mean + m.mean_lo, rms = std::sqrt(simd::madd(mean, mean, m.m2 / static_cast<A>(n)));
     const A shift = second_pass_shift<T>(mean, rms);
     m = moments_from_sums(n, shift, run_sums(run, n, shift));
   }
