@@ -102,7 +102,7 @@ Moments<A> run_two_pass(Load run, Index n, bool centered, int exp2) {
     mean0 = second_pass_shift<T>(mean0, rms);
     m = moments_from_sums(n, mean0, run_sums(run, n, mean0, scale));
   } else {
-    m = {n, A(0), A(0), run_sums(run, n, A(0), scale).s2};
+    m = {n, A(0), A(0), run_sum_squares(run, n, scale)};
   }
   if (exp2) m.mean = std::ldexp(m.mean, exp2), m.mean_lo = std::ldexp(m.mean_lo, exp2), m.exp2 = exp2;
   return m;
@@ -157,12 +157,16 @@ Moments<A> run_moments(Load run, Index n, bool centered) {
     const A shift = second_pass_shift<T>(mean, rms);
     m = moments_from_sums(n, shift, run_sums(run, n, shift));
   }
+  // Every path returns m itself: built in the caller's return slot, m is not copied out. (With a
+  // temporary also returned, g++ copied m out of the stack with 8- and 16-byte loads of fields just
+  // stored as 4-byte floats, loads that cannot be forwarded from those stores and wait for them.)
   if (in_range(m)) return m;
   const A top = run_max_abs<A>(run, n);
   if (!(top > A(0)) || !std::isfinite(top)) return m;  // all zeros, or Inf/NaN in the run: m says so
   int exp2 = 0;
   std::frexp(top, &exp2);
-  return run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
+  m = run_two_pass<A>(run, n, centered, std::max(exp2, std::numeric_limits<A>::min_exponent - 1));
+  return m;
 }
 
 // Each column's second-pass shift from rows [0, rows) of a panel: their mean, rounded as
