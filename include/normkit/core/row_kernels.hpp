@@ -42,8 +42,8 @@ Sums<A> run_sums_impl(Load x, Index n, A shift, A scale) {
   // x * scale - shift is one rounding either way. Unscaled, every other packet takes it as an FMA
   // where the target has one: d and s1 are adds and s2 an FMA, and a Zen 4 runs one 512-bit add
   // and one 512-bit FMA per cycle (on its separate add and FMA pipes): 1.5 cycles a packet instead
-  // of 2 (LayerNorm's statistics in cache 3-10% faster). Where adds and FMAs share ports (Intel,
-  // Arm) it changes nothing.
+  // of 2. Where adds and FMAs share ports (Intel, Arm) it changes nothing. docs/benchmarks.md,
+  // "The statistics' adds and FMAs on separate pipes".
   const auto step = [&](Index i, auto& s1, auto& s2, bool as_fma) {
     using V = std::decay_t<decltype(s1)>;
     const V v = x.template load<V>(i);
