@@ -150,8 +150,7 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
   for (int r = 0; r < R; ++r)
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo), scale[r] = Splat<A>(c[r].scale),
     shift[r] = Splat<A>(c[r].shift);
-  const StreamSpan span = stream_span<A>(y.base(), n, stream);
-  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
+  for_stream_lanes<A>(n, stream_span<A>(y.base(), n, stream), [&](Index i, auto lane, auto streamed) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -162,10 +161,10 @@ void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormal
     NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
       const V xv = x.template load<V>(r * stride + i);
-      x.keep(r * stride + i, xv, i < span.end);
+      x.keep(r * stride + i, xv, streamed);
       const V v = mul(sub(sub(xv, as<V>(mean[r])), as<V>(lo[r])), as<V>(scale[r]));
       const V offset = HasB ? bi : as<V>(shift[r]);
-      y.store(r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), i < span.end);
+      y.store(r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), streamed);
     }
   });
 }
@@ -242,8 +241,7 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
     scale[r] = Splat<A>(c[r].scale), neg_mean_g[r] = Splat<A>(-c[r].mean_g), neg_mean_gx[r] = Splat<A>(-c[r].mean_gx);
     eigen_assert(c[r].weight == A(1));  // a per-element weight comes without a run's own
   }
-  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
-  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
+  for_stream_lanes<A>(n, stream_span<A>(dx.base(), n, stream), [&](Index i, auto lane, auto streamed) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -260,7 +258,7 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
       const V d = loadv<V>(dy + at);
       const V centered = madd(d, wi, as<V>(neg_mean_g[r]));  // g - mean_g
       if constexpr (Grads) dw = madd(d, xhat, dw), db = add(db, d);
-      dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), i < span.end);
+      dx.store(at, mul(as<V>(scale[r]), madd(xhat, as<V>(neg_mean_gx[r]), centered)), streamed);
     }
     if constexpr (Grads) storev(dweight + i, dw), storev(dbias + i, db);
   });
@@ -301,8 +299,7 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     mean[r] = Splat<A>(c[r].mean), lo[r] = Splat<A>(c[r].mean_lo);
     per_t[r] = Splat<A>(f.per_t), per_dy[r] = Splat<A>(f.per_dy), constant[r] = Splat<A>(f.constant);
   }
-  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
-  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
+  for_stream_lanes<A>(n, stream_span<A>(dx.base(), n, stream), [&](Index i, auto lane, auto streamed) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) {
@@ -313,8 +310,7 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     for (int r = 0; r < R; ++r) {
       const Index at = r * stride + i;
       const V t = sub(sub(loadv<V>(x + at), as<V>(mean[r])), as<V>(lo[r]));
-      dx.store(at, folded_dx(t, loadv<V>(dy + at), as<V>(per_t[r]), as<V>(per_dy[r]), as<V>(constant[r])),
-               i < span.end);
+      dx.store(at, folded_dx(t, loadv<V>(dy + at), as<V>(per_t[r]), as<V>(per_dy[r]), as<V>(constant[r])), streamed);
     }
   });
 }

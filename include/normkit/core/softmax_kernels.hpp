@@ -605,12 +605,10 @@ void softmax_sweep_run(Load x, Store y, Index n, const SoftmaxCoef<A>& c, const 
                        Index next) {
   using namespace simd;
   const Splat<A> m(c.max), k(c.k), k_lo(c.k_lo), neg_beta(-c.beta);
-  const StreamSpan span = stream_span<A>(y.base(), n, stream);
-  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
+  for_stream_lanes<A>(n, stream_span<A>(y.base(), n, stream), [&](Index i, auto lane, auto streamed) NORMKIT_LANE {
     using V = decltype(lane);
     if constexpr (!is_scalar<V>)
       if (next) x.prefetch(next + i);
-    const bool streamed = i < span.end;
     if constexpr (Mode == SoftmaxSweep::LogSoftmax) {
       y.store(i, log_diff(x.template load<V>(i), as<V>(m), as<V>(k), as<V>(k_lo)), streamed);
     } else {
@@ -708,10 +706,9 @@ template <bool Softmax, class A, class T, class Store>
 void grad_sweep_run(const T* y, const T* dy, Store dx, Index n, A s, bool stream) {
   using namespace simd;
   const Splat<A> sum(s);
-  const StreamSpan span = stream_span<A>(dx.base(), n, stream);
-  for_lanes<A>(n, span.head, [&](Index i, auto lane) NORMKIT_LANE {
+  for_stream_lanes<A>(n, stream_span<A>(dx.base(), n, stream), [&](Index i, auto lane, auto streamed) NORMKIT_LANE {
     using V = decltype(lane);
-    dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), i < span.end);
+    dx.store(i, grad_value<Softmax>(loadv<V>(y + i), loadv<V>(dy + i), as<V>(sum)), streamed);
   });
 }
 
