@@ -184,6 +184,37 @@ TEMPLATE_TEST_CASE("stream_span: streaming stores cover whole lines from the fir
   CHECK((none.head == 0 && none.end == 0));
 }
 
+// for_stream_lanes: every value of the run visited once, in order; packets only from the span's head
+// to the last whole packet; streamed exactly for the span's values.
+TEMPLATE_TEST_CASE("for_stream_lanes: each value once, packets inside the body, streamed on the span alone",
+                   "[core][fusion]", float, double, Eigen::bfloat16) {
+  using T = TestType;  // bfloat16: packets narrower than a line on every ISA, so span.end < the body's end
+  using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  constexpr Index W = normkit::core::simd::width<A>;
+  alignas(128) static T buffer[4096];
+  for (Index offset = 0; offset < 2 * W + 3; ++offset) {
+    for (const Index n : {Index(0), Index(1), W - 1, W, W + 1, Index(100), Index(1031)}) {
+      for (const bool stream : {false, true}) {
+        CAPTURE(offset, n, stream);
+        const core::StreamSpan span = core::stream_span<A>(buffer + offset, n, stream);
+        Index next = 0;
+        bool in_order = true, packets_inside = true, streamed_right = true;
+        core::for_stream_lanes<A>(n, span, [&](Index i, auto lane, auto streamed) {
+          constexpr Index width = normkit::core::simd::is_scalar<decltype(lane)> ? 1 : W;
+          in_order = in_order && i == next;
+          next = i + width;
+          if (width > 1) packets_inside = packets_inside && i >= span.head && i + W <= n;
+          streamed_right = streamed_right && bool(streamed) == (width > 1 && i >= span.head && i < span.end);
+        });
+        CHECK(in_order);
+        CHECK(next == n);
+        CHECK(packets_inside);
+        CHECK(streamed_right);
+      }
+    }
+  }
+}
+
 TEST_CASE("store epilogue: dx = dx_norm + dh, rounded once", "[core][fusion]") {
   for (const core::GroupShape& s : kShapes) {
     INFO("outer " << s.outer << ", groups " << s.groups << ", inner " << s.inner);
