@@ -166,20 +166,6 @@ EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
 #define NORMKIT_UNROLL
 #endif
 
-// Calls f(i, V{}) over [0, n): scalars for the head (the first `head` values, which align the
-// output for streaming stores), packets of A for the body, scalars for the tail. f writes its
-// formula once, over V.
-template <class A, class F>
-EIGEN_ALWAYS_INLINE void for_lanes(Index n, Index head, F&& f) {
-  constexpr Index W = simd::width<A>;
-  // The body's end computed once: with `i + W <= n` and a constant n, g++ 12 warns (inlined) that
-  // the tail's index could overflow.
-  const Index body_end = head + (n - head) / W * W;
-  for (Index i = 0; i < head; ++i) f(i, A{});
-  for (Index i = head; i < body_end; i += W) f(i, simd::packet<A>{});
-  for (Index i = body_end; i < n; ++i) f(i, A{});
-}
-
 // The values [head, end) of a sweep's output run of n values at p that non-temporal stores write
 // (simd.hpp: store): whole cache lines only, head the first value on a line boundary. The values
 // before head and from end on are stored through the cache, and so are the rows of a batch whose
@@ -204,22 +190,31 @@ StreamSpan stream_span(const T* p, Index n, bool stream) {
   return {head, head + (n - head) / per_line * per_line};
 }
 
-// for_lanes over a sweep's output run with its StreamSpan: f(i, V{}, streamed), streamed a
-// std::bool_constant, true for the packets of [span.head, span.end) (whole lines: non-temporal
-// stores) and false elsewhere. Which stores stream is then a loop's choice, not a test per packet:
-// with `i < span.end` tested in the body, g++ -O3 split the sweeps' loops at it (with two 64-bit
-// divisions, idiv, in each call's set-up), and the AVX2 build's LayerNorm/RMSNorm forward 4096x768
-// took 1.2-1.4x as long as with one flag for the whole run (docs/benchmarks.md, "Which stores
-// stream: a loop's choice").
+// Calls f(i, V{}, streamed) over a sweep's output run of n values with its StreamSpan: scalars
+// before span.head and for the tail, packets of A between; streamed is a std::bool_constant, true
+// for the packets of [span.head, span.end) (whole lines: non-temporal stores), false elsewhere. Which stores stream is
+// then a loop's choice, not a test per packet: with `i < span.end` tested in the body, g++ -O3 split the sweeps' loops
+// at it (with two 64-bit divisions, idiv, in each call's set-up), and the AVX2 build's LayerNorm/RMSNorm forward
+// 4096x768 took 1.2-1.4x as long as with one flag for the whole run (docs/benchmarks.md, "Which stores stream: a loop's
+// choice").
 template <class A, class F>
 EIGEN_ALWAYS_INLINE void for_stream_lanes(Index n, const StreamSpan& span, F&& f) {
   constexpr Index W = simd::width<A>;
-  const Index body_end = span.head + (n - span.head) / W * W;  // span.end <= body_end: whole packets
+  // The body's end computed once: with `i + W <= n` and a constant n, g++ 12 warns (inlined) that
+  // the tail's index could overflow. span.end <= body_end: the span is whole packets.
+  const Index body_end = span.head + (n - span.head) / W * W;
   for (Index i = 0; i < span.head; ++i) f(i, A{}, std::false_type{});
   Index i = span.head;
   for (; i < span.end; i += W) f(i, simd::packet<A>{}, std::true_type{});
   for (; i < body_end; i += W) f(i, simd::packet<A>{}, std::false_type{});
   for (; i < n; ++i) f(i, A{}, std::false_type{});
+}
+
+// Calls f(i, V{}) over [0, n): packets of A for the body, scalars for the tail. f writes its
+// formula once, over V. for_stream_lanes' loops, with nothing streamed.
+template <class A, class F>
+EIGEN_ALWAYS_INLINE void for_lanes(Index n, F&& f) {
+  for_stream_lanes<A>(n, StreamSpan{}, [&](Index i, auto lane, auto) NORMKIT_LANE { f(i, lane); });
 }
 
 }  // namespace normkit::core

@@ -129,7 +129,7 @@ A run_max_abs(Load x, Index n) {
 // rounded to T): the residual sum formed once, for passes that then read h (NormForward).
 template <class A, class Load>
 void keep_run(Load x, Index n) {
-  for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i); });
+  for_lanes<A>(n, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i); });
 }
 
 // Per-run coefficients of the forward sweep.

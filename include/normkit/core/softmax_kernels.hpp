@@ -467,7 +467,7 @@ MaxSum<float> sum_ones_apart(Load x, const float* e, Index n, float m) {
   packet<float> ones = set1<float>(0.f);
   float tail_ones = 0.f;
   const Splat<float> top(m);
-  for_lanes<float>(n, 0, [&](Index i, auto lane) NORMKIT_LANE {
+  for_lanes<float>(n, [&](Index i, auto lane) NORMKIT_LANE {
     using V = decltype(lane);
     const V t = e ? loadv<V>(e + i) : exp_diff(x.template load<V>(i), as<V>(top));
     if constexpr (is_scalar<V>) rest.add(count_ones(t, tail_ones));
@@ -505,7 +505,7 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   };
   if constexpr (std::is_same_v<A, float>) {
     std::conditional_t<ExactRest, WideSum, UnitSum> sum;
-    for_lanes<A>(n, 0, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
+    for_lanes<A>(n, [&](Index i, auto lane) NORMKIT_LANE { sum.add(exp_at(i, lane)); });
     const MaxSum<A> r = wide_max_sum(sum, m, 0);
     // a NaN sum fails the test too, and stays NaN
     if (ExactRest && !(r.sum - 1 >= double(n) * 0x1p-23)) return sum_ones_apart(x, e, n, m);
