@@ -170,9 +170,10 @@ struct ColsGrad {
 // operations with a multiply by 1 and an add of 0: columns in cache are bound by the operations
 // per packet, all the more where a 256-bit operation issues as two halves (Zen 1).
 template <bool RowAffine, class A, class Load, class Store, class P>
-void normalize_cols_impl(Load x, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k, const P* w,
-                         const P* b, bool stream, Index fetch_rows) {
+void normalize_cols_impl(Load load, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k,
+                         const P* w, const P* b, bool stream, Index fetch_rows) {
   using namespace simd;
+  const auto x = load.held();  // a kernel that stores holds the prologue's fields (fusion.hpp)
   const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
   const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
   stream = strips_stream<A, typename Load::value_type>(stream, stride);

@@ -43,15 +43,16 @@ struct LoadX {
   static constexpr Index arrays = 1;
   const T* x;
   template <class V>
-  EIGEN_STRONG_INLINE V load(Index i) const {
+  EIGEN_ALWAYS_INLINE V load(Index i) const {
     return simd::loadv<V>(x + i);
   }
   template <class V>
-  EIGEN_STRONG_INLINE void keep(Index, const V&, bool) const {}
+  EIGEN_ALWAYS_INLINE void keep(Index, const V&, bool) const {}
   template <class V>
-  EIGEN_STRONG_INLINE void keep_value(Index) const {}
+  EIGEN_ALWAYS_INLINE void keep_value(Index) const {}
   EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
   LoadX at(Index k) const { return {x + k}; }
+  LoadX held() const { return *this; }
   const T* base() const { return x; }
   bool keeps() const { return false; }
   const T* kept(Index) const { return nullptr; }
@@ -69,38 +70,50 @@ struct ResidualSum {
 // fields itself it was 32 bytes, which the ABI passes through memory at every kernel call, built
 // field by field by at() just before: the callee's wide copy of it then waited on a failed
 // store-to-load forward, per run and per kernel (most of the per-row cost of the residual forward
-// on short rows). The kernels reload the fields after their stores (which may alias them): L1 hits.
-template <class A, class T>
+// on short rows). Inside a kernel that stores while it loads (the sweeps, keep_run), the fields
+// are copied once into the kernel's own LoadResidual (held(): Sum = the ResidualSum itself, whose
+// address never escapes, so its fields stay in registers). Through the pointer every packet
+// reloaded them after its stores (intrinsic stores may alias anything), and a reload whose
+// address matched a pending streaming store's in its low 12 bits (4K aliasing) waited on that
+// store: LayerNorm<bfloat16>::forward_add 2048x4096 (AVX2 build) took 2.6-3.4x as long in one
+// build of the same code as in another, by where the caller's frame fell (docs/benchmarks.md).
+template <class A, class T, class Sum = const ResidualSum<A, T>*>
 struct LoadResidual {
   using value_type = T;
   static constexpr Index arrays = 2;  // x and r
-  const ResidualSum<A, T>* sum;
+  Sum sum;
   Index offset = 0;
+  EIGEN_ALWAYS_INLINE const ResidualSum<A, T>& fields() const {
+    if constexpr (std::is_pointer_v<Sum>) return *sum;
+    else return sum;
+  }
+  LoadResidual<A, T, ResidualSum<A, T>> held() const { return {fields(), offset}; }
   template <class V>
-  EIGEN_STRONG_INLINE V load(Index i) const {
+  EIGEN_ALWAYS_INLINE V load(Index i) const {
     return simd::round_to<T>(sum_in_A<V>(i));
   }
   template <class V>
-  EIGEN_STRONG_INLINE void keep(Index i, const V& v, bool stream) const {
-    if (sum->h) simd::storev(sum->h + offset + i, v, stream);
+  EIGEN_ALWAYS_INLINE void keep(Index i, const V& v, bool stream) const {
+    if (fields().h) simd::storev(fields().h + offset + i, v, stream);
   }
   // keep(i, load(i)) with one rounding to T instead of two: the store rounds.
   template <class V>
-  EIGEN_STRONG_INLINE void keep_value(Index i) const {
-    simd::storev(sum->h + offset + i, sum_in_A<V>(i));
+  EIGEN_ALWAYS_INLINE void keep_value(Index i) const {
+    simd::storev(fields().h + offset + i, sum_in_A<V>(i));
   }
   template <class V>
-  EIGEN_STRONG_INLINE V sum_in_A(Index i) const {
+  EIGEN_ALWAYS_INLINE V sum_in_A(Index i) const {
     const Index at = offset + i;
-    return simd::madd(simd::loadv<V>(sum->r + at), simd::splat<V>(sum->alpha), simd::loadv<V>(sum->x + at));
+    const ResidualSum<A, T>& s = fields();
+    return simd::madd(simd::loadv<V>(s.r + at), simd::splat<V>(s.alpha), simd::loadv<V>(s.x + at));
   }
   EIGEN_ALWAYS_INLINE void prefetch(Index i) const {
-    simd::prefetch_l2(sum->x + offset + i), simd::prefetch_l2(sum->r + offset + i);
+    simd::prefetch_l2(fields().x + offset + i), simd::prefetch_l2(fields().r + offset + i);
   }
   LoadResidual at(Index k) const { return {sum, offset + k}; }
   // Whether keep() stores, and where (so that later passes can read the sum back as plain x).
-  bool keeps() const { return sum->h != nullptr; }
-  const T* kept(Index k) const { return sum->h + offset + k; }
+  bool keeps() const { return fields().h != nullptr; }
+  const T* kept(Index k) const { return fields().h + offset + k; }
 };
 
 template <class T>
@@ -108,7 +121,7 @@ struct StoreY {
   static constexpr Index arrays = 1;
   T* y;
   template <class V>
-  EIGEN_STRONG_INLINE void store(Index i, const V& v, bool stream) const {
+  EIGEN_ALWAYS_INLINE void store(Index i, const V& v, bool stream) const {
     simd::storev(y + i, v, stream);
   }
   const T* base() const { return y; }
@@ -121,7 +134,7 @@ struct StoreAdd {
   T* y;
   const T* e;
   template <class V>
-  EIGEN_STRONG_INLINE void store(Index i, const V& v, bool stream) const {
+  EIGEN_ALWAYS_INLINE void store(Index i, const V& v, bool stream) const {
     simd::storev(y + i, simd::add(simd::rounded(v), simd::loadv<V>(e + i)), stream);
   }
   const T* base() const { return y; }
@@ -137,7 +150,7 @@ struct Splat {
   explicit Splat(A v = A(0)) : s(v), p(simd::set1<A>(v)) {}
 };
 template <class V, class A>
-EIGEN_STRONG_INLINE const V& as(const Splat<A>& c) {
+EIGEN_ALWAYS_INLINE const V& as(const Splat<A>& c) {
   if constexpr (simd::is_scalar<V>) return c.s;
   else return c.p;
 }

@@ -128,7 +128,8 @@ A run_max_abs(Load x, Index n) {
 // Stores what the load prologue keeps of each of the run's n values (LoadResidual: h = x + alpha * r,
 // rounded to T): the residual sum formed once, for passes that then read h (NormForward).
 template <class A, class Load>
-void keep_run(Load x, Index n) {
+void keep_run(Load load, Index n) {
+  const auto x = load.held();  // a kernel that stores holds the prologue's fields (fusion.hpp)
   for_lanes<A>(n, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i); });
 }
 
@@ -141,9 +142,10 @@ struct RunNormalize {
 // R runs at r * stride (r < R) with their own coefficients and the same w, b: each packet of w and
 // b is loaded once for the R runs (LayerNorm rows in cache were bound by those loads).
 template <int R, bool HasW, bool HasB, class A, class Load, class Store, class P>
-void normalize_runs_impl(Load x, Store y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
+void normalize_runs_impl(Load load, Store y, Index n, Index stride, const RunNormalize<A>* c, const P* w, const P* b,
                          bool stream, Index next) {
   using namespace simd;
+  const auto x = load.held();   // a kernel that stores holds the prologue's fields (fusion.hpp)
   constexpr std::size_t N = R;  // the arrays' bound: GCC's -Wsign-conversion flags a signed one
   Splat<A> mean[N], lo[N], scale[N], shift[N];
   NORMKIT_UNROLL
@@ -274,13 +276,13 @@ struct FoldedGrad {
   V per_t, per_dy, constant;
 };
 template <class V>
-EIGEN_STRONG_INLINE FoldedGrad<V> fold_grad(const V& scale, const V& rstd, const V& neg_mean_g, const V& neg_mean_gx,
+EIGEN_ALWAYS_INLINE FoldedGrad<V> fold_grad(const V& scale, const V& rstd, const V& neg_mean_g, const V& neg_mean_gx,
                                             const V& weight) {
   using namespace simd;
   return {mul(mul(scale, rstd), neg_mean_gx), mul(scale, weight), mul(scale, neg_mean_g)};
 }
 template <class V>
-EIGEN_STRONG_INLINE V folded_dx(const V& t, const V& dy, const V& per_t, const V& per_dy, const V& constant) {
+EIGEN_ALWAYS_INLINE V folded_dx(const V& t, const V& dy, const V& per_t, const V& per_dy, const V& constant) {
   using namespace simd;
   return madd(t, per_t, madd(dy, per_dy, constant));
 }
