@@ -28,6 +28,7 @@
 #include "support/row_norm_spec.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -415,6 +416,55 @@ TEMPLATE_TEST_CASE("LayerNorm/RMSNorm: RowMajor, ColMajor, TensorMap and mixed l
   const auto ms2 = compare(vec1(cc.stats.rstd), vec1(rr.stats.rstd), 0, Tol<T>::same, "ColMajor stats");
   INFO(ms2.str());
   CHECK(ms2.ok);
+}
+
+// Where the weight's offset within a page trails the outputs' by a few bytes, the forward reads a
+// copy of the parameters placed elsewhere (core/fusion.hpp: untrailed_offset): the same bits as
+// outputs anywhere else, for forward and forward_add, with and without a weight offset, for rows
+// whose starts repeat every page (1024 values) or every quarter page (768 floats).
+TEMPLATE_TEST_CASE("LayerNorm/RMSNorm: outputs placed just past the weight give the same bits", "[trailing_norm]",
+                   LayerNormCase<float>, LayerNormCase<double>, RMSNormCase<float>, RMSNormCase<double>) {
+  using T = typename TestType::Scalar;
+  using Fn = typename TestType::template Fn<T>;
+  using Opts = typename TestType::Opts;
+  constexpr std::uintptr_t page = normkit::core::tuning::kAliasBytes;
+  const Index rows = 9;
+  for (const Index F : {Index(1024), Index(768)}) {
+    for (const double offset : {0.0, 1.0}) {
+      Opts o;
+      o.weight_offset = offset;
+      Fn fn(F, o);
+      randomize_params(fn, 5);
+      CAPTURE(F, offset);
+      const Vec xv = random_input<T>(static_cast<std::size_t>(rows * F), 6), rv = random_input<T>(xv.size(), 7);
+      const auto x = make_tensor<T, 2, Eigen::RowMajor>({rows, F}, xv),
+                 r = make_tensor<T, 2, Eigen::RowMajor>({rows, F}, rv);
+      // two output buffers whose first value lies 64 bytes past the weight's offset within a page
+      std::vector<T> pool(std::size_t(2 * (rows * F + Index(page))));
+      const auto trailing = [&](std::size_t k) {
+        T* base = pool.data() + k * std::size_t(rows * F + Index(page / sizeof(T)));
+        const std::uintptr_t want = (reinterpret_cast<std::uintptr_t>(fn.weight().data()) + 64) % page;
+        return base + ((want - reinterpret_cast<std::uintptr_t>(base)) % page) / sizeof(T);
+      };
+      T* yp = trailing(0);
+      T* hp = trailing(1);
+      const Index row_bytes = F * Index(sizeof(T));
+      REQUIRE(normkit::core::trails_outputs(fn.weight().data(), {normkit::core::OutputRows{yp, row_bytes}}));
+      Eigen::TensorMap<Eigen::Tensor<T, 2, Eigen::RowMajor>> y_placed(yp, rows, F), h_placed(hp, rows, F);
+      Eigen::Tensor<T, 2, Eigen::RowMajor> y(rows, F), h(rows, F);
+
+      const auto st_placed = fn.forward(x, y_placed);
+      const auto st = fn.forward(x, y);
+      CHECK(std::memcmp(yp, y.data(), sizeof(T) * std::size_t(rows * F)) == 0);
+      CHECK(vec1(st_placed.rstd) == vec1(st.rstd));
+      CHECK(vec1(st_placed.mean) == vec1(st.mean));
+
+      fn.forward_add(x, r, h_placed, y_placed);
+      fn.forward_add(x, r, h, y);
+      CHECK(std::memcmp(hp, h.data(), sizeof(T) * std::size_t(rows * F)) == 0);
+      CHECK(std::memcmp(yp, y.data(), sizeof(T) * std::size_t(rows * F)) == 0);
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("LayerNorm/RMSNorm operator() returns a new tensor of the same dims and layout", "[trailing_norm]",

@@ -211,9 +211,16 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
     A* mean_lo = centered_ ? (mem.empty() ? stats.mean_lo.data() : mem.data() + rows) : nullptr;
     A* rstd = mem.empty() ? stats.rstd.data() : mem.data() + 2 * rows;
     const core::StatsArrays<A> st{mean, mean_lo, rstd};
-    with_params<X>([&](const auto* w, const auto* b, auto*, auto*) {
+    // RowMajor: the sweep loads w and b beside its stores of y (and of h) along each row.
+    const bool rows_sweep = layout_v<X> == Eigen::RowMajor;
+    const Index row_bytes = s.inner * Index(sizeof(T));
+    with_params<X>(
+        [&](const auto* w, const auto* b, auto*, auto*) {
       core::forward_groups<A>(exec, load, core::StoreY<T>{y}, s, params(w, b), st, core::StatsMode::Compute);
-    });
+        },
+        nullptr,
+        {core::OutputRows{rows_sweep ? y : nullptr, row_bytes},
+         core::OutputRows{rows_sweep ? load.kept(0) : nullptr, row_bytes}});
     if (!mem.empty()) {
       scatter(stats.rstd.data(), rstd, rows_order);
       if (centered_) scatter(stats.mean.data(), mean, rows_order), scatter(stats.mean_lo.data(), mean_lo, rows_order);
@@ -316,25 +323,32 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
   // ColMajor tensor with several normalized axes gathers them), and with a weight offset as accum_t
   // weights offset + weight (the sum is never rounded to P) — and buffers for their gradients, which
   // then go to `grads` in the contract's order.
+  // outs: the rows a forward sweep stores while it loads w and b (RowMajor: at their rate, where
+  // Q and T have one size). Parameters placed where those loads would wait on the stores are
+  // copied to where they do not (core/fusion.hpp: untrailed_offset).
   template <class X, class F>
-  void with_params(F&& f, NormGrads<P>* grads = nullptr) const {
+  void with_params(F&& f, NormGrads<P>* grads = nullptr, std::initializer_list<core::OutputRows> outs = {}) const {
     const std::vector<Index> order = param_order<X>();
-    if (weight_offset_ != 0 && weight_.size()) run_with_params<A>(order, /*offset=*/true, f, grads);
-    else run_with_params<P>(order, /*offset=*/false, f, grads);
+    if (weight_offset_ != 0 && weight_.size()) run_with_params<A>(order, /*offset=*/true, f, grads, outs);
+    else run_with_params<P>(order, /*offset=*/false, f, grads, outs);
   }
   template <class Q, class F>
-  void run_with_params(const std::vector<Index>& order, bool offset, F& f, NormGrads<P>* grads) const {
+  void run_with_params(const std::vector<Index>& order, bool offset, F& f, NormGrads<P>* grads,
+                       std::initializer_list<core::OutputRows> outs) const {
     const bool direct = std::is_same_v<Q, P> && order.empty();  // the tensors' own buffers serve as they are
+    const bool same_rate = sizeof(Q) == sizeof(T) && order.empty() && outs.size() > 0;
+    const auto trails = [&](const Eigen::Tensor<P, 1>& t) { return same_rate && core::trails_outputs(t.data(), outs); };
+    const std::intptr_t place = trails(weight_) || trails(bias_) ? core::untrailed_offset(outs) : -1;
     const auto input = [&](const Eigen::Tensor<P, 1>& t, bool add_offset, std::vector<Q>& buf) -> const Q* {
       if (t.size() == 0) return nullptr;
       if constexpr (std::is_same_v<Q, P>)
-        if (direct && !add_offset) return t.data();
-      buf.resize(std::size_t(features_));
+        if (direct && !add_offset && place < 0) return t.data();
+      Q* copy = placed(buf, place);
       for (Index j = 0; j < features_; ++j) {
         const A v = static_cast<A>(t.data()[order.empty() ? j : order[std::size_t(j)]]);
-        buf[std::size_t(j)] = static_cast<Q>(add_offset ? static_cast<A>(weight_offset_) + v : v);
+        copy[j] = static_cast<Q>(add_offset ? static_cast<A>(weight_offset_) + v : v);
       }
-      return buf.data();
+      return copy;
     };
     std::vector<Q> w_buf, b_buf, dw_buf, db_buf;
     const Q* w = input(weight_, offset, w_buf);
@@ -355,6 +369,16 @@ class TrailingNorm : public CallingForms<TrailingNorm<T, P>, T, P> {
       else scatter(t.data(), buf.data(), order);
     };
     if (grads) put(grads->weight, dw_buf), put(grads->bias, db_buf);
+  }
+  // features_ values in buf, starting at page offset `place` (none: -1, at buf's start).
+  template <class Q>
+  Q* placed(std::vector<Q>& buf, std::intptr_t place) const {
+    const std::size_t room = place < 0 ? 0 : core::tuning::kAliasBytes / sizeof(Q);
+    buf.resize(std::size_t(features_) + room);
+    if (place < 0) return buf.data();
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(buf.data());
+    const std::uintptr_t skip = (std::uintptr_t(place) - at) % core::tuning::kAliasBytes;  // a multiple of sizeof(Q)
+    return buf.data() + skip / sizeof(Q);
   }
 
   std::string name_;

@@ -215,6 +215,60 @@ TEMPLATE_TEST_CASE("for_stream_lanes: each value once, packets inside the body, 
   }
 }
 
+// trails_outputs / untrailed_offset against a brute-force reading of their rule: a parameter offset
+// is trailed where some output row (of up to a page's worth of rows) starts less than
+// kAliasAheadBytes before it or less than kAliasTrailBytes after it, within a page; the offset
+// untrailed_offset picks is trailed by no output, and it finds one wherever one exists.
+TEST_CASE("untrailed_offset: parameters placed where no output row's stores hold up their loads", "[core][fusion]") {
+  namespace tuning = normkit::core::tuning;
+  constexpr Index page = Index(tuning::kAliasBytes);
+  // per output, the page offsets where its rows start, counted over two pages for windows that wrap
+  const auto starts_of = [&](const core::OutputRows& out) {
+    std::vector<Index> count(std::size_t(2 * page + 1), 0);  // count[k]: row starts at offsets below k
+    if (!out.base) return count;
+    std::vector<bool> start(std::size_t(page), false);
+    for (Index row = 0; row < page; ++row)
+      start[std::size_t(
+          (Index(reinterpret_cast<std::uintptr_t>(out.base) % tuning::kAliasBytes) + row * out.row_bytes) % page)] =
+          true;
+    for (Index k = 0; k < 2 * page; ++k)
+      count[std::size_t(k + 1)] = count[std::size_t(k)] + start[std::size_t(k % page)];
+    return count;
+  };
+  // trailed: a row starts in (offset - kAliasAheadBytes, offset + kAliasTrailBytes), within a page
+  const auto trailed_by = [&](Index offset, const std::vector<Index>& count) {
+    const Index lo = offset - Index(tuning::kAliasAheadBytes) + 1 + page,
+                hi = offset + Index(tuning::kAliasTrailBytes) + page;
+    const auto at = [&](Index k) { return count[std::size_t(k % (2 * page))] + (k >= 2 * page ? count.back() : 0); };
+    return at(hi) - at(lo) > 0;
+  };
+  alignas(4096) static char buffer[3 * 4096];
+  for (const Index row_bytes : {Index(3072), Index(4096), Index(16384), Index(1536), Index(2560), Index(1280),
+                                Index(768), Index(4100), Index(64)}) {
+    for (const Index y_at : {Index(0), Index(16), Index(1008), Index(4032)}) {
+      for (const Index h_at : {Index(-1), y_at, (y_at + 2048) % page, Index(160)}) {
+        CAPTURE(row_bytes, y_at, h_at);
+        const core::OutputRows y{buffer + y_at, row_bytes}, h{h_at < 0 ? nullptr : buffer + h_at, row_bytes};
+        const std::vector<Index> y_starts = starts_of(y), h_starts = starts_of(h);
+        const auto trailed = [&](Index offset) { return trailed_by(offset, y_starts) || trailed_by(offset, h_starts); };
+        bool any_free = false;
+        for (Index offset = 0; offset < page; offset += 16) {
+          any_free = any_free || !trailed(offset);
+          if (offset % 208 == 0)  // a sample of offsets: the rule itself
+            CHECK(core::trails_outputs(buffer + page + offset, {y, h}) == trailed(offset));
+        }
+        const std::intptr_t placed = core::untrailed_offset({y, h});
+        CHECK((placed >= 0) == any_free);
+        if (placed >= 0) {
+          CHECK(placed < std::intptr_t(page));
+          CHECK_FALSE(trailed(Index(placed)));
+          CHECK_FALSE(core::trails_outputs(buffer + placed, {y, h}));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("store epilogue: dx = dx_norm + dh, rounded once", "[core][fusion]") {
   for (const core::GroupShape& s : kShapes) {
     INFO("outer " << s.outer << ", groups " << s.groups << ", inner " << s.inner);

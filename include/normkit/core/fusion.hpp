@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include <Eigen/Core>
@@ -201,6 +202,48 @@ StreamSpan stream_span(const T* p, Index n, bool stream) {
   constexpr Index per_line = Index(line / sizeof(T));
   const Index head = std::min<Index>(n, misalign ? Index((line - misalign) / sizeof(T)) : 0);
   return {head, head + (n - head) / per_line * per_line};
+}
+
+// Output rows a sweep stores while it loads a parameter array at the same rate (one parameter
+// value per output value): rows of row_bytes each, the first at base.
+struct OutputRows {
+  const void* base;
+  Index row_bytes;
+};
+namespace detail {
+// How far (in bytes, within a page) an offset lies past the nearest row start of `out` at or
+// below it, and the period of the rows' starts within a page.
+inline std::uintptr_t row_start_period(const OutputRows& out) {
+  std::uintptr_t a = static_cast<std::uintptr_t>(out.row_bytes) % tuning::kAliasBytes, b = tuning::kAliasBytes;
+  while (a) b %= a, std::swap(a, b);  // gcd(row_bytes, page): every row starts at base plus a multiple
+  return b;
+}
+inline bool untrailed(std::uintptr_t offset, const OutputRows& out) {
+  const std::uintptr_t period = row_start_period(out);
+  const std::uintptr_t past = (offset - reinterpret_cast<std::uintptr_t>(out.base)) % period;
+  return past >= tuning::kAliasAheadBytes && period - past >= tuning::kAliasTrailBytes;
+}
+}  // namespace detail
+// Whether a parameter array at p, loaded at the outputs' rate, is placed where its loads would
+// wait on the outputs' stores (tuning.hpp: kAliasTrailBytes).
+inline bool trails_outputs(const void* p, std::initializer_list<OutputRows> outs) {
+  const std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) % tuning::kAliasBytes;
+  for (const OutputRows& out : outs)
+    if (out.base && !detail::untrailed(offset, out)) return true;
+  return false;
+}
+// A page offset for a copy of the parameters where no output row's stores hold up their loads: the
+// first output's offset plus kAliasAheadBytes, or further in steps of 16 bytes; -1 where there is
+// none (rows starting every few hundred bytes).
+inline std::intptr_t untrailed_offset(std::initializer_list<OutputRows> outs) {
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(outs.begin()->base) + tuning::kAliasAheadBytes;
+  for (std::uintptr_t step = 0; step < tuning::kAliasBytes; step += 16) {
+    const std::uintptr_t offset = (start + step) % tuning::kAliasBytes;
+    if (std::all_of(outs.begin(), outs.end(),
+                    [&](const OutputRows& out) { return !out.base || detail::untrailed(offset, out); }))
+      return static_cast<std::intptr_t>(offset);
+  }
+  return -1;
 }
 
 // Calls f(i, V{}, streamed) over a sweep's output run of n values with its StreamSpan: scalars

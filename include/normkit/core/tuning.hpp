@@ -159,6 +159,17 @@ inline constexpr Index kCacheLineBytes = 64;
 // a load that matches an older store still in flight waits on it (4K aliasing; Intel and AMD
 // alike), so softmax's scratch row takes its x's offset within this many bytes (scratch_row).
 inline constexpr std::uintptr_t kAliasBytes = 4096;
+// A sweep that loads a parameter array (weight, bias) at the rate it stores an output waits on its
+// own stores when the parameters' offset within a page trails an output row's by a little: each
+// packet's parameter load then matches a store of a few packets before, still in flight. Measured
+// (LayerNorm forward_add, AVX2 build, Zen 4; h and y moved in 16-byte steps against the weight):
+// bfloat16 2048x4096 took up to 6x as long with the weight 16 to 320 bytes behind h and y, float
+// 1024x4096 up to 2.7x with it 16 to 96 bytes behind, and float 256x4096 (not streamed) 2x with it
+// up to 80 bytes behind or within the same 64-byte line ahead (docs/benchmarks.md). A placement
+// is safe where every output row's offset is at least kAliasAheadBytes behind the parameters' and
+// at least kAliasTrailBytes ahead of them (fusion.hpp: untrailed_offset).
+inline constexpr std::uintptr_t kAliasAheadBytes = 128;
+inline constexpr std::uintptr_t kAliasTrailBytes = 384;
 
 // --- Softmax (softmax_kernels.hpp) ---------------------------------------------------------------
 // The online max-and-sum pass takes the max of this many packets (of a run), or rows (of a panel
