@@ -74,17 +74,27 @@ void check_widening() {
   CHECK(mismatches == 0);
 }
 
+// store, or (returned) store_rounded, whose result must also be the stored values widened back.
 template <class T>
-void check_narrowing(bool stream) {
+void check_narrowing(bool stream, bool returned = false) {
   const std::vector<float> in = narrowing_inputs<T>();
   // A packet-aligned output, as a streaming store needs.
   std::vector<T> storage(in.size() + std::size_t(W));
   T* out = storage.data();
   while (reinterpret_cast<std::uintptr_t>(out) % (sizeof(T) * std::size_t(W))) ++out;
-  for (std::size_t i = 0; i < in.size(); i += std::size_t(W))
-    simd::store(out + i, simd::load<float>(in.data() + i), stream);
+  std::vector<float> back(in.size());
+  for (std::size_t i = 0; i < in.size(); i += std::size_t(W)) {
+    if (!returned) simd::store(out + i, simd::load<float>(in.data() + i), stream);
+    else
+      Eigen::internal::pstoreu(back.data() + i, simd::store_rounded(out + i, simd::load<float>(in.data() + i), stream));
+  }
   simd::stream_fence();
   std::size_t mismatches = 0;
+  for (std::size_t i = 0; returned && i < in.size(); ++i) {
+    const float stored = static_cast<float>(out[i]);
+    if (!(std::isnan(stored) ? std::isnan(back[i]) : bits(back[i]) == bits(stored)) && ++mismatches <= 5)
+      FAIL_CHECK(std::hexfloat << in[i] << ": returned " << back[i] << ", stored " << stored);
+  }
   for (std::size_t i = 0; i < in.size(); ++i) {
     const T want = static_cast<T>(in[i]);
     const bool same = std::isnan(in[i]) ? std::isnan(static_cast<float>(out[i])) : bits(out[i]) == bits(want);
@@ -109,11 +119,19 @@ TEST_CASE("half packets widen to exactly the float Eigen gives, for all 65536 pa
 TEST_CASE("float packets round to bfloat16 to nearest even, ties, overflow and NaN included", "[simd][bf16]") {
   SECTION("ordinary stores") { check_narrowing<Eigen::bfloat16>(false); }
   SECTION("non-temporal stores") { check_narrowing<Eigen::bfloat16>(true); }
+  SECTION("store_rounded, ordinary and non-temporal") {
+    check_narrowing<Eigen::bfloat16>(false, true);
+    check_narrowing<Eigen::bfloat16>(true, true);
+  }
 }
 
 TEST_CASE("float packets round to half to nearest even, subnormals and overflow included", "[simd][half]") {
   SECTION("ordinary stores") { check_narrowing<Eigen::half>(false); }
   SECTION("non-temporal stores") { check_narrowing<Eigen::half>(true); }
+  SECTION("store_rounded, ordinary and non-temporal") {
+    check_narrowing<Eigen::half>(false, true);
+    check_narrowing<Eigen::half>(true, true);
+  }
 }
 
 TEST_CASE("float and double packets round-trip unchanged", "[simd]") {

@@ -197,8 +197,7 @@ void normalize_cols_impl(Load load, Store y, Index rows, Index cols, Index strid
       NORMKIT_UNROLL
       for (Index j = 0; j < S; ++j) {
         const Index at = r * stride + c + j * L;
-        const V xv = x.template load<V>(at);
-        x.keep(at, xv, stream);
+        const V xv = x.template load_kept<V>(at, stream);
         const V d = sub(sub(xv, mean[j]), mean_lo[j]);
         if constexpr (RowAffine) y.store(at, add(madd(mul(d, scale[j]), wr, shift[j]), br), stream);
         else y.store(at, madd(d, scale[j], shift[j]), stream);

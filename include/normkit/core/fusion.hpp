@@ -5,7 +5,7 @@
 // kernel or a driver of its own:
 //   LoadX         x[i]                                         (every layer)
 //   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm), stored by
-//                 keep(): by the final sweep, or by a pass of its own (keep_run) after which the
+//                 load_kept(): by the final sweep, or by a pass of its own (keep_run) after which the
 //                 statistics and the sweep read h as plain x (NormForward's runs, not streaming).
 //                 Either way each element of x and r is read before h is written there: h may
 //                 share storage with x or with r.
@@ -48,7 +48,9 @@ struct LoadX {
     return simd::loadv<V>(x + i);
   }
   template <class V>
-  EIGEN_ALWAYS_INLINE void keep(Index, const V&, bool) const {}
+  EIGEN_ALWAYS_INLINE V load_kept(Index i, bool) const {
+    return load<V>(i);
+  }
   template <class V>
   EIGEN_ALWAYS_INLINE void keep_value(Index) const {}
   EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
@@ -93,11 +95,13 @@ struct LoadResidual {
   EIGEN_ALWAYS_INLINE V load(Index i) const {
     return simd::round_to<T>(sum_in_A<V>(i));
   }
+  // load(i), also stored as h (by the sweep that keeps h): the sum rounded to T once.
   template <class V>
-  EIGEN_ALWAYS_INLINE void keep(Index i, const V& v, bool stream) const {
-    if (fields().h) simd::storev(fields().h + offset + i, v, stream);
+  EIGEN_ALWAYS_INLINE V load_kept(Index i, bool stream) const {
+    if (!fields().h) return load<V>(i);
+    return simd::store_rounded(fields().h + offset + i, sum_in_A<V>(i), stream);
   }
-  // keep(i, load(i)) with one rounding to T instead of two: the store rounds.
+  // The sum stored as h, rounded once, for a pass of its own (keep_run).
   template <class V>
   EIGEN_ALWAYS_INLINE void keep_value(Index i) const {
     simd::storev(fields().h + offset + i, sum_in_A<V>(i));
@@ -112,7 +116,7 @@ struct LoadResidual {
     simd::prefetch_l2(fields().x + offset + i), simd::prefetch_l2(fields().r + offset + i);
   }
   LoadResidual at(Index k) const { return {sum, offset + k}; }
-  // Whether keep() stores, and where (so that later passes can read the sum back as plain x).
+  // Whether load_kept() stores, and where (so that later passes can read the sum back as plain x).
   bool keeps() const { return fields().h != nullptr; }
   const T* kept(Index k) const { return fields().h + offset + k; }
 };

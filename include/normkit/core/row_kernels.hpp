@@ -162,8 +162,7 @@ void normalize_runs_impl(Load load, Store y, Index n, Index stride, const RunNor
     const V wi = HasW ? loadv<V>(w + i) : V{}, bi = HasB ? loadv<V>(b + i) : V{};
     NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
-      const V xv = x.template load<V>(r * stride + i);
-      x.keep(r * stride + i, xv, streamed);
+      const V xv = x.template load_kept<V>(r * stride + i, streamed);
       const V v = mul(sub(sub(xv, as<V>(mean[r])), as<V>(lo[r])), as<V>(scale[r]));
       const V offset = HasB ? bi : as<V>(shift[r]);
       y.store(r * stride + i, HasW ? madd(v, wi, offset) : add(v, offset), streamed);

@@ -469,4 +469,29 @@ EIGEN_STRONG_INLINE V round_to(const V& v) {
   }
 }
 
+// round_to<T>(v), also stored at p (stream: as store): one rounding to T where storing the
+// widened result would round it a second time (bfloat16: eight integer operations per packet on
+// AVX2, most of the residual forward's streamed sweep).
+template <class T, class V>
+EIGEN_STRONG_INLINE V store_rounded(T* p, const V& v, bool stream) {
+  using A = lane_t<V>;
+  if constexpr (std::is_same_v<T, A>) {
+    storev(p, v, stream);
+    return v;
+  } else if constexpr (!is_scalar<V> && vector_convert<A, T>) {
+    bits16::type bits;
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) bits = bits16::to_bf16(v);
+    else bits = bits16::to_half(v);
+    T lanes[width<A>];  // the stored values as a load reads them (the compiler keeps them in registers)
+    bits16::store(lanes, bits, false);
+    const bits16::type stored = bits16::load(lanes);
+    bits16::store(p, bits, stream && reinterpret_cast<std::uintptr_t>(p) % (sizeof(T) * width<A>) == 0);
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) return bits16::from_bf16(stored);
+    else return bits16::from_half(stored);
+  } else {
+    storev(p, v, stream);
+    return round_to<T>(v);
+  }
+}
+
 }  // namespace normkit::core::simd
