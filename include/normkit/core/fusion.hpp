@@ -76,10 +76,9 @@ struct ResidualSum {
 // on short rows). Inside a kernel that stores while it loads (the sweeps, keep_run), the fields
 // are copied once into the kernel's own LoadResidual (held(): Sum = the ResidualSum itself, whose
 // address never escapes, so its fields stay in registers). Through the pointer every packet
-// reloaded them after its stores (intrinsic stores may alias anything), and a reload whose
-// address matched a pending streaming store's in its low 12 bits (4K aliasing) waited on that
-// store: LayerNorm<bfloat16>::forward_add 2048x4096 (AVX2 build) took 2.6-3.4x as long in one
-// build of the same code as in another, by where the caller's frame fell (docs/benchmarks.md).
+// reloaded them after its stores (intrinsic stores may alias anything), and a reload whose low 12
+// address bits matched a store still in flight waited on it (4K aliasing): without the reloads
+// RMSNorm<bfloat16>::forward_add 2048x4096 (AVX2 build) took 0.77 of the time (docs/benchmarks.md).
 template <class A, class T, class Sum = const ResidualSum<A, T>*>
 struct LoadResidual {
   using value_type = T;
@@ -215,13 +214,14 @@ struct OutputRows {
   Index row_bytes;
 };
 namespace detail {
-// How far (in bytes, within a page) an offset lies past the nearest row start of `out` at or
-// below it, and the period of the rows' starts within a page.
+// The period of out's row starts within a page: gcd(row_bytes, page).
 inline std::uintptr_t row_start_period(const OutputRows& out) {
   std::uintptr_t a = static_cast<std::uintptr_t>(out.row_bytes) % tuning::kAliasBytes, b = tuning::kAliasBytes;
   while (a) b %= a, std::swap(a, b);  // gcd(row_bytes, page): every row starts at base plus a multiple
   return b;
 }
+// Whether parameters at page offset `offset` lie at least kAliasAheadBytes past the nearest row
+// start of out at or below them, and at least kAliasTrailBytes before the next.
 inline bool untrailed(std::uintptr_t offset, const OutputRows& out) {
   const std::uintptr_t period = row_start_period(out);
   const std::uintptr_t past = (offset - reinterpret_cast<std::uintptr_t>(out.base)) % period;
@@ -238,9 +238,11 @@ inline bool trails_outputs(const void* p, std::initializer_list<OutputRows> outs
 }
 // A page offset for a copy of the parameters where no output row's stores hold up their loads: the
 // first output's offset plus kAliasAheadBytes, or further in steps of 16 bytes; -1 where there is
-// none (rows starting every few hundred bytes).
+// none (rows starting every few hundred bytes, or no output).
 inline std::intptr_t untrailed_offset(std::initializer_list<OutputRows> outs) {
-  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(outs.begin()->base) + tuning::kAliasAheadBytes;
+  const auto first = std::find_if(outs.begin(), outs.end(), [](const OutputRows& out) { return out.base; });
+  if (first == outs.end()) return -1;
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(first->base) + tuning::kAliasAheadBytes;
   for (std::uintptr_t step = 0; step < tuning::kAliasBytes; step += 16) {
     const std::uintptr_t offset = (start + step) % tuning::kAliasBytes;
     if (std::all_of(outs.begin(), outs.end(),

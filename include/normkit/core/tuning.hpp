@@ -163,11 +163,13 @@ inline constexpr std::uintptr_t kAliasBytes = 4096;
 // own stores when the parameters' offset within a page trails an output row's by a little: each
 // packet's parameter load then matches a store of a few packets before, still in flight. Measured
 // (LayerNorm forward_add, AVX2 build, Zen 4; h and y moved in 16-byte steps against the weight):
-// bfloat16 2048x4096 took up to 6x as long with the weight 16 to 320 bytes behind h and y, float
+// bfloat16 2048x4096 took up to 4x as long with the weight 16 to 112 bytes behind h and y, float
 // 1024x4096 up to 2.7x with it 16 to 96 bytes behind, and float 256x4096 (not streamed) 2x with it
 // up to 80 bytes behind or within the same 64-byte line ahead (docs/benchmarks.md). A placement
-// is safe where every output row's offset is at least kAliasAheadBytes behind the parameters' and
-// at least kAliasTrailBytes ahead of them (fusion.hpp: untrailed_offset).
+// is safe where every output row's offset is at least kAliasAheadBytes behind the parameters' (two
+// lines: the same line ahead was slow too) and at least kAliasTrailBytes ahead of them (over three
+// times the widest window measured: how far back a load meets a store grows with the stores in
+// flight, which wider packets and slower stores increase) (fusion.hpp: untrailed_offset).
 inline constexpr std::uintptr_t kAliasAheadBytes = 128;
 inline constexpr std::uintptr_t kAliasTrailBytes = 384;
 
