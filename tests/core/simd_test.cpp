@@ -74,9 +74,13 @@ void check_widening() {
   CHECK(mismatches == 0);
 }
 
-// store, or (returned) store_rounded, whose result must also be the stored values widened back.
+// How a packet is narrowed: store; store_rounded, whose result must also be the stored values
+// widened back; or store, with round_to's result checked the same way.
+enum class Narrowing { Store, StoreRounded, RoundTo };
+
 template <class T>
-void check_narrowing(bool stream, bool returned = false) {
+void check_narrowing(bool stream, Narrowing how = Narrowing::Store) {
+  const bool returned = how != Narrowing::Store;
   const std::vector<float> in = narrowing_inputs<T>();
   // A packet-aligned output, as a streaming store needs.
   std::vector<T> storage(in.size() + std::size_t(W));
@@ -84,9 +88,13 @@ void check_narrowing(bool stream, bool returned = false) {
   while (reinterpret_cast<std::uintptr_t>(out) % (sizeof(T) * std::size_t(W))) ++out;
   std::vector<float> back(in.size());
   for (std::size_t i = 0; i < in.size(); i += std::size_t(W)) {
-    if (!returned) simd::store(out + i, simd::load<float>(in.data() + i), stream);
-    else
-      Eigen::internal::pstoreu(back.data() + i, simd::store_rounded(out + i, simd::load<float>(in.data() + i), stream));
+    const simd::packet<float> v = simd::load<float>(in.data() + i);
+    if (how == Narrowing::StoreRounded) {
+      Eigen::internal::pstoreu(back.data() + i, simd::store_rounded(out + i, v, stream));
+    } else {
+      simd::store(out + i, v, stream);
+      if (how == Narrowing::RoundTo) Eigen::internal::pstoreu(back.data() + i, simd::round_to<T>(v));
+    }
   }
   simd::stream_fence();
   std::size_t mismatches = 0;
@@ -120,18 +128,20 @@ TEST_CASE("float packets round to bfloat16 to nearest even, ties, overflow and N
   SECTION("ordinary stores") { check_narrowing<Eigen::bfloat16>(false); }
   SECTION("non-temporal stores") { check_narrowing<Eigen::bfloat16>(true); }
   SECTION("store_rounded, ordinary and non-temporal") {
-    check_narrowing<Eigen::bfloat16>(false, true);
-    check_narrowing<Eigen::bfloat16>(true, true);
+    check_narrowing<Eigen::bfloat16>(false, Narrowing::StoreRounded);
+    check_narrowing<Eigen::bfloat16>(true, Narrowing::StoreRounded);
   }
+  SECTION("round_to") { check_narrowing<Eigen::bfloat16>(false, Narrowing::RoundTo); }
 }
 
 TEST_CASE("float packets round to half to nearest even, subnormals and overflow included", "[simd][half]") {
   SECTION("ordinary stores") { check_narrowing<Eigen::half>(false); }
   SECTION("non-temporal stores") { check_narrowing<Eigen::half>(true); }
   SECTION("store_rounded, ordinary and non-temporal") {
-    check_narrowing<Eigen::half>(false, true);
-    check_narrowing<Eigen::half>(true, true);
+    check_narrowing<Eigen::half>(false, Narrowing::StoreRounded);
+    check_narrowing<Eigen::half>(true, Narrowing::StoreRounded);
   }
+  SECTION("round_to") { check_narrowing<Eigen::half>(false, Narrowing::RoundTo); }
 }
 
 TEST_CASE("float and double packets round-trip unchanged", "[simd]") {

@@ -55,6 +55,11 @@ EIGEN_STRONG_INLINE packet<float> from_bf16(type v);
 EIGEN_STRONG_INLINE type to_bf16(packet<float> v);
 EIGEN_STRONG_INLINE packet<float> from_half(type v);
 EIGEN_STRONG_INLINE type to_half(packet<float> v);
+// v rounded to bfloat16 and widened back (from_bf16(to_bf16(v))), with the narrowed values in bits.
+// Where the rounding is integer arithmetic on the float's bits (AVX2, SSE2), the widened result is
+// those bits with the low half cleared: one AND instead of narrowing and widening again (three or
+// four shuffles per packet on AVX2, where the shuffle ports were the residual sweep's bound).
+EIGEN_STRONG_INLINE packet<float> round_bf16(packet<float> v, type& bits);
 
 #if defined(EIGEN_VECTORIZE_AVX512)
 inline constexpr bool bf16 = true, half = true;
@@ -91,6 +96,10 @@ EIGEN_STRONG_INLINE type to_bf16(__m512 v) {
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
   return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
 }
+EIGEN_STRONG_INLINE __m512 round_bf16(__m512 v, type& bits) {
+  bits = to_bf16(v);  // one instruction with AVX512_BF16, and one word permute back
+  return from_bf16(bits);
+}
 EIGEN_STRONG_INLINE __m512 from_half(type v) { return _mm512_maskz_cvtph_ps(0xFFFF, v); }
 EIGEN_STRONG_INLINE type to_half(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT); }
 #elif defined(EIGEN_VECTORIZE_AVX2)
@@ -119,16 +128,25 @@ EIGEN_STRONG_INLINE __m256 from_bf16(type v) {  // value k into the high bytes o
                                          -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
   return _mm256_castsi256_ps(_mm256_shuffle_epi8(v, widen));
 }
-EIGEN_STRONG_INLINE type to_bf16(__m256 v) {
+// The rounded bfloat16 in the high half of each 32-bit lane (the low half is not cleared).
+EIGEN_STRONG_INLINE __m256i rounded_high_halves(__m256 v) {
   // To nearest even: + 0x8000, less one when the kept part is even (bit 16 clear: the compare's -1).
   const __m256i b = _mm256_castps_si256(v);
   const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x10000)), _mm256_setzero_si256());
-  __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x8000), even));
+  const __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x8000), even));
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc00000), nan);
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc00000), nan);
+}
+EIGEN_STRONG_INLINE type high_halves(__m256i r) {
   const __m256i high = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,  //
                                         2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
   return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(r, high), 0x08);  // quadwords 0 and 2 below
+}
+EIGEN_STRONG_INLINE type to_bf16(__m256 v) { return high_halves(rounded_high_halves(v)); }
+EIGEN_STRONG_INLINE __m256 round_bf16(__m256 v, type& bits) {
+  const __m256i r = rounded_high_halves(v);
+  bits = high_halves(r);
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-0x10000)));
 }
 #if defined(__F16C__)
 EIGEN_STRONG_INLINE __m256 from_half(type v) { return _mm256_cvtph_ps(_mm256_castsi256_si128(v)); }
@@ -149,16 +167,25 @@ EIGEN_STRONG_INLINE void store(void* p, type v, bool stream) {
 }
 // The 16 bits of each value become the high half of a 32-bit lane whose low half is zero.
 EIGEN_STRONG_INLINE __m128 from_bf16(type v) { return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), v)); }
-EIGEN_STRONG_INLINE type to_bf16(__m128 v) {
+// The rounded bfloat16 in the high half of each 32-bit lane (the low half is not cleared).
+EIGEN_STRONG_INLINE __m128i rounded_high_halves(__m128 v) {
   const __m128i b = _mm_castps_si128(v);
   const __m128i lsb = _mm_and_si128(_mm_srli_epi32(b, 16), _mm_set1_epi32(1));
-  __m128i r = _mm_srli_epi32(_mm_add_epi32(b, _mm_add_epi32(_mm_set1_epi32(0x7fff), lsb)), 16);
+  const __m128i r = _mm_add_epi32(b, _mm_add_epi32(_mm_set1_epi32(0x7fff), lsb));
   const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
-  r = _mm_or_si128(_mm_andnot_si128(nan, r), _mm_and_si128(nan, _mm_set1_epi32(0x7fc0)));
+  return _mm_or_si128(_mm_andnot_si128(nan, r), _mm_and_si128(nan, _mm_set1_epi32(0x7fc00000)));
+}
+EIGEN_STRONG_INLINE type high_halves(__m128i r) {
   // SSE2 packs 32 to 16 bits with signed saturation only: the values (0 to 0xffff) are moved into
   // its range by -0x8000 and back by flipping the top bit of each 16-bit result.
-  const __m128i biased = _mm_sub_epi32(r, _mm_set1_epi32(0x8000));
+  const __m128i biased = _mm_sub_epi32(_mm_srli_epi32(r, 16), _mm_set1_epi32(0x8000));
   return _mm_xor_si128(_mm_packs_epi32(biased, biased), _mm_set1_epi16(static_cast<short>(0x8000)));
+}
+EIGEN_STRONG_INLINE type to_bf16(__m128 v) { return high_halves(rounded_high_halves(v)); }
+EIGEN_STRONG_INLINE __m128 round_bf16(__m128 v, type& bits) {
+  const __m128i r = rounded_high_halves(v);
+  bits = high_halves(r);
+  return _mm_castsi128_ps(_mm_and_si128(r, _mm_set1_epi32(-0x10000)));
 }
 #else
 inline constexpr bool bf16 = false, half = false;
@@ -462,6 +489,9 @@ template <class T, class V>
 EIGEN_STRONG_INLINE V round_to(const V& v) {
   if constexpr (std::is_same_v<T, lane_t<V>>) {
     return v;
+  } else if constexpr (!is_scalar<V> && vector_convert<lane_t<V>, T> && std::is_same_v<T, Eigen::bfloat16>) {
+    bits16::type unused;
+    return bits16::round_bf16(v, unused);
   } else {
     T lanes[Eigen::internal::unpacket_traits<V>::size];
     storev(lanes, v);
@@ -479,15 +509,17 @@ EIGEN_STRONG_INLINE V store_rounded(T* p, const V& v, bool stream) {
     storev(p, v, stream);
     return v;
   } else if constexpr (!is_scalar<V> && vector_convert<A, T>) {
+    const bool aligned = reinterpret_cast<std::uintptr_t>(p) % (sizeof(T) * width<A>) == 0;
     bits16::type bits;
-    if constexpr (std::is_same_v<T, Eigen::bfloat16>) bits = bits16::to_bf16(v);
-    else bits = bits16::to_half(v);
-    T lanes[width<A>];  // the stored values as a load reads them (the compiler keeps them in registers)
-    bits16::store(lanes, bits, false);
-    const bits16::type stored = bits16::load(lanes);
-    bits16::store(p, bits, stream && reinterpret_cast<std::uintptr_t>(p) % (sizeof(T) * width<A>) == 0);
-    if constexpr (std::is_same_v<T, Eigen::bfloat16>) return bits16::from_bf16(stored);
-    else return bits16::from_half(stored);
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) {
+      const V back = bits16::round_bf16(v, bits);
+      bits16::store(p, bits, stream && aligned);
+      return back;
+    } else {
+      bits = bits16::to_half(v);  // from_half reads the low half, where to_half leaves the values
+      bits16::store(p, bits, stream && aligned);
+      return bits16::from_half(bits);
+    }
   } else {
     storev(p, v, stream);
     return round_to<T>(v);
