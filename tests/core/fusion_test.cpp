@@ -2,7 +2,8 @@
 // (core/norm_policies.hpp), through the entry points of core/groups.hpp:
 //   LoadResidual  forward over h = x + alpha * r writes h rounded once to T, and y and the statistics
 //                 bit for bit as a plain forward over that h; h may overlay x or r; whether h is
-//                 stored by a pass of its own (in cache) or by the streamed sweep.
+//                 stored by a pass of its own (in cache) or by the streamed sweep (formed again, or
+//                 copied from a scratch row).
 //   StoreAdd      backward writing dx = dx_norm + dh: for float/double bit for bit the plain backward
 //                 followed by dx += dh; for bfloat16 with dx_norm's own rounding to T saved; dx may
 //                 overlay dh.
@@ -139,15 +140,21 @@ TEST_CASE("load prologue: x + alpha * r, stored once, normalized as the stored h
   }
 }
 
-// h is stored by a pass of its own while the output is not streamed (every shape above), and by
-// the streamed sweep beyond tuning::kStreamBytes: the same bits either way.
+// h is stored by a pass of its own while the output is not streamed (every shape above); beyond
+// tuning::kStreamBytes by the streamed sweep, which forms it again (float; rows of 2^20 values, too
+// long to keep in L2) or copies it from the thread's scratch row, where a pass of its own kept it
+// (bfloat16 rows of 1031): the same bits every way. Rows of 1031 values start at every 2-byte
+// offset within a line, so that h's streaming stores and the scratch row's place take every
+// alignment.
 TEST_CASE("load prologue: h stored by the streamed sweep of a large row shape", "[core][fusion]") {
-  const core::GroupShape s{1, 4, Index(1) << 20};
+  const core::GroupShape s{1, 4, Index(1) << 20}, odd_rows{1, 4096, 1031};
   REQUIRE(core::stream_output<float>(s.size()));
   REQUIRE(core::stream_output<Eigen::bfloat16>(s.size()));
+  REQUIRE(core::stream_output<Eigen::bfloat16>(odd_rows.size()));
   REQUIRE_FALSE(core::stream_output<float>(kShapes[0].size()));
   check_residual_forward<float, float>(s, core::AffineAxis::Element);
   check_residual_forward<Eigen::bfloat16, float>(s, core::AffineAxis::Element);
+  check_residual_forward<Eigen::bfloat16, float>(odd_rows, core::AffineAxis::Element);
 }
 
 // stream_span: which values of a run the non-temporal stores write. Whole lines only (a line written

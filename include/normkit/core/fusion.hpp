@@ -6,9 +6,11 @@
 //   LoadX         x[i]                                         (every layer)
 //   LoadResidual  h[i] = x[i] + alpha * r[i], rounded once to T (residual add + norm), stored by
 //                 load_kept(): by the final sweep, or by a pass of its own (keep_run) after which the
-//                 statistics and the sweep read h as plain x (NormForward's runs, not streaming).
-//                 Either way each element of x and r is read before h is written there: h may
-//                 share storage with x or with r.
+//                 statistics and the sweep read h as plain x (NormForward's runs: in h itself, or
+//                 while streaming, in a scratch row). Either way each element of x and r is read
+//                 before h is written there: h may share storage with x or with r.
+//   LoadCopy      x[i], also stored unchanged to h[i] by load_kept() (a kept sum, from the scratch
+//                 row to h, streamed with y).
 //   StoreY        y[i] = v
 //   StoreAdd      y[i] = v + e[i], added in A and rounded once (backward of a residual branch:
 //                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -52,13 +55,13 @@ struct LoadX {
     return load<V>(i);
   }
   template <class V>
-  EIGEN_ALWAYS_INLINE void keep_value(Index) const {}
+  EIGEN_ALWAYS_INLINE void keep_value(Index, T*) const {}
   EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(x + i); }
   LoadX at(Index k) const { return {x + k}; }
   LoadX held() const { return *this; }
   const T* base() const { return x; }
   bool keeps() const { return false; }
-  const T* kept(Index) const { return nullptr; }
+  T* kept(Index) const { return nullptr; }
 };
 
 // The arrays of a residual sum, held by the caller for the whole call.
@@ -100,10 +103,10 @@ struct LoadResidual {
     if (!fields().h) return load<V>(i);
     return simd::store_rounded(fields().h + offset + i, sum_in_A<V>(i), stream);
   }
-  // The sum stored as h, rounded once, for a pass of its own (keep_run).
+  // The sum rounded once and stored at to[i] (h, or a scratch row), for a pass of its own (keep_run).
   template <class V>
-  EIGEN_ALWAYS_INLINE void keep_value(Index i) const {
-    simd::storev(fields().h + offset + i, sum_in_A<V>(i));
+  EIGEN_ALWAYS_INLINE void keep_value(Index i, T* to) const {
+    simd::storev(to + i, sum_in_A<V>(i));
   }
   template <class V>
   EIGEN_ALWAYS_INLINE V sum_in_A(Index i) const {
@@ -117,7 +120,31 @@ struct LoadResidual {
   LoadResidual at(Index k) const { return {sum, offset + k}; }
   // Whether load_kept() stores, and where (so that later passes can read the sum back as plain x).
   bool keeps() const { return fields().h != nullptr; }
-  const T* kept(Index k) const { return fields().h + offset + k; }
+  T* kept(Index k) const { return fields().h + offset + k; }
+};
+
+// A sum kept in a scratch row (x), read back by the sweep, which also stores it unchanged to h:
+// neither formed nor rounded a second time. prefetch asks the prologue the sum came from (fetch)
+// for the runs that follow.
+template <class T, class Fetch>
+struct LoadCopy {
+  using value_type = T;
+  static constexpr Index arrays = 2;  // x and r, read by fetch's pass (a kept h not counted)
+  const T* x;
+  T* h;
+  Fetch fetch;
+  template <class V>
+  EIGEN_ALWAYS_INLINE V load(Index i) const {
+    return simd::loadv<V>(x + i);
+  }
+  template <class V>
+  EIGEN_ALWAYS_INLINE V load_kept(Index i, bool stream) const {
+    return simd::load_copied<V>(x + i, h + i, stream);
+  }
+  EIGEN_ALWAYS_INLINE void prefetch(Index i) const { fetch.prefetch(i); }
+  LoadCopy at(Index k) const { return {x + k, h + k, fetch.at(k)}; }
+  LoadCopy<T, decltype(fetch.held())> held() const { return {x, h, fetch.held()}; }
+  const T* base() const { return x; }
 };
 
 template <class T>
@@ -250,6 +277,27 @@ inline std::intptr_t untrailed_offset(std::initializer_list<OutputRows> outs) {
       return static_cast<std::intptr_t>(offset);
   }
   return -1;
+}
+
+// A row of n values of E for the calling thread, kept for its next calls, starting at the offset of
+// `like` within a page (tuning::kAliasBytes): what one pass writes there and a later pass of the same
+// run, on the same thread, reads back (softmax's exponentials, a residual sum kept while streaming).
+// Placed by the heap it made softmax fp32 4096x1024 run 3.3-3.9 ms instead of 2.2-2.4 in some
+// processes: x at 0x160 within a page, y at 0x170, the scratch at 0x140. Moved against x (x's offset
+// plus 0 to 4032 in steps of 128 bytes) it read 2.1-2.5 everywhere but 128 bytes below x, 2.84: what
+// 4K aliasing would do (a load whose address matches a pending store's in the low 12 bits waits on
+// it), the sweep's loads of the scratch running into y's streaming stores just above it. At x's own
+// offset (y's, in most layouts) neither pass's loads meet a pending store of the other array;
+// bfloat16, whose x and y advance half as fast as the scratch, measured best there too (2.6 ms; 3.3
+// half a page away).
+template <class E>
+E* scratch_row(Index n, const void* like) {
+  constexpr std::uintptr_t page = tuning::kAliasBytes;
+  thread_local std::vector<E, Eigen::aligned_allocator<E>> row;
+  const std::size_t size = static_cast<std::size_t>(n) + 2 * page / sizeof(E);  // room to place it
+  if (row.size() < size) row.resize(size);
+  const std::uintptr_t start = (reinterpret_cast<std::uintptr_t>(row.data()) + page - 1) & ~(page - 1);
+  return reinterpret_cast<E*>(start + (reinterpret_cast<std::uintptr_t>(like) & (page - 1) & ~(sizeof(E) - 1)));
 }
 
 // Calls f(i, V{}, streamed) over a sweep's output run of n values with its StreamSpan: scalars

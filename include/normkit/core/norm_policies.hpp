@@ -121,16 +121,31 @@ struct NormForward {
   }
 
   // A prologue that keeps what it loads (a stored residual sum h) keeps it in a pass of its own
-  // over each run, and the statistics and the sweep then read h from cache: one add and one
-  // rounding per value instead of one per pass (in bfloat16 the rounding is most of the work).
-  // Not while streaming: h is then stored by the sweep, non-temporally, never read for ownership.
-  bool keep_first() const { return !stream && x.keeps(); }
+  // over each run, and the statistics and the sweep then read it back from cache: one add and one
+  // rounding per value instead of one per pass (in bfloat16 the rounding is most of the work). It
+  // keeps it in h itself, except while streaming: h is then stored by the sweep, non-temporally,
+  // never read for ownership. A sum that is rounded (T narrower than A) is then kept in the
+  // thread's scratch row and copied to h by the sweep, where each group is one run swept alone (a
+  // batch's sweep reads its runs at one stride) that fits in L2 with its inputs (where the
+  // statistics and the sweep read it back); a sum in A is formed again by the sweep (a load and
+  // an FMA, against a store and a load to keep it).
+  bool keep_first() const {
+    if (!x.keeps()) return false;
+    if (!stream) return true;
+    const bool fits = (Load::arrays + 1) * s.inner * Index(sizeof(T)) <= tuning::kL2Bytes;
+    return sizeof(T) < sizeof(A) && s.outer == 1 && fits &&
+           !(batchable() && detail::batch_groups<A, T>(s, inputs, stream));
+  }
+  // Where a kept run is: in h, or while streaming in the thread's scratch row, at h's page offset
+  // (fusion.hpp: scratch_row).
+  T* kept_run(Index at) const { return stream ? scratch_row<T>(s.inner, x.kept(at)) : x.kept(at); }
 
   Coef start(Index) const { return Coef{}; }
   Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
     if (!keep_first()) return detail::run_moments<A>(x.at(at), s.inner, p.centered);
-    keep_run<A>(x.at(at), s.inner);
-    return detail::run_moments<A>(LoadX<T>{x.kept(at)}, s.inner, p.centered);
+    T* kept = kept_run(at);
+    keep_run<A>(x.at(at), s.inner, kept);
+    return detail::run_moments<A>(LoadX<T>{kept}, s.inner, p.centered);
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* m) const {
     constexpr Index kPanel = detail::kMaxPanel<A>;
@@ -170,8 +185,10 @@ struct NormForward {
     const P* w = element && p.weight ? p.weight + o * s.inner : nullptr;
     const P* b = element && p.bias ? p.bias + o * s.inner : nullptr;
     if (!keep_first()) return normalize_runs<R>(x.at(at), y.at(at), s.inner, s.inner, c, w, b, stream, next);
-    // Nothing to prefetch: the next runs' h is formed by their own keep pass.
-    normalize_runs<R>(LoadX<T>{x.kept(at)}, y.at(at), s.inner, s.inner, c, w, b, stream, Index(0));
+    // In cache nothing to prefetch: the next runs' h is formed by their own keep pass.
+    if (!stream) return normalize_runs<R>(LoadX<T>{x.kept(at)}, y.at(at), s.inner, s.inner, c, w, b, stream, Index(0));
+    normalize_runs<R>(LoadCopy<T, Load>{kept_run(at), x.kept(at), x.at(at)}, y.at(at), s.inner, s.inner, c, w, b,
+                      stream, next);
   }
   // Each channel's segment of the run with its weight and bias folded into the coefficients; with one
   // value per channel (channels-last), the group's channels as per-element parameters.

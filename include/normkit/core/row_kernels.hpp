@@ -125,12 +125,12 @@ A run_max_abs(Load x, Index n) {
   return m;
 }
 
-// Stores what the load prologue keeps of each of the run's n values (LoadResidual: h = x + alpha * r,
-// rounded to T): the residual sum formed once, for passes that then read h (NormForward).
-template <class A, class Load>
-void keep_run(Load load, Index n) {
+// Stores at `to` what the load prologue keeps of each of the run's n values (LoadResidual: h = x +
+// alpha * r, rounded to T): the residual sum formed once, for passes that then read it (NormForward).
+template <class A, class Load, class T>
+void keep_run(Load load, Index n, T* to) {
   const auto x = load.held();  // a kernel that stores holds the prologue's fields (fusion.hpp)
-  for_lanes<A>(n, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i); });
+  for_lanes<A>(n, [&](Index i, auto lane) NORMKIT_LANE { x.template keep_value<decltype(lane)>(i, to); });
 }
 
 // Per-run coefficients of the forward sweep.

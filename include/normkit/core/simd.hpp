@@ -9,6 +9,7 @@
 // through a small lane buffer elsewhere.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
@@ -523,6 +524,26 @@ EIGEN_STRONG_INLINE V store_rounded(T* p, const V& v, bool stream) {
   } else {
     storev(p, v, stream);
     return round_to<T>(v);
+  }
+}
+
+// The packet at src, widened, with its values also stored unchanged at dst (stream: as store): a
+// copy that narrows nothing (a kept residual sum, from a scratch row to h).
+template <class V, class T>
+EIGEN_STRONG_INLINE V load_copied(const T* src, T* dst, bool stream) {
+  using A = lane_t<V>;
+  if constexpr (std::is_same_v<T, A>) {
+    const V v = loadv<V>(src);
+    storev(dst, v, stream);
+    return v;
+  } else if constexpr (is_scalar<V> || !vector_convert<A, T>) {
+    std::copy(src, src + Eigen::internal::unpacket_traits<V>::size, dst);
+    return loadv<V>(src);
+  } else {
+    const bits16::type bits = bits16::load(src);
+    bits16::store(dst, bits, stream && reinterpret_cast<std::uintptr_t>(dst) % (sizeof(T) * width<A>) == 0);
+    if constexpr (std::is_same_v<T, Eigen::bfloat16>) return bits16::from_bf16(bits);
+    else return bits16::from_half(bits);
   }
 }
 

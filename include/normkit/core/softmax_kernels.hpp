@@ -527,27 +527,6 @@ MaxSum<A> run_exp_sum(Load x, Index n, A m, A* e) {
   }
 }
 
-// A row of n values of scratch for the calling thread, kept for its next calls: run_exp_sum writes
-// a run's exponentials there and the sweep of that run, on the same thread, reads them back. It
-// starts at the offset of `like` (the run's x) within tuning::kAliasBytes. Placed by the heap it
-// made softmax fp32 4096x1024 run 3.3-3.9 ms instead of 2.2-2.4 in some processes: x at 0x160
-// within a page, y at 0x170, the scratch at 0x140. Moved against x (x's offset plus 0 to 4032 in
-// steps of 128 bytes) it read 2.1-2.5 everywhere but 128 bytes below x, 2.84: what 4K aliasing
-// would do (a load whose address matches a pending store's in the low 12 bits waits on it), the
-// sweep's loads of the scratch running into y's streaming stores just above it. At x's own offset
-// (y's, in most layouts) neither pass's loads meet a pending store of the other array; bfloat16,
-// whose x and y advance half as fast as the scratch, measured best there too (2.6 ms; 3.3 half a
-// page away).
-template <class A>
-A* scratch_row(Index n, const void* like) {
-  constexpr std::uintptr_t page = tuning::kAliasBytes;
-  thread_local std::vector<A, Eigen::aligned_allocator<A>> row;
-  const std::size_t size = static_cast<std::size_t>(n) + 2 * page / sizeof(A);  // room to place it
-  if (row.size() < size) row.resize(size);
-  const std::uintptr_t start = (reinterpret_cast<std::uintptr_t>(row.data()) + page - 1) & ~(page - 1);
-  return reinterpret_cast<A*>(start + (reinterpret_cast<std::uintptr_t>(like) & (page - 1) & ~(sizeof(A) - 1)));
-}
-
 // out[c] = merge(out[c], MaxSum of column c over `rows` rows), element (r, c) at r * stride + c.
 template <class A, class Load>
 void cols_max_sum(Load x, Index rows, Index cols, Index stride, MaxSum<A>* out) {

@@ -157,7 +157,7 @@ inline constexpr Index kStreamBytes = Index(8) << 20;
 inline constexpr Index kCacheLineBytes = 64;
 // Loads and stores are matched by their addresses' low 12 bits before the whole address is known:
 // a load that matches an older store still in flight waits on it (4K aliasing; Intel and AMD
-// alike), so softmax's scratch row takes its x's offset within this many bytes (scratch_row).
+// alike), so a scratch row takes its run's offset within this many bytes (fusion.hpp: scratch_row).
 inline constexpr std::uintptr_t kAliasBytes = 4096;
 // A sweep that loads a parameter array (weight, bias) at the rate it stores an output waits on its
 // own stores when the parameters' offset within a page trails an output row's by a little: each
