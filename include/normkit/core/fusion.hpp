@@ -155,6 +155,7 @@ struct StoreY {
   EIGEN_ALWAYS_INLINE void store(Index i, const V& v, bool stream) const {
     simd::storev(y + i, v, stream);
   }
+  EIGEN_ALWAYS_INLINE void prefetch(Index) const {}
   const T* base() const { return y; }
   StoreY at(Index k) const { return {y + k}; }
 };
@@ -168,6 +169,9 @@ struct StoreAdd {
   EIGEN_ALWAYS_INLINE void store(Index i, const V& v, bool stream) const {
     simd::storev(y + i, simd::add(simd::rounded(v), simd::loadv<V>(e + i)), stream);
   }
+  // The sweeps that prefetch their next runs' inputs into L2 prefetch e with them: read by the
+  // sweep alone, it otherwise comes from memory on demand.
+  EIGEN_ALWAYS_INLINE void prefetch(Index i) const { simd::prefetch_l2(e + i); }
   const T* base() const { return y; }
   StoreAdd at(Index k) const { return {y + k, e + k}; }
 };

@@ -247,7 +247,10 @@ void backward_runs_dx_weighted(const T* x, const T* dy, const P* w, Store dx, In
     if constexpr (!is_scalar<V>)
       if (next) {
         NORMKIT_UNROLL
-        for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
+        for (int r = 0; r < R; ++r) {
+          const Index at = next + r * stride + i;
+          prefetch_l2(x + at), prefetch_l2(dy + at), dx.prefetch(at);  // dx: what its epilogue reads (dh)
+        }
       }
     const V wi = loadv<V>(w + i);
     V dw{}, db{};
@@ -305,7 +308,10 @@ void backward_runs_dx_folded(const T* x, const T* dy, Store dx, Index n, Index s
     if constexpr (!is_scalar<V>)
       if (next) {
         NORMKIT_UNROLL
-        for (int r = 0; r < R; ++r) prefetch_l2(x + next + r * stride + i), prefetch_l2(dy + next + r * stride + i);
+        for (int r = 0; r < R; ++r) {
+          const Index at = next + r * stride + i;
+          prefetch_l2(x + at), prefetch_l2(dy + at), dx.prefetch(at);  // dx: what its epilogue reads (dh)
+        }
       }
     NORMKIT_UNROLL
     for (int r = 0; r < R; ++r) {
