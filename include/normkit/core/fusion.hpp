@@ -11,6 +11,7 @@
 //                 before h is written there: h may share storage with x or with r.
 //   LoadCopy      x[i], also stored unchanged to h[i] by load_kept() (a kept sum, from the scratch
 //                 row to h, streamed with y).
+//   LoadAhead     what another prologue loads, prefetching the runs a fixed distance on.
 //   StoreY        y[i] = v
 //   StoreAdd      y[i] = v + e[i], added in A and rounded once (backward of a residual branch:
 //                 dx = dx_norm + dh); v is rounded to A first, never fused with the add, so that
@@ -145,6 +146,22 @@ struct LoadCopy {
   LoadCopy at(Index k) const { return {x + k, h + k, fetch.at(k)}; }
   LoadCopy<T, decltype(fetch.held())> held() const { return {x, h, fetch.held()}; }
   const T* base() const { return x; }
+};
+
+// A load prologue's values, each packet's load also prefetching the same offset `ahead` further
+// on into L2 (the runs a pass that only reads precedes: NormForward's statistics).
+template <class Load>
+struct LoadAhead {
+  using value_type = typename Load::value_type;
+  static constexpr Index arrays = Load::arrays;
+  Load x;
+  Index ahead;
+  template <class V>
+  EIGEN_ALWAYS_INLINE V load(Index i) const {
+    if constexpr (!simd::is_scalar<V>) x.prefetch(ahead + i);
+    return x.template load<V>(i);
+  }
+  LoadAhead at(Index k) const { return {x.at(k), ahead}; }
 };
 
 template <class T>

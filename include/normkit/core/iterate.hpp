@@ -192,20 +192,20 @@ void rows_fused(const Exec& exec, const GroupShape& s, const Policy& pol, const 
     A* partial = part.chunk(k);
     for (Index g = g0, rb = 1; g < g1; g += rb) {
       rb = batch && g1 - g >= R ? R : 1;
+      // The next batch (or group) of this chunk, to prefetch: its runs sit rb runs further on.
+      const Index next = sweep && (rb == R ? prefetch_batch : prefetch_group) && g + 2 * rb <= g1 ? rb * s.inner : 0;
       Coef c[R];
       typename Policy::Partial p[R]{};
       for (Index j = 0; j < rb; ++j) {
         c[j] = pol.start(g + j);
         for (Index o = 0; o < s.outer; ++o)
-          p[j] = Policy::combine(p[j], pol.reduce_run(c[j], g + j, o, s.run_at(o, g + j), partial));
+          p[j] = Policy::combine(p[j], pol.reduce_run(c[j], g + j, o, s.run_at(o, g + j), next, partial));
       }
       // Finished after the batch's last reduction: a finish is a latency chain (LayerNorm: a
       // division and a square root in double for rstd) that the next run's reduction hid poorly
       // when it came between them.
       for (Index j = 0; j < rb; ++j) c[j] = pol.finish(g + j, c[j], p[j]);
       if (!sweep) continue;
-      // The next batch (or group) of this chunk, to prefetch: its runs sit rb runs further on.
-      const Index next = (rb == R ? prefetch_batch : prefetch_group) && g + 2 * rb <= g1 ? rb * s.inner : 0;
       for (Index o = 0; o < s.outer; ++o) {
         if (rb == R) pol.template sweep_runs<R>(g, o, c, next, partial);
         else pol.template sweep_runs<1>(g, o, c, next, partial);

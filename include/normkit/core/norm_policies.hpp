@@ -141,8 +141,18 @@ struct NormForward {
   T* kept_run(Index at) const { return stream ? scratch_row<T>(s.inner, x.kept(at)) : x.kept(at); }
 
   Coef start(Index) const { return Coef{}; }
-  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
-    if (!keep_first()) return detail::run_moments<A>(x.at(at), s.inner, p.centered);
+  // next (0: none): the runs at at + next are swept next. A LayerNorm/RMSNorm row prefetches them
+  // into L2 here as well as in its sweep, so that memory serves reads while this pass reads from
+  // cache (otherwise the sweep's prefetches and its streaming stores share the memory's time, and
+  // this pass leaves it idle): fp32 16384x4096 forward 0.83-0.87 of the time, forward_add
+  // 0.88-0.91. Not GroupNorm's groups (runs of 40960 values in the case measured: 1.2-1.3x slower,
+  // not understood) nor BatchNorm's planes (not measured). docs/benchmarks.md, stop 35.
+  Partial reduce_run(const Coef&, Index, Index, Index at, Index next, A*) const {
+    if (!keep_first()) {
+      if (next && p.affine_axis == AffineAxis::Element)
+        return detail::run_moments<A>(LoadAhead<Load>{x.at(at), next}, s.inner, p.centered);
+      return detail::run_moments<A>(x.at(at), s.inner, p.centered);
+    }
     T* kept = kept_run(at);
     keep_run<A>(x.at(at), s.inner, kept);
     return detail::run_moments<A>(LoadX<T>{kept}, s.inner, p.centered);
@@ -295,7 +305,7 @@ struct NormBackward {
                 A(0),
                 A(0)};
   }
-  Partial reduce_run(const Coef& c, Index g, Index o, Index at, A* partial) const {
+  Partial reduce_run(const Coef& c, Index g, Index o, Index at, Index, A* partial) const {
     if (p.affine_axis == AffineAxis::Channel) return reduce_channels(c, g, at, partial);
     const P* w = p.affine_axis == AffineAxis::Element && p.weight ? p.weight + o * s.inner : nullptr;
     return backward_run_sums(x + at, dy + at, w, s.inner, c);

@@ -83,7 +83,7 @@ struct SoftmaxForward {
   // Where the run at `at` keeps its exponentials for its sweep (null: not kept); its reduce and its
   // sweep must get the same row.
   A* kept_exp(Index at) const { return scale_exp() ? scratch_row<A>(s.inner, x.at(at).base()) : nullptr; }
-  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
+  Partial reduce_run(const Coef&, Index, Index, Index at, Index, A*) const {
     if (!max_first()) return run_max_sum<A>(x.at(at), s.inner);
     return run_exp_sum<A, Mode != SoftmaxSweep::Softmax>(x.at(at), s.inner, run_max<A>(x.at(at), s.inner),
                                                          kept_exp(at));
@@ -202,7 +202,7 @@ struct SoftmaxBackward {
   void empty(Passes) const {}
 
   Coef start(Index) const { return A(0); }
-  Partial reduce_run(const Coef&, Index, Index, Index at, A*) const {
+  Partial reduce_run(const Coef&, Index, Index, Index at, Index, A*) const {
     return run_grad_sum<Softmax, A>(y + at, dy + at, s.inner);
   }
   void reduce_panel(const Columns&, Index g0, Index r0, Index rows, Index cols, Partial* out) const {
