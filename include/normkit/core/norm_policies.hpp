@@ -144,9 +144,8 @@ struct NormForward {
   // next (0: none): the runs at at + next are swept next. A LayerNorm/RMSNorm row prefetches them
   // into L2 here as well as in its sweep, so that memory serves reads while this pass reads from
   // cache (otherwise the sweep's prefetches and its streaming stores share the memory's time, and
-  // this pass leaves it idle): fp32 16384x4096 forward 0.83-0.87 of the time, forward_add
-  // 0.88-0.91. Not GroupNorm's groups (runs of 40960 values in the case measured: 1.2-1.3x slower,
-  // not understood) nor BatchNorm's planes (not measured). docs/benchmarks.md, stop 35.
+  // this pass leaves it idle). Not GroupNorm's groups (slower in the case measured, for a reason
+  // not found) nor BatchNorm's planes (not measured). docs/benchmarks.md, stop 35.
   Partial reduce_run(const Coef&, Index, Index, Index at, Index next, A*) const {
     if (!keep_first()) {
       if (next && p.affine_axis == AffineAxis::Element)
