@@ -2,6 +2,7 @@
 // length around the SIMD width (body, scalar tail, and both) and for float and double.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -91,8 +92,10 @@ TEMPLATE_TEST_CASE("row kernels match a double loop for every tail length", "[co
 
 TEMPLATE_TEST_CASE("column kernels match a double loop for every panel width", "[core][kernels]", float, double) {
   using T = TestType;
-  // Up to two strips of kStrip packets, a single packet and a scalar tail (col_kernels.hpp).
-  constexpr Index W = core::simd::width<T>, widest = 2 * core::kStrip<T> * W + W + 3;
+  // Up to two strips of the wider of kStrip and kRowParamStrip packets, a single packet and a
+  // scalar tail (col_kernels.hpp).
+  constexpr Index W = core::simd::width<T>, strip = std::max(core::kStrip<T>, core::kRowParamStrip<T>);
+  constexpr Index widest = 2 * strip * W + W + 3;
   const Index rows = 9, stride = widest + 5;
   for (Index cols = 1; cols <= widest; ++cols) {
     const auto x = random_vector<T>(rows * stride, 5, 1.0), dy = random_vector<T>(rows * stride, 6),
@@ -234,13 +237,20 @@ TEMPLATE_TEST_CASE("column kernels give the bits of a row-at-a-time walk across 
   // The whole walks may prefetch (fetch_rows = rows), the row-at-a-time ones cannot: prefetching
   // must change no bit.
   using T = TestType;
-  constexpr Index W = core::simd::width<T>, cols = 2 * core::kStrip<T> * W + W + 3;
+  constexpr Index W = core::simd::width<T>, strip = std::max(core::kStrip<T>, core::kRowParamStrip<T>);
+  constexpr Index cols = 2 * strip * W + W + 3;
   // Rows 4 KiB apart (and a few values more, so that rows start at every alignment) are walked in
   // blocks whatever the ISA's strip width; rows a few values wider than the panel, more of them than
   // any ISA prefetches ahead (tuning.hpp: kStripPrefetchBytes), are walked whole, prefetching.
   for (const auto& [rows, stride] : {std::pair<Index, Index>{37, 4096 / Index(sizeof(T)) + 3}, {600, cols + 5}}) {
-    if (rows == 37) REQUIRE(core::strip_block_rows<T, T>(rows, cols, stride, 3) < rows);  // several blocks
-    else REQUIRE(core::StripPrefetch<T, T>(stride, rows).any());
+    constexpr Index wide = core::kRowParamStrip<T>;  // the kernels with per-row parameters
+    if (rows == 37) {                                // several blocks
+      REQUIRE(core::strip_block_rows<T, T>(rows, cols, stride, 3) < rows);
+      REQUIRE(core::strip_block_rows<T, T, wide>(rows, cols, stride, 3) < rows);
+    } else {
+      REQUIRE(core::StripPrefetch<T, T>(stride, rows).any());
+      REQUIRE(core::StripPrefetch<T, T, wide>(stride, rows).any());
+    }
     check_column_walks<T>(rows, cols, stride);
   }
 }

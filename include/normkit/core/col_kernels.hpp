@@ -27,20 +27,24 @@ namespace normkit::core {
 // results are those of the row-by-row form.
 template <class A>
 inline constexpr Index kStrip = tuning::kStripPackets;
-// The bytes of each row a strip of T covers. Where one strip covers a whole row of the panel
+// ... and the kernels with per-row parameters (ColMajor LayerNorm/RMSNorm), strips of this many
+// (tuning.hpp: kRowParamStripPackets).
+template <class A>
+inline constexpr Index kRowParamStrip = tuning::kRowParamStripPackets;
+// The bytes of each row a strip of S packets of T covers. Where one strip covers a whole row of the panel
 // (stride * sizeof(T) <= kStripBytes), its walk reads memory in order. That test is written out
 // where it is used: as a function, even a constexpr one, it changed g++ 12's inlining of the kernels
 // below (the AVX-512 normalize_cols_impl lost half of its unrolled strip bodies).
-template <class A, class T>
-inline constexpr Index kStripBytes = (kStrip<A> * simd::width<A> * Index(sizeof(T)));  // (): for clang-format
+template <class A, class T, Index S = kStrip<A>>
+inline constexpr Index kStripBytes = (S * simd::width<A> * Index(sizeof(T)));  // (): for clang-format
 
 // Rows per block of a strip walk (tuning.hpp: kStripBlockBytes), for a kernel that reads or writes
 // `arrays` arrays of the panel's shape. Blocks serve two panels: contiguous rows whose strips read
 // a line or less of each row, and rows kL1AliasBytes or more apart. Other panels take all their
 // rows in one block (one walk per strip), where short blocks measured slower.
-template <class A, class T>
+template <class A, class T, Index S = kStrip<A>>
 Index strip_block_rows(Index rows, Index cols, Index stride, Index arrays) {
-  const bool thin_strips = stride == cols && kStripBytes<A, T> <= tuning::kCacheLineBytes;
+  const bool thin_strips = stride == cols && kStripBytes<A, T, S> <= tuning::kCacheLineBytes;
   const bool aliased = stride * Index(sizeof(T)) >= tuning::kL1AliasBytes;
   if (!thin_strips && !aliased) return std::max<Index>(rows, 1);
   return std::max<Index>(tuning::kStripBlockMinRows,
@@ -48,9 +52,9 @@ Index strip_block_rows(Index rows, Index cols, Index stride, Index arrays) {
 }
 
 // for_strips, below, for one value of fetching.
-template <class A, class Fetching, class Strip>
+template <class A, Index S, class Fetching, class Strip>
 EIGEN_ALWAYS_INLINE void for_strips_walk(Index rows, Index cols, Index block, Fetching fetching, Strip& strip) {
-  constexpr Index W = simd::width<A>, S = kStrip<A>;
+  constexpr Index W = simd::width<A>;
   // Each loop's end computed once (as in for_lanes: g++ 12 misjudges `c + W <= cols` with a constant
   // cols once this is inlined).
   const Index strips_end = cols / (S * W) * (S * W), packets_end = cols / W * W;
@@ -66,7 +70,7 @@ EIGEN_ALWAYS_INLINE void for_strips_walk(Index rows, Index cols, Index block, Fe
 }
 
 // Calls strip(c, r0, r1, S, V{}, fetching) for rows [r0, r1) of blocks of `block` rows and, in each
-// block, strips of S lanes of V starting at column c: S = kStrip packets, then single packets, then
+// block, strips of S lanes of V starting at column c: S packets (kStrip unless given), then single packets, then
 // (V = A) single columns. A kernel writes its body once, over S and V. Every column still meets its
 // rows in order, so a kernel that keeps its per-column state in memory between blocks gives the
 // bits of one walk down all the rows. A panel of one strip is one block: its walk is in memory order.
@@ -74,10 +78,10 @@ EIGEN_ALWAYS_INLINE void for_strips_walk(Index rows, Index cols, Index block, Fe
 // compiled apart for each value, so that a walk without prefetches is the kernel alone: with a
 // test in every row instead, the AVX2 normalize_cols_impl spilled twice as often, and in-cache
 // shapes that never prefetch ran slower (docs/benchmarks.md).
-template <class A, class Strip>
+template <class A, Index S = kStrip<A>, class Strip>
 EIGEN_ALWAYS_INLINE void for_strips(Index rows, Index cols, Index block, bool fetching, Strip&& strip) {
-  if (fetching) for_strips_walk<A>(rows, cols, block, std::true_type{}, strip);
-  else for_strips_walk<A>(rows, cols, block, std::false_type{}, strip);
+  if (fetching) for_strips_walk<A, S>(rows, cols, block, std::true_type{}, strip);
+  else for_strips_walk<A, S>(rows, cols, block, std::false_type{}, strip);
 }
 
 template <class V>
@@ -87,12 +91,12 @@ inline constexpr Index lanes = Eigen::internal::unpacket_traits<V>::size;
 // unless a strip spans the row and the walk reads memory in order. Every kernel below takes
 // fetch_rows: the rows of its arrays, from its first, that it may prefetch (the rest of the
 // caller's walk; 0: none), and row r prefetches row r + ahead while that is one of them.
-template <class A, class T>
+template <class A, class T, Index Packets = kStrip<A>>
 struct StripPrefetch {
   Index step = 0, end = 0;  // elements ahead; rows below `end` prefetch
   StripPrefetch(Index stride, Index fetch_rows) {
-    if (stride * Index(sizeof(T)) <= kStripBytes<A, T>) return;
-    const Index ahead = tuning::kStripPrefetchBytes / kStripBytes<A, T>;
+    if (stride * Index(sizeof(T)) <= kStripBytes<A, T, Packets>) return;
+    const Index ahead = tuning::kStripPrefetchBytes / kStripBytes<A, T, Packets>;
     step = ahead * stride, end = fetch_rows - ahead;
   }
   bool any() const { return end > 0; }
@@ -111,9 +115,10 @@ struct StripPrefetch {
 // 16-byte AVX2 packets, two per strip: 32 bytes) leaves every row's line half written in a
 // write-combining buffer, whose partial flushes cost more than stores through the cache (most of
 // a bfloat16 channels-last GroupNorm's time in the AVX2 build went to one streaming store).
-template <class A, class T>
+template <class A, class T, Index S = kStrip<A>>
 bool strips_stream(bool stream, Index stride) {
-  return stream && (kStripBytes<A, T> >= tuning::kCacheLineBytes || stride * Index(sizeof(T)) <= kStripBytes<A, T>);
+  return stream &&
+         (kStripBytes<A, T, S> >= tuning::kCacheLineBytes || stride * Index(sizeof(T)) <= kStripBytes<A, T, S>);
 }
 
 // s1[c] += sum_r (x - shift[c]), s2[c] += sum_r (x - shift[c])^2.
@@ -173,12 +178,14 @@ template <bool RowAffine, class A, class Load, class Store, class P>
 void normalize_cols_impl(Load load, Store y, Index rows, Index cols, Index stride, const ColsNormalize<A>& k,
                          const P* w, const P* b, bool stream, Index fetch_rows) {
   using namespace simd;
+  using T = typename Load::value_type;
+  constexpr Index Strip = RowAffine ? kRowParamStrip<A> : kStrip<A>;
   const auto x = load.held();  // a kernel that stores holds the prologue's fields (fusion.hpp)
   const Index arrays = Load::arrays + Store::arrays + (x.keeps() ? 1 : 0);
-  const StripPrefetch<A, typename Load::value_type> fetch(stride, fetch_rows);
-  stream = strips_stream<A, typename Load::value_type>(stream, stride);
-  for_strips<A>(rows, cols, strip_block_rows<A, typename Load::value_type>(rows, cols, stride, arrays), fetch.any(),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
+  const StripPrefetch<A, T, Strip> fetch(stride, fetch_rows);
+  stream = strips_stream<A, T, Strip>(stream, stride);
+  for_strips<A, Strip>(rows, cols, strip_block_rows<A, T, Strip>(rows, cols, stride, arrays), fetch.any(),
+                       [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -225,9 +232,10 @@ template <bool RowWeights, class A, class T, class P>
 void backward_cols_sums_impl(const T* x, const T* dy, Index rows, Index cols, Index stride, const ColsGrad<A>& k,
                              const P* w, A* sum_g, A* sum_gt, Index fetch_rows) {
   using namespace simd;
-  const StripPrefetch<A, T> fetch(stride, fetch_rows);
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2), fetch.any(),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
+  constexpr Index Strip = RowWeights ? kRowParamStrip<A> : kStrip<A>;
+  const StripPrefetch<A, T, Strip> fetch(stride, fetch_rows);
+  for_strips<A, Strip>(rows, cols, strip_block_rows<A, T, Strip>(rows, cols, stride, 2), fetch.any(),
+                       [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)
@@ -270,11 +278,12 @@ template <class A, class T, class P, class Store>
 void backward_cols_dx_rows(const T* x, const T* dy, Store dx, Index rows, Index cols, Index stride,
                            const ColsGrad<A>& k, const P* w, A* dweight, A* dbias, bool stream, Index fetch_rows) {
   using namespace simd;
-  const StripPrefetch<A, T> fetch(stride, fetch_rows);
-  stream = strips_stream<A, T>(stream, stride);
+  constexpr Index Strip = kRowParamStrip<A>;
+  const StripPrefetch<A, T, Strip> fetch(stride, fetch_rows);
+  stream = strips_stream<A, T, Strip>(stream, stride);
   eigen_assert(!k.weight);  // a per-column weight comes without per-row parameters (channels-last)
-  for_strips<A>(rows, cols, strip_block_rows<A, T>(rows, cols, stride, 2 + Store::arrays), fetch.any(),
-                [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
+  for_strips<A, Strip>(rows, cols, strip_block_rows<A, T, Strip>(rows, cols, stride, 2 + Store::arrays), fetch.any(),
+                       [&](Index c, Index r0, Index r1, auto strip, auto lane, auto fetching) NORMKIT_LANE {
     using V = decltype(lane);
     constexpr Index S = decltype(strip)::value, L = lanes<V>;
     constexpr std::size_t N = S;  // the arrays' bound (see cols_sums)

@@ -53,6 +53,13 @@ inline constexpr Index kPanelBlockBytes = Index(1) << 16;
 // coefficients in registers (six per packet of columns at most): 4 with 32 registers (AVX-512),
 // 2 with 16.
 inline constexpr Index kStripPackets = simd::registers >= 32 ? 4 : 2;
+// Kernels with per-row parameters (ColMajor LayerNorm/RMSNorm: w[r] and b[r] broadcast, dweight[r]
+// and dbias[r] summed across the strip, at every row of every strip) walk strips of 4 packets with
+// 16 registers too: that per-row work is per strip, and wider strips do it half as often and read
+// twice the bytes of each row per visit. Their per-column state then no longer fits in 16
+// registers; the spilled part is reloaded from L1, which measured cheaper than the narrower strips
+// (docs/benchmarks.md). Kernels without per-row work keep kStripPackets: spills only cost them.
+inline constexpr Index kRowParamStripPackets = 4;
 // ... one small block of rows at a time, every strip of a block before the next block
 // (col_kernels.hpp), where a strip's walk down all the rows defeats the caches: 2 KiB of each array
 // the kernel reads or writes, and at least 4 rows.
