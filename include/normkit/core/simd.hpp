@@ -341,8 +341,8 @@ EIGEN_STRONG_INLINE V madd(const V& a, const V& b, const V& c) {
 // Horizontal sum, pairwise by halves: the upper half of the lanes added to the lower half, until one
 // lane is left (one vector add and one shuffle or extract per halving: 4 of each for 16 floats).
 // Summed lane by lane in a tree of scalar adds instead, as GCC 12 compiled adjacent pairs, it took
-// about 30 instructions for 16 floats, a third of the ColMajor backward's dx sweep, which sums
-// dweight and dbias for every row of every strip. Not Eigen's predux: with AVX-512, GCC 12 warns
+// about 30 instructions for 16 floats, and the ColMajor backward's dx sweep sums twice per row of
+// every strip (dweight, dbias; docs/benchmarks.md). Not Eigen's predux: with AVX-512, GCC 12 warns
 // about the _mm256_undefined_pd inside it (GCC bug 105593) in every -Werror build of our users. With
 // GCC and Clang the packet is a vector type whose lanes can be shuffled and read directly, which
 // keeps the sum in registers; elsewhere it goes through memory, in the same order.
